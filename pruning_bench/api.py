@@ -1,0 +1,106 @@
+"""`prune()`: patch a model with one or more strategies and hand back a handle that undoes it."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from .registry import get_strategy
+from .strategies.base import Strategy
+
+
+class PruneHandle:
+    """Undo handle for a patched model. A context manager; `restore()` may be called more than once."""
+
+    def __init__(self, model, strategies: list[Strategy], attachments: list):
+        self.model = model
+        self.strategies = strategies
+        self._attachments = attachments
+        self._restored = False
+
+    @property
+    def active(self) -> bool:
+        return not self._restored
+
+    def restore(self) -> None:
+        """Undo every patch, newest first. Harmless when already restored."""
+        if self._restored:
+            return
+        errors = []
+        while self._attachments:
+            attachment = self._attachments.pop()
+            try:
+                attachment.restore()
+            except Exception as exc:  # keep undoing the rest, report afterwards
+                errors.append(exc)
+        self._restored = True
+        if errors:
+            raise errors[0]
+
+    def stats(self) -> dict[str, Any]:
+        """Facts about the last forward pass (tokens per block, heads and layers kept...)."""
+        merged: dict[str, Any] = {}
+        for attachment in self._attachments_for_stats():
+            merged.update(attachment.stats())
+        return merged
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Strategy names with every parameter resolved, in application order."""
+        return [{"strategy": s.name, "params": s.resolved_params()} for s in self.strategies]
+
+    def _attachments_for_stats(self):
+        return self._attachments if not self._restored else self._last_attachments
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
+
+
+def make_strategy(strategy, params: dict[str, Any] | None = None) -> Strategy:
+    """Build a configured strategy from a name (or pass an instance through)."""
+    if isinstance(strategy, Strategy):
+        if params:
+            raise ValueError("give parameters either to the strategy instance or to prune(), not both")
+        return strategy
+    if not isinstance(strategy, str):
+        raise ValueError(f"strategy must be a registered name or a Strategy, got {strategy!r}")
+    return get_strategy(strategy)(**(params or {}))
+
+
+def _parse_spec(strategy, params) -> list[Strategy]:
+    if isinstance(strategy, (list, tuple)) and not isinstance(strategy, str):
+        if params:
+            raise ValueError("with a list of strategies, give each its own parameters: [(name, {...}), ...]")
+        built = []
+        for item in strategy:
+            if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], dict):
+                built.append(make_strategy(item[0], item[1]))
+            else:
+                built.append(make_strategy(item))
+        if not built:
+            raise ValueError("an empty list of strategies prunes nothing")
+        return built
+    return [make_strategy(strategy, params)]
+
+
+def prune(model, strategy: str | Strategy | Iterable, **params) -> PruneHandle:
+    """Patch `model` in place with `strategy` (or a list of `(name, params)` applied in order).
+
+    Parameters are checked before the model is touched; if attaching a later strategy fails, the
+    earlier ones are undone, so the model is never left half patched.
+    """
+    strategies = _parse_spec(strategy, params)
+    if sum(s.kind == "token" for s in strategies) > 1:
+        raise ValueError("at most one token strategy can be active on a model at a time")
+    attachments = []
+    try:
+        for s in strategies:
+            attachments.append(s.attach(model))
+    except BaseException:
+        for attachment in reversed(attachments):
+            attachment.restore()
+        raise
+    handle = PruneHandle(model, strategies, attachments)
+    handle._last_attachments = list(attachments)
+    return handle

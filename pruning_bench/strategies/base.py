@@ -1,0 +1,179 @@
+"""Base classes and parameter checks shared by every strategy.
+
+A strategy only decides (which tokens to keep or merge, which heads to cut). How the decision is
+wired into a model family lives in `pruning_bench.patches`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+class Strategy:
+    """A configured strategy. Subclasses declare `defaults` and validate in `_check`."""
+
+    name: str = "?"
+    kind: str = "token"  # "token" or "structured"
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        self.params = {**self.defaults, **params}
+        self._check()
+
+    def _check(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Every parameter with its value, defaults included (what a result file records)."""
+        return dict(self.params)
+
+    def attach(self, model):
+        """Patch `model` in place; return an object with `restore()` and `stats()`."""
+        raise TypeError(f"strategy {self.name!r} cannot be attached")  # pragma: no cover
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+# ---------------------------------------------------------------- parameter checks
+
+def check_int(name: str, value, low: int | None = 0, high: int | None = None, owner: str = "") -> int:
+    where = f"{owner}: " if owner else ""
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        raise ValueError(f"{where}{name} must be an integer, got {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{where}{name}={value} is out of range {_range(low, high)}")
+    return value
+
+
+def check_float(name: str, value, low: float, high: float, *, low_open=False, high_open=False, owner="") -> float:
+    where = f"{owner}: " if owner else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}{name} must be a number, got {value!r}")
+    value = float(value)
+    bad = (
+        math.isnan(value)
+        or (value <= low if low_open else value < low)
+        or (value >= high if high_open else value > high)
+    )
+    if bad:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{where}{name}={value} is out of range {lo}{low}, {high}{hi}")
+    return value
+
+
+def check_choice(name: str, value, choices, owner="") -> str:
+    if value not in choices:
+        where = f"{owner}: " if owner else ""
+        raise ValueError(f"{where}{name}={value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def check_bool(name: str, value, owner="") -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.lower() in {"true", "1", "yes"}
+    where = f"{owner}: " if owner else ""
+    raise ValueError(f"{where}{name} must be a boolean, got {value!r}")
+
+
+def _range(low, high) -> str:
+    return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+
+
+# ---------------------------------------------------------------- token strategies
+
+@dataclass
+class AttentionProbe:
+    """What a block's attention exposes to a token strategy, already computed by the block.
+
+    q, k: (B, heads, N, head_dim) after any q/k normalisation, before scaling.
+    logit_fn: maps (q_rows, k) to attention logits (scale, cosine attention and the size bias included),
+    so a strategy can compute softmax rows for a few queries without the full N x N map.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    logit_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def attention_rows(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """Head-averaged softmax attention of the queries `rows` over every key: (B, R, N).
+
+        `rows` is a slice, or a (B, R) index tensor for per-image queries."""
+        if isinstance(rows, slice):
+            q = self.q[:, :, rows]
+        else:
+            B, H, N, D = self.q.shape
+            index = rows[:, None, :, None].expand(B, H, rows.shape[1], D)
+            q = self.q.gather(2, index)
+        logits = self.logit_fn(q, self.k)
+        return logits.float().softmax(dim=-1).mean(dim=1)
+
+
+class TokenStrategy(Strategy):
+    """A strategy that reduces the tokens of a block between its attention and its MLP.
+
+    Subclasses implement `tokens_out(layer, n_tokens, n_prefix)`, the static schedule (the number of
+    tokens leaving the block, equal to `n_tokens` when the block does nothing), and `reduce`.
+    """
+
+    kind = "token"
+    needs_size = False  # True when the strategy keeps per-token sizes (merging)
+
+    def tokens_out(self, layer: int, n_tokens: int, n_prefix: int, n_layers: int) -> int:
+        raise NotImplementedError
+
+    def reduce(self, layer: int, x: torch.Tensor, probe: AttentionProbe, n_prefix: int, n_layers: int):
+        """Return a `Selection` or a `Merge` for this block's tokens."""
+        raise NotImplementedError
+
+    def clamp_messages(self, n_tokens: int, n_prefix: int, n_layers: int) -> list[str]:
+        """Human-readable notes for budgets that had to be clamped on this token count."""
+        return []
+
+    def attach(self, model):
+        from ..patches.tokens import attach_token_strategy
+
+        return attach_token_strategy(model, self)
+
+
+class Selection:
+    """Keep a subset of tokens: `index` (B, M) holds, per image, the kept positions in order."""
+
+    def __init__(self, index: torch.Tensor):
+        self.index = index
+
+    def apply(self, t: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        return t.gather(1, self.index[..., None].expand(-1, -1, t.shape[-1]))
+
+    def reduce_features(self, x, size):
+        return self.apply(x), (None if size is None else self.apply(size))
+
+
+class Merge:
+    """Merge tokens: `apply(t, mode)` maps (B, N, C) to (B, N - r, C), combining merged rows by `mode`."""
+
+    def __init__(self, apply: Callable[[torch.Tensor, str], torch.Tensor]):
+        self.apply = apply
+
+    def reduce_features(self, x, size):
+        """Size-weighted average, so a merged token stands for all the patches it absorbed."""
+        if size is None:
+            size = torch.ones_like(x[..., :1])
+        x = self.apply(x * size, "sum")
+        size = self.apply(size, "sum")
+        return x / size, size
