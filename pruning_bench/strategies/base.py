@@ -127,23 +127,27 @@ class AttentionProbe:
 class TokenStrategy(Strategy):
     """A strategy that reduces the tokens of a block between its attention and its MLP.
 
-    Subclasses implement `tokens_out(layer, n_tokens, n_prefix)`, the static schedule (the number of
-    tokens leaving the block, equal to `n_tokens` when the block does nothing), and `reduce`.
+    Subclasses implement `plan_block` (how many tokens leave a block given how many enter, and a
+    note when the budget had to be clamped) and `reduce` (which tokens, for that count).
     """
 
     kind = "token"
-    needs_size = False  # True when the strategy keeps per-token sizes (merging)
+    needs_class_token = False  # True when tokens are ranked by the class token's attention
 
-    def tokens_out(self, layer: int, n_tokens: int, n_prefix: int, n_layers: int) -> int:
+    def plan_block(self, layer: int, n_tokens: int, n_prefix: int, n_layers: int) -> tuple[int, str | None]:
+        """(tokens leaving block `layer`, clamp note or None). Equal to `n_tokens` when the block does nothing."""
         raise NotImplementedError
 
-    def reduce(self, layer: int, x: torch.Tensor, probe: AttentionProbe, n_prefix: int, n_layers: int):
-        """Return a `Selection` or a `Merge` for this block's tokens."""
+    def reduce(self, layer: int, x: torch.Tensor, probe: AttentionProbe, n_prefix: int, n_out: int):
+        """A `Selection` or `Merge` taking the block's `x` (B, N, C) to `n_out` tokens."""
         raise NotImplementedError
 
-    def clamp_messages(self, n_tokens: int, n_prefix: int, n_layers: int) -> list[str]:
-        """Human-readable notes for budgets that had to be clamped on this token count."""
-        return []
+    def check_model(self, n_layers: int, n_prefix: int) -> None:
+        """Refuse parameters that cannot fit this model (e.g. a start block past the last one)."""
+
+    def uses_size_bias(self) -> bool:
+        """Whether attention adds log(token size) to its logits once tokens have merged (ToMe)."""
+        return False
 
     def attach(self, model):
         from ..patches.tokens import attach_token_strategy

@@ -1,0 +1,141 @@
+"""Hooking a token strategy into a vision transformer's blocks, and undoing it.
+
+Each block's class is swapped for a subclass whose `forward` asks the strategy how many tokens
+leave the block. A block that keeps every token (and needs no size bias) runs its own, unmodified
+`forward`, so budgets that keep everything are exact no-ops. A reducing block runs attention with
+its q/k exposed, adds the attention residual, lets the strategy select or merge tokens, then runs
+its MLP on the survivors. Swapping classes (not storing bound methods on instances) keeps
+`nn.DataParallel` replicas and `state_dict` intact.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .attention import attention_with_probe
+from .families import block_layout, locate_vit
+from .pooling import patched_vit_class
+from ..strategies.base import Selection, TokenStrategy
+
+_BLOCK_CLASSES: dict[type, type] = {}
+_ATTRS = ("_pb_run", "_pb_layer", "_pb_layout")
+
+
+class TokenRun:
+    """A token strategy on one model: what it was told and what the last forward did."""
+
+    def __init__(self, strategy: TokenStrategy, n_prefix: int, n_layers: int):
+        self.strategy = strategy
+        self.n_prefix = n_prefix
+        self.n_layers = n_layers
+        self.trace_source = False  # keep a (B, tokens, patches) map of which patches each token holds
+        self.record_attention = False  # keep each block's CLS attention and kept indices
+        self._warned: set[str] = set()
+        self._last_layer = float("inf")
+        self.begin(None)
+
+    def begin(self, x: torch.Tensor | None) -> None:
+        self.size = None  # (B, N, 1) patches per token, once tokens have been merged
+        self.source = None
+        self.tokens_in: list[int] = []
+        self.tokens_mlp: list[int] = []
+        self.records: list[dict] = []
+        if x is not None and self.trace_source:
+            B, N, _ = x.shape
+            self.source = torch.eye(N, device=x.device, dtype=x.dtype).expand(B, N, N)
+
+    def block_forward(self, block, x: torch.Tensor, original, extra_args) -> torch.Tensor:
+        layer = block._pb_layer
+        if layer <= self._last_layer:  # a new forward pass started (whatever the entry point)
+            self.begin(x)
+        self._last_layer = layer
+        N = x.shape[1]
+        n_out, message = self.strategy.plan_block(layer, N, self.n_prefix, self.n_layers)
+        if message and message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(f"{self.strategy.name}: {message}", UserWarning, stacklevel=4)
+        self.tokens_in.append(N)
+        bias_needed = self.size is not None and self.strategy.uses_size_bias()
+        if n_out == N and not bias_needed and not self.record_attention:
+            self.tokens_mlp.append(N)
+            return original()
+        if any(a is not None and a is not False for a in extra_args):
+            raise ValueError("token reduction cannot be combined with an attention mask")
+
+        layout = block._pb_layout
+        norm1, attn, norm2, mlp = layout.parts(block)
+        bias = self.size.log()[:, None, None, :, 0] if bias_needed else None
+        out, probe = attention_with_probe(attn, norm1(x), bias)
+        x = x + layout.attn_residual(block, out)
+        kept = None
+        if n_out < N:
+            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
+            x, self.size = reduction.reduce_features(x, self.size)
+            if self.source is not None:
+                self.source = reduction.apply(self.source, "sum")
+            if isinstance(reduction, Selection):
+                kept = reduction.index
+        if self.record_attention:
+            cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
+            self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept})
+        self.tokens_mlp.append(x.shape[1])
+        return x + layout.mlp_residual(block, mlp(norm2(x)))
+
+    def stats(self) -> dict:
+        return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+
+
+def _patched_block_class(cls: type) -> type:
+    if cls not in _BLOCK_CLASSES:
+
+        def forward(self, x, *args, **kwargs):
+            return self._pb_run.block_forward(
+                self, x, lambda: cls.forward(self, x, *args, **kwargs), tuple(args) + tuple(kwargs.values())
+            )
+
+        _BLOCK_CLASSES[cls] = type(f"TokenReduced{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return _BLOCK_CLASSES[cls]
+
+
+class TokenAttachment:
+    """Undo record for a token strategy: which modules had their class swapped."""
+
+    def __init__(self, run: TokenRun, swapped: list[tuple[torch.nn.Module, type]]):
+        self.run = run
+        self._swapped = swapped
+
+    def stats(self) -> dict:
+        return self.run.stats()
+
+    def restore(self) -> None:
+        while self._swapped:
+            module, cls = self._swapped.pop()
+            module.__class__ = cls
+            for name in _ATTRS:
+                module.__dict__.pop(name, None)
+
+
+def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy) -> TokenAttachment:
+    target = locate_vit(model)
+    if strategy.needs_class_token and target.n_prefix == 0:
+        raise ValueError(f"{strategy.name} ranks tokens by the class token's attention; this model has no class token")
+    strategy.check_model(len(target.blocks), target.n_prefix)
+    modules = [target.vit, *target.blocks]
+    if any(hasattr(m, "_pb_run") for m in modules):
+        raise ValueError("this model already carries a token strategy; restore it before adding another")
+    layouts = [block_layout(b) for b in target.blocks]  # refuse unknown blocks before touching anything
+    run = TokenRun(strategy, target.n_prefix, len(target.blocks))
+    swapped = []
+    try:
+        for layer, (block, layout) in enumerate(zip(target.blocks, layouts)):
+            swapped.append((block, type(block)))
+            block.__class__ = _patched_block_class(type(block))
+            block._pb_run, block._pb_layer, block._pb_layout = run, layer, layout
+        swapped.append((target.vit, type(target.vit)))
+        target.vit.__class__ = patched_vit_class(type(target.vit), target.family)
+        target.vit._pb_run = run
+    except BaseException:
+        TokenAttachment(run, swapped).restore()
+        raise
+    return TokenAttachment(run, swapped)

@@ -1,0 +1,74 @@
+"""anchor_diversity: keep the class token, k anchors, and the m tokens that best mix importance and diversity.
+
+1. Anchors: the k patch tokens the class token attends to most (head-averaged softmax(q_cls K^T / sqrt(d))).
+2. Importance I_i: mean over anchors j of the attention anchor j pays to token i (anchors are the
+   queries, so only k rows of attention are computed, never the N x N map).
+3. Diversity D_i = 1 - max_j cos(x_i, x_j) over anchors j, on the block's tokens after attention.
+4. Score S_i = alpha * I_i + (1 - alpha) * D_i, top-m among the remaining patch tokens.
+
+Scale: attention rows sum to one, so I_i is of order 1/N while D_i spans [0, 2]. Both are min-max
+normalised to [0, 1] over each image's candidate tokens before mixing, so alpha weighs ranks of
+comparable spread rather than raw units. Kept tokens stay in their original order.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import register_strategy
+from .base import AttentionProbe, check_float, check_int
+from .cls_topk import topk_by_cls_attention
+from .prune_once import PruneOnceStrategy
+
+
+def _minmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rescale each row to [0, 1] over the positions where `mask` is True."""
+    low = values.masked_fill(~mask, float("inf")).amin(dim=1, keepdim=True)
+    high = values.masked_fill(~mask, float("-inf")).amax(dim=1, keepdim=True)
+    return (values - low) / (high - low).clamp_min(1e-12)
+
+
+def anchor_diversity_scores(x: torch.Tensor, probe: AttentionProbe, anchors: torch.Tensor):
+    """Raw importance and diversity of every token, two (B, N) tensors; `anchors` (B, k) are positions."""
+    importance = probe.attention_rows(anchors).mean(dim=1)
+    features = F.normalize(x.float(), dim=-1)
+    anchor_features = features.gather(1, anchors[..., None].expand(-1, -1, features.shape[-1]))
+    diversity = 1.0 - (features @ anchor_features.transpose(1, 2)).amax(dim=-1)
+    return importance, diversity
+
+
+def select_anchor_diversity(x, probe, n_prefix: int, k_anchors: int, top_m: int, alpha: float) -> torch.Tensor:
+    """Positions (B, k_anchors + top_m) of the anchors and the best-scoring tokens, per image."""
+    B, N, _ = x.shape
+    anchors = topk_by_cls_attention(probe, n_prefix, k_anchors)
+    if top_m == 0:
+        return anchors
+    importance, diversity = anchor_diversity_scores(x, probe, anchors)
+    candidate = torch.ones(B, N, dtype=torch.bool, device=x.device)
+    candidate[:, :n_prefix] = False
+    candidate.scatter_(1, anchors, False)
+    score = alpha * _minmax(importance, candidate) + (1.0 - alpha) * _minmax(diversity, candidate)
+    chosen = score.masked_fill(~candidate, float("-inf")).topk(top_m, dim=1).indices
+    return torch.cat([anchors, chosen], dim=1)
+
+
+@register_strategy("anchor_diversity")
+class AnchorDiversity(PruneOnceStrategy):
+    defaults = {"k_anchors": 10, "top_m": 50, "alpha": 0.5, "start_layer": 1}
+    needs_class_token = True
+
+    def _check(self):
+        p = self.params
+        p["k_anchors"] = check_int("k_anchors", p["k_anchors"], 1, None, self.name)
+        p["top_m"] = check_int("top_m", p["top_m"], 0, None, self.name)
+        p["alpha"] = check_float("alpha", p["alpha"], 0.0, 1.0, owner=self.name)
+        self._check_start_layer()
+
+    def budget(self):
+        return self.params["k_anchors"] + self.params["top_m"]
+
+    def reduce(self, layer, x, probe, n_prefix, n_out):
+        return self.selection(
+            n_prefix,
+            select_anchor_diversity(x, probe, n_prefix, self.params["k_anchors"], self.params["top_m"], self.params["alpha"]),
+        )

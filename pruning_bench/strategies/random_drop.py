@@ -1,0 +1,37 @@
+"""random_drop: keep `keep` patch tokens chosen at random, the floor any scoring rule must beat.
+
+The draw comes from a generator seeded by (seed, block) and is shared by every image, so results are
+reproducible and never depend on batch composition or batch size.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import register_strategy
+from .base import check_int
+from .prune_once import PruneOnceStrategy
+
+
+def random_positions(n_patches: int, keep: int, seed: int, layer: int, n_prefix: int, batch: int, device) -> torch.Tensor:
+    """(batch, keep) positions of `keep` random patch tokens, identical for every image."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+    chosen = torch.randperm(n_patches, generator=generator)[:keep] + n_prefix
+    return chosen.to(device).expand(batch, keep)
+
+
+@register_strategy("random_drop")
+class RandomDrop(PruneOnceStrategy):
+    defaults = {"keep": 98, "start_layer": 1, "seed": 0}
+
+    def _check(self):
+        self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
+        self.params["seed"] = check_int("seed", self.params["seed"], 0, None, self.name)
+        self._check_start_layer()
+
+    def budget(self):
+        return self.params["keep"]
+
+    def reduce(self, layer, x, probe, n_prefix, n_out):
+        B, N, _ = x.shape
+        chosen = random_positions(N - n_prefix, n_out - n_prefix, self.params["seed"], layer, n_prefix, B, x.device)
+        return self.selection(n_prefix, chosen)

@@ -1,0 +1,140 @@
+"""tome: Token Merging (Bolya et al., ICLR 2023), r tokens merged in every block.
+
+Bipartite soft matching on the block's keys (mean over heads): tokens alternate into sets A and B,
+each A token proposes its most cosine-similar B token, the r strongest proposals merge by a
+size-weighted average. Prefix tokens are never merged. The block output lists the unmerged A tokens
+(in order) and then B, as in the paper's implementation, so schedules and results line up with it.
+
+`match_fraction` < 1 lets only a seeded random share of the tokens take part in matching (the same
+share for every image, so a run is reproducible and batch-size invariant); r is then also capped by
+the participating A tokens.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..registry import register_strategy
+from .base import Merge, TokenStrategy, check_bool, check_float, check_int
+
+
+@functools.lru_cache(maxsize=256)
+def _participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> torch.Tensor | None:
+    """Bool mask (N,) of tokens allowed to match, or None when all are."""
+    if fraction >= 1.0:
+        return None
+    patches = n_tokens - n_prefix
+    count = max(1, round(fraction * patches))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+    chosen = torch.randperm(patches, generator=generator)[:count] + n_prefix
+    mask = torch.zeros(n_tokens, dtype=torch.bool)
+    mask[chosen] = True
+    return mask
+
+
+def max_merges(n_tokens: int, n_prefix: int, participants: torch.Tensor | None) -> int:
+    """The most tokens one bipartite step can remove."""
+    limit = (n_tokens - n_prefix) // 2
+    if participants is None:
+        return limit
+    in_a, in_b = int(participants[::2].sum()), int(participants[1::2].sum())
+    return min(limit, in_a) if in_b else 0
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, participants: torch.Tensor | None = None) -> Merge:
+    """Plan merging r tokens of each image from `metric` (B, N, C); returns the `Merge` to apply."""
+    B, N, _ = metric.shape
+    with torch.no_grad():
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)
+        n_a, n_b = scores.shape[1], scores.shape[2]
+        blocked_a = torch.arange(n_a, device=metric.device) * 2 < n_prefix
+        blocked_b = torch.arange(n_b, device=metric.device) * 2 + 1 < n_prefix
+        if participants is not None:
+            participants = participants.to(metric.device)
+            blocked_a = blocked_a | ~participants[::2]
+            blocked_b = blocked_b | ~participants[1::2]
+        scores = scores.masked_fill(blocked_a[None, :, None] | blocked_b[None, None, :], float("-inf"))
+        best, best_b = scores.max(dim=-1)
+        order = best.argsort(dim=-1, descending=True)[..., None]
+        kept_a = order[:, r:].sort(dim=1).values
+        merged_a = order[:, :r]
+        into_b = best_b[..., None].gather(1, merged_a)
+    front = _prefix_to_front(n_a - r, n_b, n_prefix)
+    front = None if front is None else front.to(metric.device)
+
+    def apply(t: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        C = t.shape[-1]
+        a, b = t[:, ::2], t[:, 1::2]
+        unmerged = a.gather(1, kept_a.expand(-1, -1, C))
+        moving = a.gather(1, merged_a.expand(-1, -1, C))
+        b = b.scatter_reduce(1, into_b.expand(-1, -1, C), moving, reduce=mode)
+        out = torch.cat([unmerged, b], dim=1)
+        return out if front is None else out.index_select(1, front)
+
+    return Merge(apply)
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor | None:
+    """Permutation moving prefix tokens that sat in set B back to the front (None when there are none).
+
+    With one prefix token (the class token) it sits first in A and stays first, as in the paper."""
+    b_prefix = n_prefix // 2
+    if b_prefix == 0:
+        return None
+    # prefix token t sits in A at output position t // 2, or in B at position n_unmerged_a + t // 2
+    head = [t // 2 if t % 2 == 0 else n_unmerged_a + t // 2 for t in range(n_prefix)]
+    taken = set(head)
+    rest = [i for i in range(n_unmerged_a + n_b) if i not in taken]
+    return torch.tensor(head + rest)
+
+
+@register_strategy("tome")
+class ToMe(TokenStrategy):
+    defaults = {"r": 8, "prop_attn": True, "match_fraction": 1.0, "seed": 0}
+
+    def _check(self):
+        p = self.params
+        r = p["r"]
+        if isinstance(r, (list, tuple)):
+            p["r"] = [check_int(f"r[{i}]", v, 0, None, self.name) for i, v in enumerate(r)]
+        else:
+            p["r"] = check_int("r", r, 0, None, self.name)
+        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
+        p["match_fraction"] = check_float("match_fraction", p["match_fraction"], 0.0, 1.0, low_open=True, owner=self.name)
+        p["seed"] = check_int("seed", p["seed"], 0, None, self.name)
+
+    def check_model(self, n_layers, n_prefix):
+        r = self.params["r"]
+        if isinstance(r, list) and len(r) > n_layers:
+            raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+
+    def r_at(self, layer: int) -> int:
+        r = self.params["r"]
+        if isinstance(r, list):
+            return r[layer] if layer < len(r) else 0
+        return r
+
+    def _participants(self, layer, n_tokens, n_prefix):
+        return _participants(n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
+
+    def plan_block(self, layer, n_tokens, n_prefix, n_layers):
+        r = self.r_at(layer)
+        if r == 0:
+            return n_tokens, None
+        limit = max_merges(n_tokens, n_prefix, self._participants(layer, n_tokens, n_prefix))
+        if r > limit:
+            return n_tokens - limit, (
+                f"r={r} at block {layer} exceeds the {limit} merges possible with {n_tokens} tokens; clamped to {limit}"
+            )
+        return n_tokens - r, None
+
+    def reduce(self, layer, x, probe, n_prefix, n_out):
+        N = x.shape[1]
+        metric = probe.k.mean(dim=1)
+        return bipartite_soft_matching(metric, N - n_out, n_prefix, self._participants(layer, N, n_prefix))
+
+    def uses_size_bias(self):
+        return self.params["prop_attn"]
