@@ -1,0 +1,286 @@
+"""FLOP counting that follows the tokens that really flow: fvcore plus handles for what it skips.
+
+fvcore (one multiply-accumulate = 1) silently drops `aten::scaled_dot_product_attention` and the
+`nn.MultiheadAttention` fast path (`aten::_native_multi_head_attention`), i.e. all of QK^T and AV
+and, for open_clip, the q/k/v and output projections too. The handles below count them, and any op
+left unsupported that does matrix work makes `count_flops` raise instead of under-counting.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
+
+from .analytic import find_blocks, image_tower
+
+
+class UncountedMatmulError(RuntimeError):
+    """An op doing matrix work was traced but has no counting handle, so the count would be too low."""
+
+
+# ------------------------------------------------------------------ handles (MACs, fvcore's convention)
+
+
+def _shape(value) -> list[int]:
+    shape = get_shape(value)
+    if shape is None:
+        raise ValueError(f"no static shape for traced value {value}")
+    return list(shape)
+
+
+def matmul_macs(inputs, outputs) -> int:
+    """matmul / mm / bmm with broadcasting: every output element costs K multiply-accumulates."""
+    a = _shape(inputs[0])
+    k = a[-1]
+    return prod(_shape(outputs[0])) * k
+
+
+def add_matmul_macs(inputs, outputs) -> int:
+    """addmm / baddbmm / addmv / _addmm_activation: (bias, a, b, ...) -> the a @ b part only."""
+    a = _shape(inputs[1])
+    return prod(_shape(outputs[0])) * a[-1]
+
+
+def addbmm_macs(inputs, outputs) -> int:
+    """addbmm sums a batch of products into one matrix: b*n*m*p."""
+    a, b = _shape(inputs[1]), _shape(inputs[2])
+    return prod(a) * b[-1]
+
+
+def dot_macs(inputs, outputs) -> int:
+    return _shape(inputs[0])[-1]
+
+
+def outer_macs(inputs, outputs) -> int:
+    return prod(_shape(outputs[0]))
+
+
+def sdpa_macs(inputs, outputs) -> int:
+    """QK^T and AV of scaled-dot-product attention: prod(batch, heads, Nq) * Nk * (d + dv).
+
+    A mask or bias input changes no matrix work and is not counted; heads shared across queries
+    (grouped-query attention) still cost one product per query head.
+    """
+    q, k, v = (_shape(x) for x in inputs[:3])
+    nk, dv = k[-2], v[-1]
+    return prod(q[:-1]) * nk * (q[-1] + dv)
+
+
+def native_mha_macs(inputs, outputs) -> int:
+    """`aten::_native_multi_head_attention` (nn.MultiheadAttention fast path): projections + attention.
+
+    Arguments: query, key, value, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, ...
+    """
+    q, k = _shape(inputs[0]), _shape(inputs[1])
+    qkv_w, proj_w = _shape(inputs[5]), _shape(inputs[7])
+    inner = qkv_w[0] // 3  # heads * head_dim
+    if len(q) == 2:  # unbatched
+        q, k = [1, *q], [1, *k]
+    batch, nq, e = q
+    nk = k[1]
+    projections = batch * (nq * e * inner + 2 * nk * e * inner + nq * proj_w[1] * proj_w[0])
+    attention = batch * nq * nk * inner * 2
+    return projections + attention
+
+
+_SDPA_OPS = (
+    "aten::scaled_dot_product_attention",
+    "aten::_scaled_dot_product_attention_math",
+    "aten::_scaled_dot_product_flash_attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_efficient_attention",
+    "aten::_scaled_dot_product_cudnn_attention",
+)
+
+EXTRA_HANDLES = {
+    **{op: sdpa_macs for op in _SDPA_OPS},
+    "aten::_native_multi_head_attention": native_mha_macs,
+    # fvcore's matmul handle asserts 2 operands of rank >= 2 and ignores broadcasting of the left one
+    "aten::matmul": matmul_macs,
+    "aten::mm": matmul_macs,
+    "aten::bmm": matmul_macs,
+    "aten::mv": matmul_macs,
+    "aten::baddbmm": add_matmul_macs,
+    "aten::addmm": add_matmul_macs,
+    "aten::addmv": add_matmul_macs,
+    "aten::_addmm_activation": add_matmul_macs,
+    "aten::addbmm": addbmm_macs,
+    "aten::dot": dot_macs,
+    "aten::vdot": dot_macs,
+    "aten::outer": outer_macs,
+    "aten::ger": outer_macs,
+}
+
+# ops whose work is (mostly) matrix products; if one is left without a handle the count is wrong
+_MATMUL_NAMES = {
+    "mm", "bmm", "matmul", "addmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "vdot", "inner", "outer",
+    "ger", "addr", "tensordot", "linear", "bilinear", "einsum", "chain_matmul", "linalg_multi_dot",
+    "linalg_matmul", "cdist", "addmm_activation", "kron", "linalg_vecdot",
+}
+_MATMUL_PATTERN = re.compile(r"attention|matmul|^conv|convolution")
+
+
+def is_matmul_like(op: str) -> bool:
+    """True for traced ops that may hide matrix work (including opaque Python autograd functions)."""
+    if op == "prim::PythonOp":
+        return True
+    base = op.split("::")[-1].strip("_")
+    return base in _MATMUL_NAMES or bool(_MATMUL_PATTERN.search(base))
+
+
+def make_analysis(tower: nn.Module, images: torch.Tensor, *, handles: bool = True) -> FlopCountAnalysis:
+    """A quiet fvcore analysis; with `handles` it also counts attention and the MHA fast path."""
+    analysis = FlopCountAnalysis(tower, images)
+    if handles:
+        analysis.set_op_handle(**EXTRA_HANDLES)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis
+
+
+@contextmanager
+def counting_mode(module: nn.Module):
+    """Eval mode and no_grad for one traced forward; the module's own mode comes back afterwards."""
+    was_training = module.training
+    module.eval()
+    logger = logging.getLogger("fvcore.nn.jit_analysis")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+        module.train(was_training)
+
+
+def _match_tower(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    param = next(tower.parameters(), None)
+    if param is None:
+        return images
+    return images.to(device=param.device, dtype=param.dtype if images.is_floating_point() else images.dtype)
+
+
+# ------------------------------------------------------------------ result
+
+
+@dataclass
+class FlopCount:
+    """MACs of one forward of the image tower, per image (mean over the batch that was counted).
+
+    gmacs: 1e9 multiply-accumulates per image (fvcore's "flop"); gflops = 2 x gmacs.
+    per_block: GMACs per image of each transformer block, in order.
+    unsupported: op -> times seen, for ops fvcore skipped (elementwise work only, else it raises).
+    """
+
+    gmacs: float
+    per_block: list[float]
+    unsupported: dict[str, int]
+    note: str
+    batch_size: int
+    by_operator: dict[str, float] = field(default_factory=dict)
+    matmul_like_skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.gmacs
+
+    @property
+    def macs(self) -> float:
+        return self.gmacs * 1e9
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gmacs": self.gmacs,
+            "gflops": self.gflops,
+            "per_block_gmacs": list(self.per_block),
+            "unsupported_ops": dict(self.unsupported),
+            "batch_size": self.batch_size,
+            "note": self.note,
+        }
+
+
+def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) -> FlopCount:
+    """Count the MACs of one forward of `model`'s image tower on `images`, pruning included.
+
+    For a CLIP model only `model.visual` runs (never the text tower). The model is traced once in
+    eval mode under no_grad, so a seeded random strategy gives the same count every call. Figures
+    are per image: the batch total divided by the batch size, i.e. the mean over these images when
+    a strategy keeps a different number of tokens per image. With `strict`, an op that does matrix
+    work but has no handle raises `UncountedMatmulError`; otherwise it is listed in
+    `matmul_like_skipped` and named in the note.
+    """
+    tower = image_tower(model)
+    images = _match_tower(tower, images)
+    batch = int(images.shape[0])
+    with counting_mode(tower):
+        analysis = make_analysis(tower, images)
+        total = analysis.total()
+        by_module = analysis.by_module()
+        by_operator = analysis.by_operator()
+        unsupported = dict(analysis.unsupported_ops())
+    skipped = {op: n for op, n in unsupported.items() if is_matmul_like(op)}
+    if skipped and strict:
+        raise UncountedMatmulError(
+            f"ops doing matrix work were traced without a counting handle: {skipped}; "
+            "add a handle in pruning_bench.measure.flops.EXTRA_HANDLES"
+        )
+    prefix, blocks = find_blocks(tower)
+    per_block = [by_module.get(f"{prefix}.{i}", 0) / batch / 1e9 for i in range(len(blocks))]
+    note = (
+        f"fvcore MACs with handles for scaled_dot_product_attention and _native_multi_head_attention; "
+        f"image tower only; per image, mean over {batch} image(s)"
+    )
+    if skipped:
+        note += f"; WARNING matrix work not counted in {sorted(skipped)}"
+    return FlopCount(
+        gmacs=total / batch / 1e9,
+        per_block=per_block,
+        unsupported=unsupported,
+        note=note,
+        batch_size=batch,
+        by_operator={op: v / batch / 1e9 for op, v in by_operator.items()},
+        matmul_like_skipped=skipped,
+    )
+
+
+def count_flops_plain(model: nn.Module, images: torch.Tensor) -> tuple[float, dict[str, int]]:
+    """GMACs per image as plain fvcore reports them (no extra handles), with its skipped ops."""
+    tower = image_tower(model)
+    images = _match_tower(tower, images)
+    with counting_mode(tower):
+        analysis = make_analysis(tower, images, handles=False)
+        return analysis.total() / images.shape[0] / 1e9, dict(analysis.unsupported_ops())
+
+
+def count_flops_torch(model: nn.Module, images: torch.Tensor) -> tuple[float, dict[str, int]]:
+    """GMACs per image from `torch.utils.flop_counter` (its FLOPs / 2), with GMACs per op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tower = image_tower(model)
+    images = _match_tower(tower, images)
+    counter = FlopCounterMode(display=False)
+    # its module tracker trips over views of parameters that require grad under no_grad
+    flags = {p: p.requires_grad for p in tower.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        with counting_mode(tower), counter:
+            tower(images)
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    batch = images.shape[0]
+    per_op = {str(op): n / 2 / batch / 1e9 for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return counter.get_total_flops() / 2 / batch / 1e9, per_op
