@@ -1,0 +1,7 @@
+"""CLIP_benchmark integration: pruning flags, result fields and upstream fixes for `clip_benchmark eval`.
+
+Nothing here edits clip_benchmark's files. A `.pth` file installed next to the package runs
+`hook.install()` at interpreter start-up; the hook waits until clip_benchmark's own modules are
+imported and only then adapts them (see docs/clip_benchmark_integration.md). Keep this
+`__init__` free of imports: it is loaded by every Python process of the environment.
+"""

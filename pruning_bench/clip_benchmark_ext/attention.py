@@ -1,0 +1,68 @@
+"""`--extract_attention`: each block's class-token attention and kept token indices for the first images.
+
+The file (torch.save of a dict) holds:
+- `cls_attention`: list over blocks of float32 tensors (N_images, tokens_in): the class token's
+  softmax attention over the tokens entering that block, averaged over heads (rows sum to 1;
+  for merged tokens the log-size bias is included, as in the forward pass itself).
+- `kept_index`: list over blocks of int64 tensors (N_images, tokens_out) with the positions, within
+  that block's input, of the tokens it keeps (sorted, class token at 0), or None when the block
+  keeps every token or merges tokens instead of selecting them (tome).
+- `tokens_per_layer`: tokens entering each block; `layers`: block indices of the lists above.
+- `image_index`: positions of the images in the evaluation stream (the first N, in order).
+- `model`, `pretrained`, `dataset`, `task`, `strategy`, `params`: what produced it.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from .efficiency import encode_images
+
+FORMAT = "pruning-bench cls-attention v1"
+
+
+def _token_run(handle):
+    """The token-strategy run behind a prune handle (it carries the recording switch), or None."""
+    for attachment in getattr(handle, "_attachments", []):
+        run = getattr(attachment, "run", None)
+        if run is not None and hasattr(run, "record_attention"):
+            return run
+    return None
+
+
+def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]:
+    """Forward `images` once with attention recording on; the per-block lists of the saved file."""
+    import pruning_bench as pb
+
+    run = _token_run(handle) if handle is not None else None
+    probe_handle = None
+    if run is None:  # unpruned (or structurally pruned) model: a selection that keeps every token
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            probe_handle = pb.prune(model, "cls_topk", keep=10**9, start_layer=0)
+        run = _token_run(probe_handle)
+    run.record_attention = True
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            encode_images(model, images)
+        records = sorted(run.records, key=lambda r: r["layer"])
+        tokens = list(run.stats()["tokens_per_layer"])
+    finally:
+        run.record_attention = False
+        if probe_handle is not None:
+            probe_handle.restore()
+    return {
+        "format": FORMAT,
+        "cls_attention": [r["cls_attention"].float().cpu() for r in records],
+        "kept_index": [None if r["kept_index"] is None else r["kept_index"].long().cpu() for r in records],
+        "tokens_per_layer": tokens,
+        "layers": [int(r["layer"]) for r in records],
+        "image_index": torch.arange(len(images)),
+    }
+
+
+def save(path: str, record: dict[str, Any], info: dict[str, Any]) -> None:
+    torch.save({**record, **info}, path)

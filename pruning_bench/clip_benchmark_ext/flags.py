@@ -1,0 +1,126 @@
+"""The pruning flags of `clip_benchmark eval` and their resolution into one checked configuration.
+
+Everything is validated here, right after argument parsing, so a bad value stops the command before
+any model or data is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_STRATEGY = "anchor_diversity"
+SHORTCUTS = ("k_anchors", "top_m", "alpha")  # anchor_diversity's parameters as their own flags
+PRUNABLE_TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the pruning flags to clip_benchmark's `eval` sub-parser."""
+    group = parser.add_argument_group(
+        "pruning (pruning-bench)",
+        "Patch a token-reduction or structured-pruning strategy into the image encoder right after the "
+        "model loads, undo it right after the evaluation, and record `pruning` and `efficiency` in the "
+        "result JSON. Tasks: " + ", ".join(PRUNABLE_TASKS) + ".",
+    )
+    group.add_argument("--enable_pruning", action="store_true", help="apply --prune_strategy during the evaluation")
+    group.add_argument("--prune_strategy", default=None, metavar="NAME",
+                       help=f"registered strategy (default: {DEFAULT_STRATEGY}); see `pruning-bench` / pb.list_strategies()")
+    group.add_argument("--k_anchors", type=int, default=None, help="anchor_diversity: anchor tokens (default 10)")
+    group.add_argument("--top_m", type=int, default=None, help="anchor_diversity: tokens kept besides the anchors (default 50)")
+    group.add_argument("--alpha", type=float, default=None, help="anchor_diversity: importance vs diversity weight in [0, 1] (default 0.5)")
+    group.add_argument("--prune_param", action="append", default=[], metavar="KEY=VALUE",
+                       help="any strategy parameter, repeatable; VALUE is a Python literal (8, 0.5, true, [4,8]) or a word")
+    group.add_argument("--measure_efficiency", action="store_true",
+                       help="record `efficiency` (GMACs, images/s, tokens per layer) for a run without pruning too")
+    group.add_argument("--throughput_repeats", type=int, default=3, metavar="N",
+                       help="timed forward passes of one evaluation batch for images_per_second (default 3)")
+    group.add_argument("--extract_attention", action="store_true",
+                       help="save each block's CLS attention and the kept token indices for the first images")
+    group.add_argument("--attention_output", default=None, metavar="PATH",
+                       help="where --extract_attention saves (torch.save); default: the result JSON's name with .attention.pt")
+    group.add_argument("--attention_images", type=int, default=8, metavar="N",
+                       help="how many of the first evaluation images --extract_attention keeps (default 8)")
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal when `text` is one (ints, floats, lists, None), booleans in any case, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse_prune_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise ValueError(f"--prune_param expects KEY=VALUE, got {item!r}")
+        if key in params:
+            raise ValueError(f"--prune_param {key} is given twice")
+        params[key] = parse_value(value)
+    return params
+
+
+@dataclass
+class PruningConfig:
+    """What the flags ask for, checked. `params` are the user's, `resolved` include every default."""
+
+    enabled: bool = False
+    strategy: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
+    measure_efficiency: bool = False
+    throughput_repeats: int = 3
+    extract_attention: bool = False
+    attention_output: str | None = None
+    attention_images: int = 8
+
+    @property
+    def active(self) -> bool:
+        """Whether the run differs from a plain clip_benchmark run at all."""
+        return self.enabled or self.measure_efficiency or self.extract_attention
+
+
+def resolve(args: argparse.Namespace) -> PruningConfig:
+    """Check the pruning flags of `args`; raises ValueError with a one-line message."""
+    shortcuts = {name: getattr(args, name, None) for name in SHORTCUTS}
+    shortcuts = {name: value for name, value in shortcuts.items() if value is not None}
+    extra = parse_prune_params(getattr(args, "prune_param", None) or [])
+    enabled = bool(getattr(args, "enable_pruning", False))
+    strategy = getattr(args, "prune_strategy", None)
+    if not enabled:
+        given = [f"--{n}" for n in shortcuts] + (["--prune_param"] if extra else []) + (["--prune_strategy"] if strategy else [])
+        if given:
+            raise ValueError(f"{', '.join(given)} given without --enable_pruning")
+    clash = sorted(set(shortcuts) & set(extra))
+    if clash:
+        raise ValueError(f"{clash[0]} is given both as --{clash[0]} and as --prune_param")
+    if getattr(args, "attention_output", None) and not getattr(args, "extract_attention", False):
+        raise ValueError("--attention_output given without --extract_attention")
+    if getattr(args, "attention_images", 8) < 1:
+        raise ValueError(f"--attention_images={args.attention_images} must be at least 1")
+    if getattr(args, "throughput_repeats", 3) < 1:
+        raise ValueError(f"--throughput_repeats={args.throughput_repeats} must be at least 1")
+    config = PruningConfig(
+        enabled=enabled,
+        measure_efficiency=enabled or bool(getattr(args, "measure_efficiency", False)),
+        throughput_repeats=getattr(args, "throughput_repeats", 3),
+        extract_attention=bool(getattr(args, "extract_attention", False)),
+        attention_output=getattr(args, "attention_output", None),
+        attention_images=getattr(args, "attention_images", 8),
+    )
+    if enabled:
+        from ..api import make_strategy
+
+        config.strategy = strategy or DEFAULT_STRATEGY
+        config.params = {**shortcuts, **extra}
+        config.resolved = make_strategy(config.strategy, dict(config.params)).resolved_params()
+    return config

@@ -1,0 +1,328 @@
+"""Wiring into `clip_benchmark.cli`: extra `eval` flags, and a `run` that prunes around the evaluation.
+
+`extend_cli` replaces two module attributes, `get_parser_args` and `run`, with wrappers; `main` and
+`main_eval` look both up at call time, so every path through the command goes through them.
+Without `--enable_pruning`, `--measure_efficiency` and `--extract_attention` the wrapped `run` calls
+clip_benchmark's own `run` with the very same arguments: a plain run stays a plain run.
+
+During a pruning run, four names of the cli module are swapped for the duration of that one
+`run` call and put back afterwards:
+- `load_clip`: the strategy is patched in right after the model loads (bad parameters stop here,
+  before any data is read);
+- `zeroshot_classification`, `zeroshot_retrieval`, `linear_probe`: their `evaluate` measures
+  efficiency, extracts attention and restores the model right after the evaluation; the linear
+  probe gets a feature-cache id that names the pruning configuration;
+- `json`: `dump` adds `pruning` and `efficiency` to clip_benchmark's result dict.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import types
+import warnings
+from typing import Any
+
+from . import flags, naming
+
+_TASK_MODULES = {"zeroshot_classification": "zeroshot_classification",
+                 "zeroshot_retrieval": "zeroshot_retrieval",
+                 "linear_probe": "linear_probe"}
+
+
+def fail(message: str) -> None:
+    """Stop the command with one line on stderr (exit status 2, like argparse's own errors)."""
+    print(f"clip_benchmark eval: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+def _parser_class(base: type) -> type:
+    class ArgumentParser(base):
+        """clip_benchmark's parser, with the pruning flags added to `eval` before anything is parsed."""
+
+        def parse_known_args(self, args=None, namespace=None):
+            eval_parser = _eval_subparser(self)
+            if eval_parser is not None and not getattr(eval_parser, "_pruning_bench_flags", False):
+                flags.add_arguments(eval_parser)
+                eval_parser._pruning_bench_flags = True
+            return super().parse_known_args(args, namespace)
+
+    return ArgumentParser
+
+
+def _eval_subparser(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get("eval")
+    return None
+
+
+class _ArgparseWithPruningFlags(types.ModuleType):
+    """Stands in for `argparse` inside clip_benchmark.cli while its parser is built."""
+
+    def __init__(self, real):
+        super().__init__(real.__name__, real.__doc__)
+        self.__dict__.update(real.__dict__)
+        self.ArgumentParser = _parser_class(real.ArgumentParser)
+
+
+def wrap_get_parser_args(cli, original):
+    @functools.wraps(original)
+    def get_parser_args():
+        real = cli.argparse
+        cli.argparse = _ArgparseWithPruningFlags(real)
+        try:
+            parser, args = original()
+        finally:
+            cli.argparse = real
+        if getattr(args, "which", None) == "eval":
+            try:
+                args.pruning_config = flags.resolve(args)
+            except ValueError as exc:
+                fail(str(exc))
+            _check_tasks(args)
+        return parser, args
+
+    return get_parser_args
+
+
+def _check_tasks(args) -> None:
+    config = args.pruning_config
+    if config.active and args.task not in (*flags.PRUNABLE_TASKS, "auto"):
+        fail(f"--enable_pruning/--measure_efficiency/--extract_attention support the tasks "
+             f"{', '.join(flags.PRUNABLE_TASKS)}, not {args.task}")
+
+
+# ---------------------------------------------------------------- the run
+
+
+class PruningSession:
+    """One clip_benchmark `run` with pruning: owns the handle, the captured images and the extra fields."""
+
+    def __init__(self, cli, args, config: flags.PruningConfig, slug: str):
+        self.cli, self.args, self.config, self.slug = cli, args, config, slug
+        self.model = None
+        self.handle = None
+        self.notes: list[str] = []
+        self.images: list = []
+        self.n_images = 0
+        self._capture = None
+        self.efficiency: dict[str, Any] | None = None
+        self.feature_cache: str | None = None
+
+    # -- model loading
+    def load_clip(self, original):
+        @functools.wraps(original)
+        def load_clip(*a, **kw):
+            model, transform, tokenizer = original(*a, **kw)
+            self.model = model
+            if self.config.enabled:
+                self._prune(model)
+            self._start_capture(model)
+            return model, transform, tokenizer
+
+        return load_clip
+
+    def _prune(self, model) -> None:
+        import pruning_bench as pb
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            try:
+                self.handle = pb.prune(model, self.config.strategy, **self.config.params)
+            except (ValueError, pb.UnsupportedModelError) as exc:
+                fail(str(exc))
+        self.notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        for note in self.notes:
+            print(f"pruning-bench: {note}", file=sys.stderr)
+
+    def _start_capture(self, model) -> None:
+        """Keep the first evaluation batches seen by the image encoder (for efficiency and attention)."""
+        wanted = self.config.attention_images if self.config.extract_attention else 1
+        tower = getattr(model, "visual", model)
+
+        def keep(_module, args):
+            if self.n_images < wanted or not self.images:
+                self.images.append(args[0].detach().cpu())
+                self.n_images += len(args[0])
+
+        self._capture = tower.register_forward_pre_hook(keep)
+
+    def _stop_capture(self) -> None:
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    # -- evaluation
+    def evaluate(self, original, task: str):
+        @functools.wraps(original)
+        def evaluate(*a, **kw):
+            if task == "linear_probe":
+                a, kw = self._key_feature_cache(original, a, kw)
+            try:
+                metrics = original(*a, **kw)
+                self._stop_capture()
+                if self.model is not None:
+                    self._after_evaluation()
+                return metrics
+            finally:
+                self._stop_capture()
+                if self.handle is not None:
+                    self.handle.restore()
+
+        return evaluate
+
+    def _key_feature_cache(self, original, a, kw):
+        import inspect
+
+        bound = inspect.signature(original).bind(*a, **kw)
+        bound.arguments["model_id"] = naming.feature_cache_id(bound.arguments["model_id"], self.slug)
+        self.feature_cache = bound.arguments["model_id"]
+        return bound.args, bound.kwargs
+
+    def _evaluation_images(self):
+        import torch
+
+        if self.images:
+            return torch.cat(self.images), "evaluation batch"
+        size = getattr(getattr(self.model, "visual", self.model), "image_size", (224, 224))
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        generator = torch.Generator().manual_seed(self.args.seed)
+        batch = torch.rand(self.args.batch_size, 3, *size, generator=generator)
+        self.notes.append("no image reached the encoder during evaluation; efficiency measured on random images")
+        return batch, "random images"
+
+    def _after_evaluation(self) -> None:
+        from . import attention, efficiency
+
+        images, source = self._evaluation_images()
+        device, amp = self.args.device, self.args.amp
+        if self.config.measure_efficiency:
+            try:
+                self.efficiency = efficiency.measure(
+                    self.model, images[: self.args.batch_size], device=device, amp=amp,
+                    repeats=self.config.throughput_repeats, handle=self.handle, source=source)
+            except Exception as exc:  # keep the evaluation's metrics; say why efficiency is missing
+                self.efficiency = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"pruning-bench: efficiency not measured ({type(exc).__name__}: {exc})", file=sys.stderr)
+        if self.config.extract_attention:
+            self.attention = attention.record_attention(
+                self.model, images[: self.config.attention_images].to(device), self.handle)
+
+    # -- result file
+    def pruning_record(self) -> dict[str, Any] | None:
+        if not self.config.enabled:
+            return None
+        described = self.handle.describe() if self.handle is not None else [
+            {"strategy": self.config.strategy, "params": self.config.resolved}]
+        record = {
+            "strategy": self.config.strategy,
+            "params": described[0]["params"] if len(described) == 1 else self.config.resolved,
+            "requested": self.config.params,
+            "stages": described,
+            "slug": self.slug,
+            "notes": list(self.notes),
+        }
+        if self.feature_cache is not None:
+            record["feature_cache"] = self.feature_cache
+        if self.model is None:
+            record["notes"].append("model not loaded (--skip_load): metrics come from the cached features of this configuration")
+        return record
+
+    def json_module(self, real):
+        session = self
+
+        class _Json(types.ModuleType):
+            def dump(self, obj, fp, *a, **kw):
+                if isinstance(obj, dict) and "metrics" in obj:
+                    obj = session.complete(obj, getattr(fp, "name", None))
+                return real.dump(obj, fp, *a, **kw)
+
+        proxy = _Json(real.__name__, real.__doc__)
+        for name, value in real.__dict__.items():
+            if name != "dump":
+                proxy.__dict__[name] = value
+        return proxy
+
+    def complete(self, dump: dict, output: str | None) -> dict:
+        """clip_benchmark's result dict plus `pruning`, `efficiency` (and where the attention went)."""
+        dump = dict(dump)
+        dump["pruning"] = self.pruning_record()
+        if self.config.measure_efficiency:
+            dump["efficiency"] = self.efficiency
+        if self.config.extract_attention and getattr(self, "attention", None) is not None:
+            path = self.config.attention_output or (os.path.splitext(output or "result.json")[0] + ".attention.pt")
+            from . import attention
+
+            attention.save(path, self.attention, {
+                "model": self.args.model, "pretrained": self.args.pretrained, "dataset": self.args.dataset,
+                "task": dump.get("task"), "strategy": self.config.strategy, "params": self.config.resolved})
+            dump["attention_output"] = path
+        return dump
+
+
+def _patched(module, **replacements):
+    """A stand-in for a module with some attributes replaced (the real module is left untouched)."""
+    proxy = types.ModuleType(module.__name__, module.__doc__)
+    proxy.__dict__.update(module.__dict__)
+    proxy.__dict__.update(replacements)
+    return proxy
+
+
+def resolved_task(args) -> str:
+    """The task clip_benchmark's `run` will pick (`auto` resolved from the dataset name, as it does)."""
+    if args.task != "auto":
+        return args.task
+    from clip_benchmark.datasets.builder import get_dataset_default_task
+
+    name = args.dataset[len("wds/"):] if args.dataset.startswith("wds/") else args.dataset
+    return get_dataset_default_task(name)
+
+
+def wrap_run(cli, original):
+    @functools.wraps(original)
+    def run(args):
+        config = getattr(args, "pruning_config", None)
+        if config is None:  # run() called directly, not through main(): resolve the flags here
+            try:
+                config = flags.resolve(args)
+            except ValueError as exc:
+                fail(str(exc))
+        if not config.active:
+            return original(args)
+        task = resolved_task(args)
+        if task not in flags.PRUNABLE_TASKS:
+            fail(f"--enable_pruning/--measure_efficiency/--extract_attention support the tasks "
+                 f"{', '.join(flags.PRUNABLE_TASKS)}, not {task} ({args.dataset})")
+        slug = naming.pruning_slug(config.strategy, config.resolved) if config.enabled else naming.BASELINE_SLUG
+        args = argparse.Namespace(**vars(args))
+        args.output = naming.output_template(args.output, slug, config.enabled)
+        session = PruningSession(cli, args, config, slug)
+        saved = {name: getattr(cli, name) for name in ("load_clip", "json", *_TASK_MODULES.values())}
+        cli.load_clip = session.load_clip(saved["load_clip"])
+        cli.json = session.json_module(saved["json"])
+        for task, name in _TASK_MODULES.items():
+            cli.__dict__[name] = _patched(saved[name], evaluate=session.evaluate(saved[name].evaluate, task))
+        try:
+            return original(args)
+        finally:
+            for name, value in saved.items():
+                setattr(cli, name, value)
+            if session.handle is not None:
+                session.handle.restore()
+
+    return run
+
+
+def extend_cli(cli) -> None:
+    """Adapter called by the start-up hook once clip_benchmark.cli has been imported."""
+    if getattr(cli, "_pruning_bench_extended", False):
+        return
+    get_parser_args = wrap_get_parser_args(cli, cli.get_parser_args)
+    run = wrap_run(cli, cli.run)
+    cli.get_parser_args, cli.run = get_parser_args, run
+    cli._pruning_bench_extended = True
