@@ -12,6 +12,7 @@ the participating A tokens.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -110,6 +111,8 @@ class ToMe(TokenStrategy):
         r = self.params["r"]
         if isinstance(r, list) and len(r) > n_layers:
             raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        if not any(self.r_at(layer) for layer in range(n_layers)):
+            warnings.warn(f"{self.name}: r=0 in every block merges nothing; the model runs unchanged", UserWarning, stacklevel=4)
 
     def r_at(self, layer: int) -> int:
         r = self.params["r"]
