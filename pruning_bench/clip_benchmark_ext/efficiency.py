@@ -6,31 +6,23 @@ pruning still patched in, on the evaluation's device and under the same autocast
 """
 from __future__ import annotations
 
-import platform
 from contextlib import nullcontext
-from importlib import metadata
 from typing import Any
 
 import torch
 
-_PACKAGES = ("pruning-bench", "torch", "open_clip_torch", "timm", "clip_benchmark", "numpy", "fvcore")
 
-
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def autocast_dtype(device: str, amp: bool, model: torch.nn.Module) -> str:
+def compute_dtype(device: str, amp: bool, model: torch.nn.Module) -> str:
     """The dtype the encoder computes in: autocast's when amp is on (clip_benchmark's default), else the weights'."""
     if amp:
-        return str(torch.get_autocast_dtype(torch.device(device).type)).replace("torch.", "")
-    return str(next(model.parameters()).dtype).replace("torch.", "")
+        return str(torch.get_autocast_dtype(torch.device(device).type)).removeprefix("torch.")
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def encode_images(model, images: torch.Tensor) -> torch.Tensor:
+    """One forward of the image encoder only (a CLIP model's text tower stays idle)."""
+    encode = getattr(model, "encode_image", None)
+    return encode(images) if callable(encode) else model(images)
 
 
 def block_token_counts(model: torch.nn.Module, images: torch.Tensor) -> list[int]:
@@ -49,32 +41,16 @@ def block_token_counts(model: torch.nn.Module, images: torch.Tensor) -> list[int
     return counts
 
 
-def encode_images(model, images: torch.Tensor) -> torch.Tensor:
-    """One forward of the image encoder only (a CLIP model's text tower stays idle)."""
-    encode = getattr(model, "encode_image", None)
-    return encode(images) if callable(encode) else model(images)
-
-
-def images_per_second(result: Any, n_images: int) -> float:
-    """Read pb.measure_throughput's answer, whichever of its documented shapes it has."""
-    for key in ("images_per_second", "throughput"):
-        if hasattr(result, key):
-            return float(getattr(result, key))
-        if isinstance(result, dict) and key in result:
-            return float(result[key])
-    return float(result)
-
-
 def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int, handle=None,
             source: str = "evaluation batch") -> dict[str, Any]:
     """GMACs per image, images per second and tokens per block of `model` (pruned or not) on `images`."""
     import pruning_bench as pb
 
     images = images.to(device)
-    flops = pb.count_flops(model, images[:1])
-    autocast = torch.autocast(torch.device(device).type, enabled=amp) if amp else nullcontext()
-    with torch.no_grad(), autocast:
-        speed = pb.measure_throughput(model, images, repeats=repeats)
+    flops = pb.count_flops(model, images)
+    autocast = torch.autocast(torch.device(device).type) if amp else nullcontext()
+    with autocast:
+        speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats)
     if handle is not None:
         tokens = list(handle.stats().get("tokens_per_layer", []))
     else:
@@ -82,13 +58,18 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
     return {
         "gmacs": float(flops.gmacs),
         "gflops": float(flops.gflops),
-        "images_per_second": images_per_second(speed, len(images)),
+        "images_per_second": float(speed["images_per_second"]),
+        "seconds_per_batch": float(speed["seconds_per_batch_median"]),
         "tokens_per_layer": tokens,
         "batch_size": int(len(images)),
         "image_size": list(images.shape[-2:]),
         "input": source,
-        "dtype": autocast_dtype(device, amp, model),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "versions": library_versions(),
+        "dtype": compute_dtype(device, amp, model),
+        "amp": bool(amp),
+        "device": speed.get("device", str(device)),
+        "device_name": speed.get("device_name"),
+        "threads": speed.get("threads"),
+        "timing": {"warmup": 1, "repeats": repeats, "protocol": speed.get("protocol")},
+        "flops_note": flops.note,
+        "versions": speed.get("versions"),
     }

@@ -1,0 +1,1 @@
+"""Subcommands of the `pruning-bench` console script; see `pruning_bench.cli.COMMANDS`."""

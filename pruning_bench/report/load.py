@@ -1,0 +1,96 @@
+"""Read result JSONs (clip_benchmark's keys plus `pruning` and `efficiency`) into one flat table."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+BASELINE = "baseline"
+GROUP_KEYS = ["model", "pretrained", "dataset", "task", "language"]
+_PRIMARY = {"zeroshot_classification": "acc1", "linear_probe": "lp_acc1"}
+
+
+def primary_metric(task: str, metrics: dict[str, Any]) -> str | None:
+    """The metric the report calls `acc1`: top-1 accuracy, or image-retrieval recall at the smallest k."""
+    name = _PRIMARY.get(task)
+    if name in metrics:
+        return name
+    recalls = sorted((int(k.rsplit("@", 1)[1]), k) for k in metrics if k.startswith("image_retrieval_recall@"))
+    if recalls:
+        return recalls[0][1]
+    for fallback in ("acc1", "lp_acc1", "mean_average_precision"):
+        if fallback in metrics:
+            return fallback
+    return None
+
+
+def format_params(params: dict[str, Any] | None) -> str:
+    if not params:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (bool, int, float, str, list, tuple)) or v is None)
+
+
+def result_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The JSON files named, with directories expanded to the `*.json` files they hold (sorted)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(path.glob("*.json"))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such result file or directory: {path}")
+    return files
+
+
+def _number(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def result_row(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "metrics" not in data:
+        raise ValueError(f"{path} is not a clip_benchmark result (no 'metrics')")
+    metrics = data.get("metrics") or {}
+    pruning = data.get("pruning") or {}
+    efficiency = data.get("efficiency") or {}
+    metric = primary_metric(data.get("task", ""), metrics)
+    tokens = efficiency.get("tokens_per_layer") or []
+    return {
+        "model": data.get("model", ""),
+        "pretrained": data.get("pretrained", ""),
+        "dataset": data.get("dataset", ""),
+        "task": data.get("task", ""),
+        "language": data.get("language", ""),
+        "strategy": pruning.get("strategy") or BASELINE,
+        "params": format_params(pruning.get("params")),
+        "metric": metric or "",
+        "acc1": _number(metrics.get(metric)) if metric else math.nan,
+        "gmacs": _number(efficiency.get("gmacs")),
+        "gflops": _number(efficiency.get("gflops")),
+        "images_per_second": _number(efficiency.get("images_per_second")),
+        "batch_size": efficiency.get("batch_size"),
+        "dtype": efficiency.get("dtype"),
+        "device": efficiency.get("device"),
+        "tokens_per_layer": " ".join(map(str, tokens)),
+        "file": str(path),
+        "mtime": path.stat().st_mtime,
+    }
+
+
+def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """One row per result file; a file that is not a clip_benchmark result raises ValueError."""
+    rows = [result_row(p) for p in result_files(paths)]
+    if not rows:
+        raise ValueError("no result JSON files found")
+    table = pd.DataFrame(rows)
+    table["batch_size"] = table["batch_size"].astype("Int64")
+    return table
