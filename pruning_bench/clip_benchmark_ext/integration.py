@@ -293,6 +293,9 @@ def wrap_run(cli, original):
             except ValueError as exc:
                 fail(str(exc))
         if not config.active:
+            if naming.PLACEHOLDER in args.output:  # upstream would fail on the unknown key
+                args = argparse.Namespace(**vars(args))
+                args.output = naming.output_template(args.output, naming.BASELINE_SLUG, False)
             return original(args)
         task = resolved_task(args)
         if task not in flags.PRUNABLE_TASKS:
