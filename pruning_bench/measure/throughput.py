@@ -41,7 +41,10 @@ def _place(model, images: torch.Tensor, device, dtype):
     return model, images
 
 
-def _batch_dtype(model, images: torch.Tensor) -> torch.dtype:
+def _compute_dtype(model, images: torch.Tensor, device: torch.device) -> torch.dtype:
+    """The dtype the forward computes in: autocast's when the caller enabled it, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
     if isinstance(model, nn.Module):
         param = next(model.parameters(), None)
         if param is not None:
@@ -116,7 +119,8 @@ def measure_throughput(
         "batch_size": batch,
         "warmup": warmup,
         "repeats": repeats,
-        "dtype": str(_batch_dtype(model, images)).removeprefix("torch."),
+        "dtype": str(_compute_dtype(model, images, device)).removeprefix("torch."),
+        "autocast": torch.is_autocast_enabled(device.type),
         **env,
         "protocol": PROTOCOL,
     }
@@ -165,7 +169,8 @@ def compare_throughput(
         "batch_size": batch,
         "warmup": warmup,
         "repeats": repeats,
-        "dtype": str(_batch_dtype(baseline_fn, images)).removeprefix("torch."),
+        "dtype": str(_compute_dtype(baseline_fn, images, device)).removeprefix("torch."),
+        "autocast": torch.is_autocast_enabled(device.type),
         **env,
         "protocol": PROTOCOL + ", baseline and pruned interleaved",
     }
