@@ -46,7 +46,7 @@ def select_anchor_diversity(x, probe, n_prefix: int, k_anchors: int, top_m: int,
     importance, diversity = anchor_diversity_scores(x, probe, anchors)
     candidate = torch.ones(B, N, dtype=torch.bool, device=x.device)
     candidate[:, :n_prefix] = False
-    candidate.scatter_(1, anchors, False)
+    candidate = candidate.scatter(1, anchors, torch.zeros_like(anchors, dtype=torch.bool))
     score = alpha * _minmax(importance, candidate) + (1.0 - alpha) * _minmax(diversity, candidate)
     chosen = score.masked_fill(~candidate, float("-inf")).topk(top_m, dim=1).indices
     return torch.cat([anchors, chosen], dim=1)
