@@ -20,6 +20,7 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from ..errors import UnsupportedModelError
 from .analytic import find_blocks, image_tower
 
 
@@ -165,9 +166,10 @@ def counting_mode(module: nn.Module):
         module.train(was_training)
 
 
-def _match_tower(tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def _match_tower(tower: nn.Module, images):
+    """Images on the tower's device and dtype (a tuple of inputs is passed through untouched)."""
     param = next(tower.parameters(), None)
-    if param is None:
+    if param is None or not isinstance(images, torch.Tensor):
         return images
     return images.to(device=param.device, dtype=param.dtype if images.is_floating_point() else images.dtype)
 
@@ -223,7 +225,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     """
     tower = image_tower(model)
     images = _match_tower(tower, images)
-    batch = int(images.shape[0])
+    batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
     with counting_mode(tower):
         analysis = make_analysis(tower, images)
         total = analysis.total()
@@ -236,7 +238,10 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
             f"ops doing matrix work were traced without a counting handle: {skipped}; "
             "add a handle in pruning_bench.measure.flops.EXTRA_HANDLES"
         )
-    prefix, blocks = find_blocks(tower)
+    try:
+        prefix, blocks = find_blocks(tower)
+    except UnsupportedModelError:  # not a ViT: totals only
+        prefix, blocks = "", []
     per_block = [by_module.get(f"{prefix}.{i}", 0) / batch / 1e9 for i in range(len(blocks))]
     note = (
         f"fvcore MACs with handles for scaled_dot_product_attention and _native_multi_head_attention; "
