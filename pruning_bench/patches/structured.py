@@ -1,0 +1,466 @@
+"""Slicing attention heads and MLP neurons out of ViT blocks, skipping whole blocks, and undoing both.
+
+Nothing is masked. A pruned block gets new, smaller modules holding copies of the kept rows and
+columns (timm `Attention`: q/k/v rows of `qkv`, columns of `proj`; open_clip `Attention` and
+`nn.MultiheadAttention`: rows of `in_proj_weight`, columns of `out_proj`, replaced by an equivalent
+in-projection attention with fewer heads; MLPs: rows of fc1 / `c_fc`, columns of fc2 / `c_proj`).
+Dropped blocks leave the blocks container: a new Sequential / ModuleList holds the kept block
+objects. The original modules and containers are only referenced, never modified, and go back on
+restore, so `state_dict` and outputs are bit-identical afterwards.
+
+A norm that spans the whole attention or MLP width (timm `scale_norm`, open_clip `ln_inner` and
+`scale_fc`) is sliced too; its statistics then cover the kept channels only, which is part of what
+pruning changes.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .families import VitTarget, locate_vit
+
+# ---------------------------------------------------------------- new modules from kept rows / columns
+
+
+def _shell(module: nn.Module) -> nn.Module:
+    """A new module of the same class sharing the original's submodules and attributes.
+
+    Its own registries (parameters, modules, hooks) are fresh dicts, so replacing a submodule on
+    the shell never reaches the original."""
+    new = type(module).__new__(type(module))
+    new.__dict__ = {k: (v.copy() if isinstance(v, (dict, set, list)) else v) for k, v in module.__dict__.items()}
+    return new
+
+
+def _parameter(like: torch.Tensor, data: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(data.detach().contiguous(), requires_grad=like.requires_grad)
+
+
+def sliced_linear(linear: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    """A new `nn.Linear` with the given output rows / input columns of `linear`."""
+    if not isinstance(linear, nn.Linear):
+        raise UnsupportedModelError(f"cannot slice {type(linear).__name__}; only nn.Linear projections are supported")
+    weight, bias = linear.weight, linear.bias
+    if rows is not None:
+        weight = weight.index_select(0, rows.to(weight.device))
+        bias = None if bias is None else bias.index_select(0, rows.to(bias.device))
+    if cols is not None:
+        weight = weight.index_select(1, cols.to(weight.device))
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new.weight = _parameter(linear.weight, weight)
+    if bias is not None:
+        new.bias = _parameter(linear.bias, bias)
+    new.train(linear.training)
+    return new
+
+
+def sliced_norm(norm: nn.Module, channels: torch.Tensor) -> nn.Module:
+    """A LayerNorm over the kept channels only (Identity passes through)."""
+    if isinstance(norm, nn.Identity):
+        return norm
+    if not isinstance(norm, nn.LayerNorm):
+        raise UnsupportedModelError(f"cannot slice a {type(norm).__name__} over pruned channels")
+    new = _shell(norm)
+    new.normalized_shape = (len(channels),)
+    if norm.weight is not None:
+        new.weight = _parameter(norm.weight, norm.weight.index_select(0, channels.to(norm.weight.device)))
+    if norm.bias is not None:
+        new.bias = _parameter(norm.bias, norm.bias.index_select(0, channels.to(norm.bias.device)))
+    return new
+
+
+def head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Channel indices of the given heads inside one of q, k, v (or the concatenated head outputs)."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
+
+
+# ---------------------------------------------------------------- attention
+
+
+def attention_kind(attn: nn.Module) -> str:
+    """'timm' (fused qkv Linear), 'mha' (nn.MultiheadAttention), 'in_proj' (open_clip Attention or ours)."""
+    if isinstance(attn, nn.MultiheadAttention):
+        if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
+            raise UnsupportedModelError("nn.MultiheadAttention with kdim/vdim, bias_k or add_zero_attn is not supported")
+        if not attn.batch_first:
+            raise UnsupportedModelError("sequence-first nn.MultiheadAttention is not supported")
+        return "mha"
+    if isinstance(getattr(attn, "qkv", None), nn.Linear) and hasattr(attn, "attn_dim") and hasattr(attn, "proj"):
+        return "timm"
+    if getattr(attn, "in_proj_weight", None) is not None and isinstance(getattr(attn, "out_proj", None), nn.Linear):
+        return "in_proj"
+    raise UnsupportedModelError(
+        f"no head pruning for attention module {type(attn).__name__}; supported: timm Attention, "
+        "open_clip Attention, nn.MultiheadAttention"
+    )
+
+
+@dataclass
+class HeadWeights:
+    """A block's attention as head-sliceable weights: q/k/v each (A, D), out (D, A), A = heads * head_dim."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    out: torch.Tensor
+    num_heads: int
+    head_dim: int
+
+
+def head_weights(attn: nn.Module) -> HeadWeights:
+    kind = attention_kind(attn)
+    heads = int(attn.num_heads)
+    if kind == "timm":
+        q, k, v = attn.qkv.weight.chunk(3, dim=0)
+        return HeadWeights(q, k, v, attn.proj.weight, heads, int(attn.head_dim))
+    q, k, v = attn.in_proj_weight.chunk(3, dim=0)
+    return HeadWeights(q, k, v, attn.out_proj.weight, heads, q.shape[0] // heads)
+
+
+def attention_output_linear(attn: nn.Module) -> nn.Linear:
+    """The projection whose input is the concatenated head outputs (B, N, heads*head_dim)."""
+    return attn.proj if attention_kind(attn) == "timm" else attn.out_proj
+
+
+def _slice_timm_attention(attn: nn.Module, heads: torch.Tensor) -> nn.Module:
+    hd, width = attn.head_dim, attn.attn_dim
+    ch = head_channels(heads, hd)
+    new = _shell(attn)
+    new.qkv = sliced_linear(attn.qkv, rows=torch.cat([ch, ch + width, ch + 2 * width]))
+    new.proj = sliced_linear(attn.proj, cols=ch)
+    if getattr(attn, "gate", None) is not None:
+        new.gate = sliced_linear(attn.gate, rows=ch)
+    if hasattr(attn, "norm"):
+        new.norm = sliced_norm(attn.norm, ch)
+    new.num_heads = len(heads)
+    new.attn_dim = len(heads) * hd
+    return new
+
+
+class InProjAttention(nn.Module):
+    """Self-attention with a fused in-projection and any number of heads (open_clip layout).
+
+    Built from an open_clip `Attention` or an `nn.MultiheadAttention`, keeping the heads given (all
+    of them shares the source's parameters; a subset copies the kept rows and columns). It exposes
+    the attributes the token patches read (`in_proj_weight`, `in_proj_bias`, `out_proj`,
+    `num_heads`, `batch_first`, ...), so token strategies run on a pruned block unchanged."""
+
+    batch_first = True
+
+    def __init__(self, source: nn.Module, heads: torch.Tensor | None = None):
+        super().__init__()
+        kind = attention_kind(source)
+        if kind == "timm":
+            raise UnsupportedModelError("timm attention is sliced in place of an InProjAttention")
+        w = head_weights(source)
+        self.source_heads, self.head_dim = w.num_heads, w.head_dim
+        share = heads is None
+        heads = torch.arange(w.num_heads) if share else heads.cpu()
+        self.num_heads = len(heads)
+        self.register_buffer("head_index", heads.clone(), persistent=False)
+        ch = head_channels(heads, w.head_dim)
+        width = w.num_heads * w.head_dim
+        rows = torch.cat([ch, ch + width, ch + 2 * width])
+        if share:
+            self.in_proj_weight, self.in_proj_bias, self.out_proj = source.in_proj_weight, source.in_proj_bias, source.out_proj
+        else:
+            weight = source.in_proj_weight
+            self.in_proj_weight = _parameter(weight, weight.index_select(0, rows.to(weight.device)))
+            bias = source.in_proj_bias
+            self.in_proj_bias = None if bias is None else _parameter(bias, bias.index_select(0, rows.to(bias.device)))
+            self.out_proj = sliced_linear(source.out_proj, cols=ch)
+        self.ln_q = getattr(source, "ln_q", nn.Identity())
+        self.ln_k = getattr(source, "ln_k", nn.Identity())
+        self.logit_scale = self._per_head(getattr(source, "logit_scale", None), heads, share)
+        self.logit_scale_max = getattr(source, "logit_scale_max", None)
+        self.head_scale = self._per_head(getattr(source, "head_scale", None), heads, share)
+        inner = getattr(source, "ln_inner", nn.Identity())
+        self.ln_inner = inner if share else sliced_norm(inner, ch)
+        drop = getattr(source, "attn_drop", None)
+        self.attn_drop = drop if isinstance(drop, nn.Dropout) else nn.Dropout(float(getattr(source, "dropout", 0.0)))
+        self.out_drop = getattr(source, "out_drop", nn.Identity())
+        self.train(source.training)
+
+    @staticmethod
+    def _per_head(value, heads, share):
+        if value is None or share:
+            return value
+        return _parameter(value, value.index_select(0, heads.to(value.device)))
+
+    def _mask(self, attn_mask, key_padding_mask, B, L, S, dtype):
+        bias = None
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(attn_mask, float("-inf"))
+            attn_mask = attn_mask.to(dtype)
+            if attn_mask.ndim == 3:  # (B * source heads, L, S): keep the rows of the kept heads
+                attn_mask = attn_mask.reshape(B, self.source_heads, L, S).index_select(1, self.head_index)
+            bias = attn_mask
+        if key_padding_mask is not None:
+            pad = key_padding_mask
+            if pad.dtype == torch.bool:
+                pad = torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill(pad, float("-inf"))
+            pad = pad.to(dtype)[:, None, None, :]
+            bias = pad if bias is None else bias + pad
+        return bias
+
+    def attend(self, q_x, k_x=None, v_x=None, attn_mask=None, key_padding_mask=None):
+        B, L, _ = q_x.shape
+        if (k_x is None or k_x is q_x) and (v_x is None or v_x is q_x):
+            q, k, v = F.linear(q_x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            w, b = self.in_proj_weight.chunk(3), (self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3)
+            k_x = q_x if k_x is None else k_x
+            v_x = k_x if v_x is None else v_x
+            q, k, v = F.linear(q_x, w[0], b[0]), F.linear(k_x, w[1], b[1]), F.linear(v_x, w[2], b[2])
+        S = k.shape[1]
+        q, k, v = (t.reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        bias = self._mask(attn_mask, key_padding_mask, B, L, S, q.dtype)
+        dropout = self.attn_drop.p if self.training else 0.0
+        if self.logit_scale is not None:  # scaled cosine attention
+            scale = torch.clamp(self.logit_scale, max=self.logit_scale_max).exp()
+            logits = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * scale
+            if bias is not None:
+                logits = logits + bias
+            out = F.dropout(logits.softmax(dim=-1), dropout, self.training) @ v
+        else:
+            q, k = self.ln_q(q), self.ln_k(k)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        if self.head_scale is not None:
+            out = out * self.head_scale
+        out = out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)
+        return self.out_drop(self.out_proj(self.ln_inner(out)))
+
+
+class PrunedAttention(InProjAttention):
+    """Stands in for open_clip's `Attention`: `forward(x, attn_mask=None)` returns a tensor."""
+
+    def forward(self, x, attn_mask=None):
+        return self.attend(x, attn_mask=attn_mask)
+
+
+class PrunedMultiheadAttention(InProjAttention):
+    """Stands in for `nn.MultiheadAttention` (batch first): returns `(output, None)`."""
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if need_weights:
+            raise ValueError("a head-pruned attention does not return attention weights; call it with need_weights=False")
+        if is_causal and attn_mask is None:
+            raise ValueError("is_causal needs an explicit attn_mask on a head-pruned attention")
+        return self.attend(query, key, value, attn_mask, key_padding_mask), None
+
+
+def equivalent_attention(attn: nn.Module, heads: torch.Tensor | None = None) -> nn.Module:
+    """An attention module keeping `heads` (all of them, sharing parameters, when None)."""
+    kind = attention_kind(attn)
+    if kind == "timm":
+        return attn if heads is None else _slice_timm_attention(attn, heads)
+    cls = PrunedMultiheadAttention if kind == "mha" else PrunedAttention
+    return cls(attn, heads)
+
+
+# ---------------------------------------------------------------- MLP
+
+
+def mlp_kind(mlp: nn.Module) -> str:
+    """'timm' (fc1 -> fc2), 'glu' (fc1 emits value and gate halves), 'swiglu' (fc1_g, fc1_x), 'open_clip' (c_fc, c_proj)."""
+    if isinstance(getattr(mlp, "c_fc", None), nn.Linear) and isinstance(getattr(mlp, "c_proj", None), nn.Linear):
+        return "open_clip"
+    fc2 = getattr(mlp, "fc2", None)
+    if isinstance(fc2, nn.Linear):
+        if isinstance(getattr(mlp, "fc1_g", None), nn.Linear) and isinstance(getattr(mlp, "fc1_x", None), nn.Linear):
+            return "swiglu"
+        fc1 = getattr(mlp, "fc1", None)
+        if isinstance(fc1, nn.Linear) and fc1.out_features == fc2.in_features:
+            return "timm"
+        if isinstance(fc1, nn.Linear) and fc1.out_features == 2 * fc2.in_features and getattr(mlp, "chunk_dim", -1) == -1:
+            return "glu"
+    raise UnsupportedModelError(
+        f"no neuron pruning for MLP module {type(mlp).__name__}; supported: timm Mlp/GluMlp/SwiGLU, open_clip c_fc/c_proj"
+    )
+
+
+def mlp_output_linear(mlp: nn.Module) -> nn.Linear:
+    """The projection whose input is the hidden activations (B, N, hidden)."""
+    return mlp.c_proj if mlp_kind(mlp) == "open_clip" else mlp.fc2
+
+
+def mlp_weights(mlp: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """([(hidden, D) input weights...], (D, hidden) output weight) of an MLP."""
+    kind = mlp_kind(mlp)
+    if kind == "open_clip":
+        return [mlp.c_fc.weight], mlp.c_proj.weight
+    if kind == "swiglu":
+        return [mlp.fc1_g.weight, mlp.fc1_x.weight], mlp.fc2.weight
+    if kind == "glu":
+        return list(mlp.fc1.weight.chunk(2, dim=0)), mlp.fc2.weight
+    return [mlp.fc1.weight], mlp.fc2.weight
+
+
+def sliced_mlp(mlp: nn.Module, neurons: torch.Tensor) -> nn.Module:
+    """A new MLP keeping the hidden `neurons` (sorted indices)."""
+    kind = mlp_kind(mlp)
+    if kind == "open_clip":
+        parts = OrderedDict(mlp.named_children())
+        parts["c_fc"] = sliced_linear(mlp.c_fc, rows=neurons)
+        parts["c_proj"] = sliced_linear(mlp.c_proj, cols=neurons)
+        if "ln" in parts:
+            parts["ln"] = sliced_norm(parts["ln"], neurons)
+        new = nn.Sequential(parts)
+        new.train(mlp.training)
+        return new
+    new = _shell(mlp)
+    if kind == "swiglu":
+        new.fc1_g = sliced_linear(mlp.fc1_g, rows=neurons)
+        new.fc1_x = sliced_linear(mlp.fc1_x, rows=neurons)
+    elif kind == "glu":
+        new.fc1 = sliced_linear(mlp.fc1, rows=torch.cat([neurons, neurons + mlp.fc2.in_features]))
+    else:
+        new.fc1 = sliced_linear(mlp.fc1, rows=neurons)
+    new.fc2 = sliced_linear(mlp.fc2, cols=neurons)
+    if hasattr(mlp, "norm"):
+        new.norm = sliced_norm(mlp.norm, neurons)
+    return new
+
+
+# ---------------------------------------------------------------- plans and attachment
+
+
+@dataclass
+class StructuredPlan:
+    """What to keep: per block (indexed like `locate_vit(model).blocks`) the kept heads and neurons
+    (None = all, module left untouched) and, optionally, the kept blocks."""
+
+    heads: list[torch.Tensor | None] | None = None
+    neurons: list[torch.Tensor | None] | None = None
+    kept_blocks: list[int] | None = None
+    extra_stats: dict = field(default_factory=dict)
+
+
+class _TokenCounter:
+    """Counts the tokens entering each block that runs (forward pre-hooks), for `tokens_per_layer`."""
+
+    def __init__(self, blocks):
+        self.tokens: list[int] = []
+        self._first = blocks[0] if blocks else None
+        self.handles = [b.register_forward_pre_hook(self._hook) for b in blocks]
+
+    def _hook(self, block, args):
+        if block is self._first:
+            self.tokens = []
+        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 3:
+            self.tokens.append(int(args[0].shape[1]))
+
+    def remove(self):
+        while self.handles:
+            self.handles.pop().remove()
+
+
+def block_widths(blocks) -> tuple[list[int], list[int]]:
+    """(heads, MLP hidden width) of each block, read from the modules."""
+    heads, hidden = [], []
+    for b in blocks:
+        heads.append(int(getattr(b.attn, "num_heads", 0)))
+        try:
+            hidden.append(int(mlp_output_linear(b.mlp).in_features))
+        except UnsupportedModelError:  # a block type only layer_drop handles
+            hidden.append(0)
+    return heads, hidden
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class StructuredAttachment:
+    """Undo record of a structured strategy: every (owner, attribute, original) replaced, in order."""
+
+    def __init__(self, target: VitTarget, swaps: list, stats: dict, counter: _TokenCounter):
+        self.target = target
+        self._swaps = swaps
+        self._stats = stats
+        self._counter = counter
+
+    def stats(self) -> dict:
+        return {**self._stats, "tokens_per_layer": list(self._counter.tokens)}
+
+    def restore(self) -> None:
+        self._counter.remove()
+        while self._swaps:
+            owner, name, original, installed = self._swaps[-1]
+            if getattr(owner, name) is not installed:
+                raise RuntimeError(
+                    f"{type(owner).__name__}.{name} was replaced again after this pruning; restore the later pruning first"
+                )
+            setattr(owner, name, original)
+            self._swaps.pop()
+
+
+def _container_owner(target: VitTarget) -> tuple[nn.Module, str]:
+    if target.family == "timm":
+        return target.vit, "blocks"
+    return target.vit.transformer, "resblocks"
+
+
+def original_block_indices(target: VitTarget) -> list[int]:
+    """Indices of the current blocks in the unpruned model (blocks left by an earlier layer drop)."""
+    kept = getattr(target.blocks_container, "pb_kept_indices", None)
+    return list(kept) if kept is not None else list(range(len(target.blocks)))
+
+
+def attach_structured(model: nn.Module, plan: StructuredPlan, target: VitTarget | None = None) -> StructuredAttachment:
+    """Apply `plan` to `model` in place and return the undo record."""
+    target = target or locate_vit(model)
+    blocks = target.blocks
+    n = len(blocks)
+    for name, values in (("heads", plan.heads), ("neurons", plan.neurons)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"plan gives {name} for {len(values)} blocks but the model has {n}")
+    swaps = []
+    try:
+        for i, block in enumerate(blocks):
+            heads = plan.heads[i] if plan.heads is not None else None
+            if heads is not None and len(heads) < block.attn.num_heads:
+                if len(heads) == 0:
+                    raise ValueError(f"block {i}: every head would be removed; keep at least one")
+                new = equivalent_attention(block.attn, heads.sort().values)
+                swaps.append((block, "attn", block.attn, new))
+                block.attn = new
+            neurons = plan.neurons[i] if plan.neurons is not None else None
+            if neurons is not None and len(neurons) < mlp_output_linear(block.mlp).in_features:
+                if len(neurons) == 0:
+                    raise ValueError(f"block {i}: every MLP neuron would be removed; keep at least one")
+                new = sliced_mlp(block.mlp, neurons.sort().values)
+                swaps.append((block, "mlp", block.mlp, new))
+                block.mlp = new
+        running = blocks
+        layers = original_block_indices(target)
+        if plan.kept_blocks is not None and len(plan.kept_blocks) < n:
+            kept = sorted(set(plan.kept_blocks))
+            if not kept:
+                raise ValueError("every block would be dropped; keep at least one")
+            owner, name = _container_owner(target)
+            original = getattr(owner, name)
+            running = [blocks[i] for i in kept]
+            container = type(original)(running) if isinstance(original, nn.ModuleList) else nn.Sequential(*running)
+            layers = [layers[i] for i in kept]
+            container.pb_kept_indices = layers
+            swaps.append((owner, name, original, container))
+            setattr(owner, name, container)
+    except BaseException:
+        StructuredAttachment(target, swaps, {}, _TokenCounter([])).restore()
+        raise
+    heads, hidden = block_widths(running)
+    stats = {"heads_per_layer": heads, "mlp_hidden_per_layer": hidden, "layers_kept": layers, **plan.extra_stats}
+    return StructuredAttachment(target, swaps, stats, _TokenCounter(running))
+
+
+def warn_noop(name: str, message: str) -> None:
+    warnings.warn(f"{name}: {message}", UserWarning, stacklevel=3)
