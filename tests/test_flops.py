@@ -171,6 +171,37 @@ def test_counting_follows_a_token_strategy_on_a_small_model():
     assert count_flops(model, images).gmacs == baseline.gmacs  # restored
 
 
+STRUCTURED = {
+    "head_prune": {"head_ratio": 0.5, "mlp_ratio": 0.25, "importance": "magnitude"},
+    "layer_drop": {"keep_layers": 2, "importance": "cosine"},
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRUCTURED))
+@pytest.mark.parametrize("build", [tiny_timm, tiny_open_clip], ids=["timm", "open_clip"])
+def test_sliced_widths_and_depth_are_read_from_the_pruned_model(build, strategy):
+    model = build()
+    images = small_images(model)
+    params = dict(STRUCTURED[strategy])
+    if strategy == "layer_drop":
+        params["calibration"] = [images]
+    baseline = analytic_macs(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pb.prune(model, strategy, **params) as h:
+            count = count_flops(model, images)
+            stats = h.stats()
+            dims = vit_dims(model)
+            analytic = analytic_macs(model)
+    head_dim = 16
+    assert [b.attn_dim for b in dims.blocks] == [n * head_dim for n in stats["heads_per_layer"]]
+    assert [b.mlp_hidden for b in dims.blocks] == stats["mlp_hidden_per_layer"]
+    assert dims.depth == len(stats["layers_kept"])
+    assert analytic.macs < 0.8 * baseline.macs
+    matrix = count.macs - count.by_operator.get("layer_norm", 0) * 1e9
+    assert rel(matrix, analytic.total_macs) < 0.005
+
+
 # ------------------------------------------------------------------ analytic formula
 
 
