@@ -17,14 +17,27 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-# Normal draws have kurtosis 3, uniform draws 1.8; trained weights are heavier tailed.
-NORMAL_KURTOSIS, UNIFORM_KURTOSIS = 3.0, 1.8
+
+def _cut_normal(bound: float = 2.0) -> tuple[float, float, float]:
+    """(kurtosis, largest |value| in its own stds, variance) of a standard normal cut at +-bound."""
+    density = math.exp(-bound * bound / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(bound / math.sqrt(2))
+    variance = 1 - 2 * bound * density / mass
+    fourth = 3 - 2 * density * (bound ** 3 + 3 * bound) / mass
+    return fourth / variance ** 2, bound / math.sqrt(variance), variance
+
+
+_CUT_KURTOSIS, _CUT_MAX, _CUT_VARIANCE = _cut_normal(2.0)
+# Distribution shapes as (kurtosis, largest |value| in stds or None when unbounded). Trained weights
+# are heavier tailed than all of them.
+SHAPES = {"normal": (3.0, None), "uniform": (1.8, math.sqrt(3)), "cut_normal": (_CUT_KURTOSIS, _CUT_MAX)}
 MIN_ELEMENTS = 256  # below this the moments are too noisy to judge a tensor
 INIT_LIKE_SHARE = 0.5  # share of weight tensors at init that makes the whole checkpoint random
 TRAINED_SHARE = 0.25  # below this share (with enough tensors) the weights are clearly trained
 LOSS_TOLERANCE = 0.1  # relative distance to ln(num_classes) counted as "chance level"
 OUTLIER_SIGMAS, MAX_OUTLIER_SHARE = 10.0, 1e-5  # never reached by a normal draw of any realistic size
 COSINE_RATIO = 1.5  # mean |cos| between classifier rows, relative to independent random vectors
+MAX_CLASS_ROWS = 2048  # rows compared pairwise (keeps a 21k-class head cheap)
 
 _NORM_NAME = re.compile(r"(norm[^.]*|(^|\.)ln[^.]*)\.(weight|bias)$", re.IGNORECASE)
 _CLASSIFIER_NAME = re.compile(r"(^|\.)(head|fc|classifier|heads?\.head|head\.fc|last_linear)\.weight$")
@@ -91,7 +104,11 @@ def _init_candidates(shape: tuple) -> list[tuple[str, float, str]]:
         ]
     widths = {shape[0], shape[-1], math.prod(shape[1:]) if len(shape) > 1 else shape[0]}
     candidates += [(f"normal(std=1/sqrt({w}))", 1.0 / math.sqrt(w), "normal") for w in sorted(widths) if w > 1]
-    return candidates
+    # Normals cut at +-2 std, rescaled to keep the std (jax, timm lecun_normal_) or not (tf-style).
+    normals = [(name, std) for name, std, distribution in candidates if distribution == "normal"]
+    return (candidates
+            + [(f"{name} cut at 2 std", std, "cut_normal") for name, std in normals]
+            + [(f"{name} cut at 2 std, tf-style", std * math.sqrt(_CUT_VARIANCE), "cut_normal") for name, std in normals])
 
 
 def _match_init(shape: tuple, n: int, mean: float, std: float, kurtosis: float, max_abs: float) -> str | None:
@@ -102,10 +119,10 @@ def _match_init(shape: tuple, n: int, mean: float, std: float, kurtosis: float, 
     std_tolerance = max(0.03, 5 / math.sqrt(2 * n))
     fits = []
     for name, expected_std, distribution in _init_candidates(shape):
-        expected_kurtosis = NORMAL_KURTOSIS if distribution == "normal" else UNIFORM_KURTOSIS
+        expected_kurtosis, bound = SHAPES[distribution]
         std_error = abs(std / expected_std - 1) / std_tolerance
         kurtosis_error = abs(kurtosis - expected_kurtosis) / kurtosis_tolerance
-        bounded = distribution == "normal" or max_abs <= math.sqrt(3) * expected_std * (1 + std_tolerance)
+        bounded = bound is None or max_abs <= bound * expected_std * (1 + std_tolerance)
         if std_error <= 1 and kurtosis_error <= 1 and bounded:
             fits.append((std_error + kurtosis_error, name))
     return min(fits)[1] if fits else None
@@ -136,7 +153,10 @@ def _tensor_stats(name: str, tensor: torch.Tensor, is_norm: bool) -> TensorStats
                         kurtosis=kurtosis, kind=kind)
     if n and max_abs == abs(values[0].item()) and bool((values == values[0]).all()):
         stats.constant = values[0].item()
-    if is_norm or stats.constant is not None or n < MIN_ELEMENTS:
+    if is_norm or n < MIN_ELEMENTS:
+        return stats
+    if stats.constant is not None:  # zeros or a fill value: an init, never what training leaves behind
+        stats.init_match = f"constant({stats.constant:g})"
         return stats
     # A few extreme values must not hide an init draw (timm's trunc_normal_ now and then returns
     # its clamp bound, +-2), so the init test looks past values beyond 10 robust sigmas, if rare.
@@ -145,7 +165,7 @@ def _tensor_stats(name: str, tensor: torch.Tensor, is_norm: bool) -> TensorStats
     stats.outliers = int(far.sum())
     if stats.outliers == 0:
         stats.init_match = _match_init(stats.shape, n, mean, std, kurtosis, max_abs)
-    elif stats.outliers <= max(2, MAX_OUTLIER_SHARE * n):
+    elif stats.outliers <= MAX_OUTLIER_SHARE * n:
         core = values[~far]
         stats.init_match = _match_init(stats.shape, core.numel(), *_moments(core))
     return stats
@@ -166,7 +186,7 @@ def _named_tensors(model_or_state_dict) -> tuple[dict[str, torch.Tensor], set[st
         for wrapper in ("state_dict", "model", "model_state_dict"):  # common checkpoint file layouts
             if not any(torch.is_tensor(v) for v in state.values()) and isinstance(state.get(wrapper), Mapping):
                 state = state[wrapper]
-        norms = {name for name in state if _NORM_NAME.search(name)}
+        norms = {n for n, t in state.items() if _NORM_NAME.search(n) and torch.is_tensor(t) and t.ndim == 1}
     else:
         kind = type(model_or_state_dict).__name__
         raise TypeError(f"expected an nn.Module or a state_dict mapping, got {kind}")
@@ -192,19 +212,23 @@ def _find_classifier(model_or_state_dict, tensors: dict, num_classes: int | None
     return names[-1] if names else None
 
 
-def _classifier_evidence(name: str, weight: torch.Tensor) -> tuple[float | None, str]:
-    rows = weight.detach().to("cpu", torch.float64)
+def _classifier_evidence(name: str, weight: torch.Tensor) -> tuple[float | None, bool, str]:
+    """(mean |cos| between class rows over its random expectation, looks untrained, evidence line)."""
+    rows = weight.detach().to("cpu", torch.float64)[:MAX_CLASS_ROWS]
+    label = f"classifier {name} {tuple(weight.shape)}"
     norms = rows.norm(dim=1)
     if bool((norms == 0).all()):
-        return None, f"classifier {name} {tuple(rows.shape)} is all zeros (zero-initialised head)"
+        return None, True, f"{label} is all zeros (zero-initialised head)"
     unit = rows[norms > 0] / norms[norms > 0, None]
+    if len(unit) < 2:
+        return None, False, f"{label} has a single non-zero class row"
     cosine = unit @ unit.T
     off_diagonal = cosine[~torch.eye(len(unit), dtype=torch.bool)].abs()
     expected = math.sqrt(2 / (math.pi * rows.shape[1]))  # E|cos| of independent random vectors
     ratio = off_diagonal.mean().item() / expected
-    return ratio, (
-        f"classifier {name} {tuple(rows.shape)}: mean |cos| between class rows {off_diagonal.mean():.4f} "
-        f"(max {off_diagonal.max():.3f}), {ratio:.2f}x the {expected:.4f} of independent random rows"
+    return ratio, ratio <= COSINE_RATIO, (
+        f"{label}: mean |cos| between class rows {off_diagonal.mean():.4f} (max {off_diagonal.max():.3f}), "
+        f"{ratio:.2f}x the {expected:.4f} of independent random rows"
     )
 
 
@@ -262,10 +286,9 @@ def check_checkpoint(model_or_state_dict, *, num_classes: int | None = None,
     cosine_ratio = None
     classifier = _find_classifier(model_or_state_dict, tensors, num_classes)
     if classifier is not None:
-        cosine_ratio, line = _classifier_evidence(classifier, tensors[classifier])
+        cosine_ratio, untrained_head, line = _classifier_evidence(classifier, tensors[classifier])
         evidence.append(line)
-        if cosine_ratio is None or cosine_ratio <= COSINE_RATIO:
-            supporting += 1
+        supporting += untrained_head
         if num_classes is None:
             num_classes = tensors[classifier].shape[0]
 

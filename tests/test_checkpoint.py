@@ -38,11 +38,21 @@ def test_random_open_clip_visual_tower_looks_random():
     assert any("xavier_uniform" in line for line in report.evidence)  # attention in-projection
 
 
+def test_jax_style_init_with_cut_normals_looks_random():
+    import timm
+
+    torch.manual_seed(0)
+    report = check_checkpoint(timm.create_model("vit_tiny_patch16_224", pretrained=False, weight_init="jax"))
+    assert report.looks_random
+    assert any("cut at 2 std" in (s.init_match or "") for s in report.tensors)  # lecun_normal_ patch embedding
+
+
 def test_reference_model_looks_trained(reference):
     report = check_checkpoint(reference)
     assert not report.looks_random, str(report)
     assert report.init_like_share < 0.1
     assert report.norms_at_init is False
+    assert [s.name for s in report.tensors if s.init_match] == []
 
 
 def test_state_dict_input(reference):
@@ -117,3 +127,11 @@ def test_rejects_what_is_not_a_model_or_state_dict():
         check_checkpoint([torch.zeros(3)])
     with pytest.raises(ValueError):
         check_checkpoint({"step": torch.tensor(3)})
+
+
+def test_zero_initialised_head_counts_as_untrained():
+    torch.manual_seed(0)
+    state = {"head.weight": torch.zeros(10, 384), "head.bias": torch.zeros(10)}
+    report = check_checkpoint(state, first_batch_loss=math.log(10))
+    assert any("all zeros" in line for line in report.evidence)
+    assert report.looks_random  # zero head + chance loss, and no trained weights to say otherwise
