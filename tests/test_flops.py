@@ -24,6 +24,7 @@ from pruning_bench.measure.flops import (
     count_flops_plain,
     is_matmul_like,
     make_analysis,
+    mean_over_batches,
 )
 
 
@@ -140,6 +141,18 @@ def test_counts_are_per_image_and_say_so():
     one, three = count_flops(model, small_images(model, 1)), count_flops(model, small_images(model, 3))
     assert one.gmacs == pytest.approx(three.gmacs)
     assert three.batch_size == 3 and "mean over 3 image(s)" in three.note
+
+
+def test_mean_over_batches_weights_by_images():
+    model = tiny_timm()
+    images = small_images(model, 3)
+    with pb.prune(model, "cls_topk", keep=20):
+        pruned = count_flops(model, images[:1])
+    full = count_flops(model, images[1:])
+    mean = mean_over_batches([pruned, full])
+    assert mean.gmacs == pytest.approx((pruned.gmacs + 2 * full.gmacs) / 3)
+    assert mean.per_block[3] == pytest.approx((pruned.per_block[3] + 2 * full.per_block[3]) / 3)
+    assert mean.batch_size == 3 and "mean over 3 image(s) in 2 batch(es)" in mean.note
 
 
 def test_clip_counts_only_the_image_tower():

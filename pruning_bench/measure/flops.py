@@ -260,6 +260,42 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     )
 
 
+def mean_over_batches(counts: list[FlopCount]) -> FlopCount:
+    """Per-image mean over several counted batches (weighted by batch size).
+
+    For strategies that keep a different number of tokens per image, this is the figure to report
+    for an evaluation: the mean over every image counted, which the note says.
+    """
+    if not counts:
+        raise ValueError("no counts to average")
+    total = sum(c.batch_size for c in counts)
+
+    def mean(values):
+        return sum(v * c.batch_size for v, c in zip(values, counts)) / total
+
+    per_block = [mean(v) for v in zip(*(c.per_block for c in counts))]
+    operators = sorted({op for c in counts for op in c.by_operator})
+    unsupported: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for c in counts:
+        for op, n in c.unsupported.items():
+            unsupported[op] = unsupported.get(op, 0) + n
+        for op, n in c.matmul_like_skipped.items():
+            skipped[op] = skipped.get(op, 0) + n
+    note = counts[0].note.split("; per image")[0] + f"; per image, mean over {total} image(s) in {len(counts)} batch(es)"
+    if skipped:
+        note += f"; WARNING matrix work not counted in {sorted(skipped)}"
+    return FlopCount(
+        gmacs=mean([c.gmacs for c in counts]),
+        per_block=per_block,
+        unsupported=unsupported,
+        note=note,
+        batch_size=total,
+        by_operator={op: mean([c.by_operator.get(op, 0.0) for c in counts]) for op in operators},
+        matmul_like_skipped=skipped,
+    )
+
+
 def count_flops_plain(model: nn.Module, images: torch.Tensor) -> tuple[float, dict[str, int]]:
     """GMACs per image as plain fvcore reports them (no extra handles), with its skipped ops."""
     tower = image_tower(model)
