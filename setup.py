@@ -24,7 +24,7 @@ class build_py_with_pth(build_py):
     def run(self):
         super().run()
         target = self.build_lib
-        if self.editable_mode:
+        if getattr(self, "editable_mode", False):
             # In a PEP 660 build, `install_lib` is the root of the editable wheel being assembled.
             target = self.get_finalized_command("install").install_lib
         os.makedirs(target, exist_ok=True)

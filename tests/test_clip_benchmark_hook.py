@@ -6,7 +6,6 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -113,7 +112,7 @@ def installed(tmp_path_factory):
     """`pip install --no-deps --target DIR .`: a regular (non-editable) install of this checkout."""
     target = tmp_path_factory.mktemp("target") / "site"
     done = subprocess.run(
-        [PYTHON, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-compile", "-q",
+        [PYTHON, "-m", "pip", "install", "--no-deps", "--no-compile", "-q",
          "--target", str(target), str(ROOT)],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -143,14 +142,23 @@ def test_pth_line_is_silent_when_the_package_is_gone(installed, tmp_path):
     assert out.stdout.strip() == "alive" and out.stderr == ""
 
 
-def test_editable_wheel_ships_the_pth(tmp_path):
-    code = f"from setuptools import build_meta; print(build_meta.build_editable({str(tmp_path)!r}))"
-    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_editable_install_ships_the_pth(tmp_path):
+    """`pip install -e .` into a scratch environment: the .pth lands beside setuptools' editable finder."""
+    venv = tmp_path / "venv"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    scratch_python = venv / "bin" / "python"
+    done = subprocess.run([PYTHON, "-m", "pip", "--python", str(scratch_python), "install", "--no-deps", "-q",
+                           "-e", str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    site_packages = Path(subprocess.run([str(scratch_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        capture_output=True, text=True, check=True).stdout.strip())
+    assert (site_packages / "pruning_bench_clip_benchmark.pth").is_file()
+    assert list(site_packages.glob("__editable__*pruning_bench*.pth"))
+    code = "import sys, pruning_bench; print(pruning_bench.__file__); print([type(f).__name__ for f in sys.meta_path])"
+    out = subprocess.run([str(scratch_python), "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    wheel = tmp_path / out.stdout.strip().splitlines()[-1]
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "pruning_bench_clip_benchmark.pth" in names
-    assert any(n.startswith("__editable__") and n.endswith(".pth") for n in names)
+    where, finders = out.stdout.splitlines()
+    assert where == str(ROOT / "pruning_bench" / "__init__.py") and "ClipBenchmarkFinder" in finders
 
 
 def test_this_environment_has_the_pth_beside_the_editable_install():
