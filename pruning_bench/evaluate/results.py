@@ -1,0 +1,68 @@
+"""The result JSON of `pruning-bench eval`: clip_benchmark's keys plus the same `pruning` and
+`efficiency` blocks as a `clip_benchmark eval --enable_pruning` run, so `pruning-bench report`
+reads both alike.
+
+Nothing here re-implements those blocks: file names come from the integration's `naming`, the
+`efficiency` block from its `efficiency.measure`, and the `pruning` block from
+`PruningSession.pruning_record` (a method of the clip_benchmark session; it only reads the config,
+the handle, the notes and the slug, so a session without a clip_benchmark module serves here).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ..clip_benchmark_ext import efficiency, naming
+from ..clip_benchmark_ext.flags import PruningConfig
+from ..clip_benchmark_ext.integration import PruningSession
+
+DEFAULT_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}_{pruning}.json"
+
+
+def slug(config: PruningConfig) -> str:
+    return naming.pruning_slug(config.strategy, config.resolved) if config.enabled else naming.BASELINE_SLUG
+
+
+def output_path(template: str, *, config: PruningConfig, model: str, pretrained: str, dataset: str, task: str,
+                language: str = "en") -> str:
+    """`--output` with the pruning slug and clip_benchmark's fields filled in, as clip_benchmark names them."""
+    template = naming.output_template(template, slug(config), config.enabled)
+    name = dataset[len("wds/"):] if dataset.startswith("wds/") else dataset
+    pretrained_slug = os.path.basename(pretrained) if os.path.isfile(pretrained) else pretrained
+    return template.format(model=model, pretrained=pretrained_slug,
+                           pretrained_full_path=pretrained.replace("/", "_"), task=task,
+                           dataset=name.replace("/", "_").strip("_") or "images", language=language)
+
+
+def pruning_block(args, config: PruningConfig, handle, notes: list[str], model) -> dict | None:
+    """The `pruning` block exactly as the clip_benchmark integration writes it."""
+    session = PruningSession(None, args, config, slug(config))
+    session.handle, session.model, session.notes = handle, model, list(notes)
+    return session.pruning_record()
+
+
+def efficiency_block(model, images, *, handle, repeats: int, source: str) -> dict[str, Any]:
+    """GMACs, images/s and tokens per block of the encoder as evaluated (pruning still patched in)."""
+    try:
+        return efficiency.measure(model, images, device=str(images.device), amp=False, repeats=repeats,
+                                  handle=handle, source=source)
+    except Exception as exc:  # keep the metrics; say why efficiency is missing
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def result(*, dataset: str, model: str, pretrained: str, task: str, metrics: dict, pruning: dict | None,
+           efficiency_record: dict | None, language: str = "en", **extra) -> dict[str, Any]:
+    dump = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
+            "language": language, "pruning": pruning, "efficiency": efficiency_record}
+    dump.update(extra)
+    return dump
+
+
+def write(path: str, dump: dict) -> str:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(dump, f, indent=1, default=str)
+    return path

@@ -1,0 +1,286 @@
+"""One `pruning-bench eval` run: load, measure the unpruned model, prune, measure again, write the JSON.
+
+Tasks:
+- `probe`: a linear probe fitted on the unpruned model's features of `train_samples` training images
+  reads the unpruned and the pruned features of `test_samples` test images: accuracy of both, top-1
+  agreement, raw and centred feature cosine;
+- `fidelity`: the label-free part of that on any image set (agreement by the model's own head when it
+  has one, else by nearest neighbours);
+- `finetune`: train with the strategy active, report test accuracy, GMACs and seconds per epoch.
+`auto` picks `probe` when the data set has labelled train and test splits, else `fidelity`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..clip_benchmark_ext import flags
+from . import data, fidelity, finetune, results
+from .features import FeatureCache, Features, extract
+from .models import load_model
+from .probe import fit_probe
+
+TASKS = ("auto", "probe", "fidelity", "finetune")
+
+
+class EvalError(ValueError):
+    """A problem with the arguments or the data, reported as one line."""
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def resolve_pruning(args) -> tuple[flags.PruningConfig, bool]:
+    """The pruning flags checked by the clip_benchmark integration's own `resolve`.
+
+    A strategy whose importance needs calibration images is accepted without them: this command
+    supplies them from the data (the second value says so), so they are validated with a stand-in
+    and kept out of the recorded parameters and the file name.
+    """
+    try:
+        return flags.resolve(args), False
+    except ValueError as first:
+        strategy = getattr(args, "prune_strategy", None)
+        given = flags.parse_prune_params(getattr(args, "prune_param", None) or [])
+        if not getattr(args, "enable_pruning", False) or not strategy or "calibration" in given:
+            raise
+        from ..registry import get_strategy
+
+        if "calibration" not in getattr(get_strategy(strategy), "defaults", {}):
+            raise
+        stand_in = argparse.Namespace(**vars(args))
+        stand_in.prune_param = [*args.prune_param, "calibration=[]"]
+        try:
+            config = flags.resolve(stand_in)
+        except ValueError:
+            raise first from None
+        config.params.pop("calibration", None)
+        config.resolved.pop("calibration", None)
+        return config, True
+
+
+def resolve_task(task: str, dataset: str, root: str | None) -> str:
+    if task != "auto":
+        return task
+    splits = data.available_splits(dataset, root)
+    return "probe" if {"train", "test"} <= set(splits) else "fidelity"
+
+
+# ---------------------------------------------------------------- pieces
+
+
+@dataclass
+class Pruned:
+    handle: object | None
+    notes: list[str]
+
+
+@contextmanager
+def noting_warnings(notes: list[str]):
+    """Collect the UserWarnings raised inside (clamped budgets...) as notes, once each, also on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+                if message not in notes:
+                    notes.append(message)
+                    print(f"pruning-bench eval: {message}", file=sys.stderr)
+
+
+def attach(model, config: flags.PruningConfig, calibration) -> Pruned:
+    """Patch the strategy in (with calibration batches when it needs them); its warnings become notes."""
+    if not config.enabled:
+        return Pruned(None, [])
+    import pruning_bench as pb
+
+    params = dict(config.params)
+    if calibration is not None:
+        params["calibration"] = calibration
+    notes: list[str] = []
+    with noting_warnings(notes):
+        handle = pb.prune(model, config.strategy, **params)
+    return Pruned(handle, notes)
+
+
+@contextmanager
+def active(pruned: Pruned):
+    """The pruned phase: warnings noted, the model restored on the way out (normally or not)."""
+    try:
+        with noting_warnings(pruned.notes):
+            yield
+    finally:
+        if pruned.handle is not None:
+            pruned.handle.restore()
+
+
+def calibration_batches(images: data.ImageSet, transform, n: int, batch_size: int) -> list[torch.Tensor]:
+    subset = images.head(n)
+    return [x for x, _ in data.loader(subset, transform, batch_size)]
+
+
+def first_images(images: data.ImageSet, transform, n: int) -> torch.Tensor:
+    return next(iter(data.loader(images.head(n), transform, n)))[0]
+
+
+def _features(model, images: data.ImageSet, transform, args, desc: str) -> Features:
+    return extract(model, data.loader(images, transform, args.batch_size, workers=args.num_workers),
+                   total=len(images), desc=desc, progress=args.progress)
+
+
+def _load_split(args, split: str, n: int | None) -> data.ImageSet:
+    try:
+        return data.load(args.dataset, args.dataset_root, split, n)
+    except FileNotFoundError as exc:
+        raise EvalError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except EvalError as exc:
+        print(f"pruning-bench eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    try:
+        config, needs_calibration = resolve_pruning(args)
+        task = resolve_task(args.task, args.dataset, args.dataset_root)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.model, args.pretrained, image_size=args.img_size,
+                        model_args=flags.parse_prune_params(args.model_arg or []))
+    output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
+                                 dataset=args.dataset, task=task)
+    if args.skip_existing and os.path.exists(output):
+        print(f"pruning-bench eval: {output} exists, skipped", file=sys.stderr)
+        return 0
+    args.resolved_output, args.resolved_task = output, task
+    test = _load_split(args, "test", args.test_samples)
+    train = None
+    if task in ("probe", "finetune"):
+        if not test.labelled:
+            raise EvalError(f"--task {task} needs labels; {args.dataset} has none (use --task fidelity)")
+        train = _load_split(args, "train", args.train_samples)
+    calibration = None
+    if needs_calibration:
+        calibration = calibration_batches(train or test, loaded.transform, args.calibration_samples, args.batch_size)
+    runner = _finetune if task == "finetune" else _compare
+    metrics, pruned, efficiency_record, extra = runner(args, config, loaded, test, train, calibration)
+    if calibration is not None:
+        pruned.notes.append(f"calibration: the first {sum(len(b) for b in calibration)} images of the "
+                            f"{(train or test).split} split")
+    dump = results.result(
+        dataset=args.dataset, model=args.model, pretrained=loaded.pretrained, task=task, metrics=metrics,
+        pruning=results.pruning_block(args, config, pruned.handle, pruned.notes, loaded.model),
+        efficiency_record=efficiency_record,
+        data={"test": test.describe(), **({"train": train.describe()} if train is not None else {})},
+        checkpoint_check=loaded.checkpoint, image_size=list(loaded.image_size), seed=args.seed,
+        command=["pruning-bench", *sys.argv[1:]] if sys.argv and "pruning-bench" in sys.argv[0] else None,
+        **extra,
+    )
+    print(results.write(output, dump))
+    return 0
+
+
+def _efficiency(model, test, loaded, args, handle):
+    images = first_images(test, loaded.transform, min(args.efficiency_batch_size, len(test)))
+    return results.efficiency_block(model, images, handle=handle, repeats=args.throughput_repeats,
+                                    source=f"first {len(images)} test images")
+
+
+def _attention(args, model, test, loaded, handle, config) -> dict:
+    if not config.extract_attention:
+        return {}
+    from ..clip_benchmark_ext import attention
+
+    images = first_images(test, loaded.transform, min(args.attention_images, len(test)))
+    record = attention.record_attention(model, images, handle)
+    path = config.attention_output or os.path.splitext(args.resolved_output)[0] + ".attention.pt"
+    attention.save(path, record, {"model": args.model, "pretrained": loaded.pretrained, "dataset": args.dataset,
+                                  "task": args.resolved_task, "strategy": config.strategy, "params": config.resolved})
+    return {"attention_output": path}
+
+
+def _compare(args, config, loaded, test, train, calibration):
+    """probe and fidelity: unpruned features (cached), then the same images through the pruned model."""
+    model = loaded.model
+    cache = FeatureCache(args.feature_cache)
+    fingerprint = loaded.fingerprint()
+
+    def cached(images: data.ImageSet) -> Features:
+        key = FeatureCache.key(model=args.model, weights=fingerprint, dataset=args.dataset, source=images.source,
+                               split=images.split, n=len(images), keys=[images.keys[0], images.keys[-1]],
+                               image_size=list(loaded.image_size), transform=repr(loaded.transform))
+        return cache.get(key, lambda: _features(model, images, loaded.transform, args, f"unpruned {images.split}"))
+
+    reference = cached(test)
+    probe = None
+    if train is not None:
+        reference_train = cached(train)
+        probe = fit_probe(reference_train.features, reference_train.labels, C=args.C, seed=args.seed)
+    pruned = attach(model, config, calibration)
+    with active(pruned):
+        output = _features(model, test, loaded.transform, args, "pruned test") if config.enabled else reference
+        efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
+        extra = _attention(args, model, test, loaded, pruned.handle, config)
+    if probe is not None:
+        metrics = probe_metrics(probe, reference, output)
+    else:
+        metrics = fidelity.fidelity_metrics(reference, output, reference_logits=reference.logits,
+                                            pruned_logits=output.logits)
+    metrics["seconds_unpruned_features"] = reference.seconds
+    metrics["seconds_evaluated_features"] = output.seconds
+    extra["feature_cache"] = {"directory": args.feature_cache, "reused": list(cache.hits)}
+    return metrics, pruned, efficiency_record, extra
+
+
+def probe_metrics(probe, reference: Features, output: Features) -> dict:
+    """Accuracy of the unpruned-fitted probe on pruned features, beside its accuracy unpruned and fidelity."""
+    import numpy as np
+
+    reference_logits = torch.from_numpy(np.asarray(probe.logits(reference.features)))
+    output_logits = torch.from_numpy(np.asarray(probe.logits(output.features)))
+    classes = torch.from_numpy(probe.classifier.classes_)
+    labels = reference.labels
+    acc = float((classes[output_logits.argmax(1)] == labels).double().mean())
+    acc_unpruned = float((classes[reference_logits.argmax(1)] == labels).double().mean())
+    metrics = {"acc1": acc, "acc1_unpruned": acc_unpruned, "acc1_delta_same_probe": acc - acc_unpruned}
+    metrics.update(fidelity.fidelity_metrics(reference, output, reference_logits=reference_logits,
+                                             pruned_logits=output_logits))
+    metrics["probe"] = probe.describe()
+    return metrics
+
+
+def _finetune(args, config, loaded, test, train, calibration):
+    model = loaded.model
+    num_classes = len(test.classnames) if test.classnames else int(max(train.labels.max(), test.labels.max())) + 1
+    finetune.new_head(model, num_classes, args.seed)
+    finetune.seed_everything(args.seed)
+    pruned = attach(model, config, calibration)
+    with active(pruned):
+        outcome = finetune.train(model, train, test, loaded.transform, finetune.FinetuneConfig(
+            epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+            seed=args.seed, progress=args.progress))
+        efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
+    metrics = outcome.metrics()
+    if isinstance(efficiency_record, dict) and "gmacs" in efficiency_record:
+        metrics["gmacs"] = efficiency_record["gmacs"]
+    extra = {"training": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
+                          "batch_size": args.batch_size, "optimizer": "AdamW", "schedule": "one-cycle cosine, 10% warm-up",
+                          "augmentation": "none", "head": f"new linear head, {num_classes} classes"}}
+    return metrics, pruned, efficiency_record, extra
