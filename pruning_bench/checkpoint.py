@@ -239,6 +239,10 @@ def check_checkpoint(model_or_state_dict, *, num_classes: int | None = None,
 
     ``num_classes`` helps find the classifier and sets the chance-level loss ln(num_classes) that a
     given ``first_batch_loss`` is compared with.
+
+    Verdict: random when at least half the weight tensors match a standard init, or when every
+    norm layer is still exactly 1/0. Otherwise two weaker signs (all biases zero, classifier rows
+    as unrelated as random vectors, loss at chance) decide, unless the weights show training.
     """
     tensors, norm_names = _named_tensors(model_or_state_dict)
     stats = [_tensor_stats(name, tensor, name in norm_names) for name, tensor in tensors.items()]
@@ -308,7 +312,7 @@ def check_checkpoint(model_or_state_dict, *, num_classes: int | None = None,
 
     looks_random = strong or (supporting >= 2 and not trained)
     if supporting >= 2 and trained and not strong:
-        evidence.append("head and loss look untrained but the backbone is trained (a fresh head for fine-tuning?)")
+        evidence.append("head, biases or loss look untrained but the backbone is trained (fresh head for fine-tuning?)")
     return CheckpointReport(
         looks_random=bool(looks_random),
         evidence=evidence,
