@@ -32,7 +32,10 @@ TOKEN_CONFIGS = [
     ("cls_topk", {"keep": 60}),
 ]
 # Structured strategies: name, params, whether they need calibration batches.
-STRUCTURED_CONFIGS: list[tuple[str, dict]] = []
+STRUCTURED_CONFIGS: list[tuple[str, dict]] = [
+    ("head_prune", {"head_ratio": 0.3, "mlp_ratio": 0.3, "importance": "magnitude"}),
+    ("layer_drop", {"keep_layers": 8, "importance": "cosine", "_calibrate": True}),
+]
 REFERENCE_TOME_R = (8, 16)
 
 
