@@ -84,6 +84,10 @@ done
 
 clip_benchmark="${CLIP_BENCHMARK:-clip_benchmark}"
 pruning_bench="${PRUNING_BENCH:-pruning-bench}"
+for command in "$clip_benchmark" "$pruning_bench"; do
+    command -v "$command" >/dev/null 2>&1 ||
+        die "'$command' not found: activate the environment where pruning-bench is installed (or set \$CLIP_BENCHMARK / \$PRUNING_BENCH)"
+done
 mkdir -p "$out/results" "$out/logs" || exit 1
 template="$out/results/{dataset}_{pretrained}_{model}_{language}_{task}_{pruning}.json"
 
@@ -92,7 +96,7 @@ run_eval() {  # run_eval NAME FLAG...
     local name="$1"; shift
     local log="$out/logs/$(printf '%02d' "$run_index")_$name.log"
     run_index=$((run_index + 1))
-    echo "==> $name: $clip_benchmark eval ${eval_args[*]} $*"
+    echo "==> $name: $clip_benchmark eval$(printf ' %q' "${eval_args[@]}") $*"
     if "$clip_benchmark" eval "${eval_args[@]}" --output "$template" "$@" 2>&1 | tee "$log"; then
         echo "<== $name: ok"
     else

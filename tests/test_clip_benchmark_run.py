@@ -193,3 +193,24 @@ def test_error_at_attach_stops_before_data(monkeypatch, tmp_path, data, capsys):
     assert stop.value.code == 2 and not built
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "start_layer=9" in err[0]
+
+
+def test_model_is_restored_when_the_evaluation_fails(monkeypatch, tmp_path, data, loaded):
+    def broken(model, *a, **kw):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(cli.zeroshot_classification, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        clip_benchmark_eval(monkeypatch, data, tmp_path, *PRUNE)
+    (model,) = loaded
+    assert type(model.visual.transformer.resblocks[1]).__name__ == "ResidualAttentionBlock"
+    assert not list(tmp_path.glob("*.json"))
+    assert cli.load_clip.__name__ == "spy" and cli.json.__name__ == "json"  # the swapped names are back
+
+
+def test_reloading_the_cli_extends_it_again():
+    import importlib
+
+    importlib.reload(cli)
+    assert getattr(cli.run, "_pruning_bench", False) and getattr(cli.get_parser_args, "_pruning_bench", False)
+    assert not getattr(cli.run.__wrapped__, "_pruning_bench", False)

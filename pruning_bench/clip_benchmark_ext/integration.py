@@ -103,8 +103,8 @@ def _check_tasks(args) -> None:
 class PruningSession:
     """One clip_benchmark `run` with pruning: owns the handle, the captured images and the extra fields."""
 
-    def __init__(self, cli, args, config: flags.PruningConfig, slug: str):
-        self.cli, self.args, self.config, self.slug = cli, args, config, slug
+    def __init__(self, args, config: flags.PruningConfig, slug: str):
+        self.args, self.config, self.slug = args, config, slug
         self.model = None
         self.handle = None
         self.notes: list[str] = []
@@ -112,6 +112,7 @@ class PruningSession:
         self.n_images = 0
         self._capture = None
         self.efficiency: dict[str, Any] | None = None
+        self.attention: dict[str, Any] | None = None
         self.feature_cache: str | None = None
 
     # -- model loading
@@ -254,7 +255,7 @@ class PruningSession:
         dump["pruning"] = self.pruning_record()
         if self.config.measure_efficiency:
             dump["efficiency"] = self.efficiency
-        if self.config.extract_attention and getattr(self, "attention", None) is not None:
+        if self.config.extract_attention and self.attention is not None:
             path = self.config.attention_output or (os.path.splitext(output or "result.json")[0] + ".attention.pt")
             from . import attention
 
@@ -304,7 +305,7 @@ def wrap_run(cli, original):
         slug = naming.pruning_slug(config.strategy, config.resolved) if config.enabled else naming.BASELINE_SLUG
         args = argparse.Namespace(**vars(args))
         args.output = naming.output_template(args.output, slug, config.enabled)
-        session = PruningSession(cli, args, config, slug)
+        session = PruningSession(args, config, slug)
         saved = {name: getattr(cli, name) for name in ("load_clip", "json", *_TASK_MODULES.values())}
         cli.load_clip = session.load_clip(saved["load_clip"])
         cli.json = session.json_module(saved["json"])
@@ -323,9 +324,9 @@ def wrap_run(cli, original):
 
 def extend_cli(cli) -> None:
     """Adapter called by the start-up hook once clip_benchmark.cli has been imported."""
-    if getattr(cli, "_pruning_bench_extended", False):
+    if getattr(cli.run, "_pruning_bench", False):  # already extended (a reload re-creates the functions)
         return
     get_parser_args = wrap_get_parser_args(cli, cli.get_parser_args)
     run = wrap_run(cli, cli.run)
+    get_parser_args._pruning_bench = run._pruning_bench = True
     cli.get_parser_args, cli.run = get_parser_args, run
-    cli._pruning_bench_extended = True
