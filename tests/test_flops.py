@@ -166,8 +166,9 @@ def test_clip_counts_only_the_image_tower():
 
 def test_training_mode_and_grad_mode_come_back():
     model = tiny_timm().train()
+    frozen = set(model.blocks[1].eval().modules())  # a mixed state must survive too
     count_flops(model, small_images(model))
-    assert model.training and all(m.training for m in model.modules())
+    assert all(m.training == (m not in frozen) for m in model.modules())
     assert torch.is_grad_enabled()
 
 

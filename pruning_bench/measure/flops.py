@@ -151,8 +151,8 @@ def make_analysis(tower: nn.Module, images: torch.Tensor, *, handles: bool = Tru
 
 @contextmanager
 def counting_mode(module: nn.Module):
-    """Eval mode and no_grad for one traced forward; the module's own mode comes back afterwards."""
-    was_training = module.training
+    """Eval mode and no_grad for one traced forward; every submodule's own mode comes back afterwards."""
+    modes = {m: m.training for m in module.modules()}
     module.eval()
     logger = logging.getLogger("fvcore.nn.jit_analysis")
     level = logger.level
@@ -163,7 +163,8 @@ def counting_mode(module: nn.Module):
             yield
     finally:
         logger.setLevel(level)
-        module.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def _match_tower(tower: nn.Module, images):
@@ -245,7 +246,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     per_block = [by_module.get(f"{prefix}.{i}", 0) / batch / 1e9 for i in range(len(blocks))]
     note = (
         f"fvcore MACs with handles for scaled_dot_product_attention and _native_multi_head_attention; "
-        f"image tower only; per image, mean over {batch} image(s)"
+        f"LayerNorm as fvcore's 5 per element; image tower only; per image, mean over {batch} image(s)"
     )
     if skipped:
         note += f"; WARNING matrix work not counted in {sorted(skipped)}"
