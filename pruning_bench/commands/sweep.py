@@ -1,0 +1,115 @@
+"""`pruning-bench sweep --grid "tome r=4,8" ... -- CLIP_BENCHMARK_EVAL_ARGS`: run, resume or schedule a grid."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  pruning-bench sweep --grid "tome r=4,8,13,16" --grid "anchor_diversity k_anchors=5,10 top_m=30,50" -- \\
+      --dataset wds/cifar10 --dataset_root ../shared/data/wds_cifar10 --model ViT-B-32 --pretrained openai \\
+      --task zeroshot_classification --output "results/{dataset}_{model}_{pretrained}_{pruning}.json"
+  pruning-bench sweep --grid "tome r=4,8" --emit commands -- ... > runs.txt     # one command per line
+  pruning-bench sweep --grid "tome r=4,8" --emit slurm --emit_to sweep.sbatch --sbatch "--gres=gpu:1" -- ...
+
+Each point is `clip_benchmark eval EVAL_ARGS --enable_pruning --prune_strategy NAME --prune_param K=V ...
+--skip_existing` (the baseline: `--measure_efficiency`). Re-running the same sweep skips points whose result
+files are complete, so an interrupted sweep resumes where it stopped; emitted commands carry --skip_existing too.
+"""
+
+
+def add_parser(subparsers):
+    import argparse
+
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a grid of pruning configurations through clip_benchmark (resumable), or emit it for a scheduler",
+        description="Expand --grid specifications into points, check every point's parameters, then run each "
+                    "point as a `clip_benchmark eval` subprocess with the arguments after `--`.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--grid", action="append", default=[], metavar='"STRATEGY KEY=V1,V2 ..."',
+                        help="a strategy and value lists; the Cartesian product of the lists is swept (repeatable)")
+    parser.add_argument("--no_baseline", dest="baseline", action="store_false",
+                        help="do not add the unpruned baseline point (run with --measure_efficiency)")
+    parser.add_argument("--force", action="store_true", help="run (or emit) every point, finished or not")
+    parser.add_argument("--dry_run", action="store_true", help="list the points, their state and result files, run nothing")
+    parser.add_argument("--emit", choices=("commands", "slurm"), default=None,
+                        help="print the pending runs instead of running them: one shell command per line, or a "
+                             "SLURM array script")
+    parser.add_argument("--emit_to", default=None, metavar="FILE", help="write the emitted text to FILE instead of stdout")
+    parser.add_argument("--executable", default=None, metavar="CMD",
+                        help="clip_benchmark command (default: the one beside this Python when running, "
+                             "`clip_benchmark` when emitting)")
+    parser.add_argument("--log_dir", default="sweep_logs", help="one log file per point (default: sweep_logs)")
+    parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                        help="extra #SBATCH line for --emit slurm, e.g. --sbatch=--gres=gpu:1 (repeatable)")
+    parser.add_argument("--job_name", default="pruning-sweep", help="SLURM job name")
+    parser.add_argument("--max_parallel", type=int, default=None, help="SLURM array throttle (%%N)")
+    parser.add_argument("--report", default=None, metavar="NAME",
+                        help="after running, write `pruning-bench report` for every result of the sweep to NAME")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="-- CLIP_BENCHMARK_EVAL_ARGS",
+                        help="arguments for `clip_benchmark eval` (dataset, model, output template, ...)")
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"pruning-bench sweep: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _emit(text: str, target: str | None) -> None:
+    if target is None:
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text)
+        print(target)
+
+
+def run(args) -> int:
+    from .. import sweep
+
+    eval_args = list(args.eval_args)
+    if eval_args[:1] == ["--"]:
+        eval_args = eval_args[1:]
+    if not args.grid and not args.baseline:
+        return _error("nothing to sweep: give at least one --grid")
+    try:
+        points = sweep.expand_grids(args.grid, baseline=args.baseline)
+        executable = args.executable or ("clip_benchmark" if args.emit else sweep.local_executable())
+        runs = sweep.plan(points, eval_args, executable=executable, skip_existing=not args.force)
+    except ValueError as exc:
+        return _error(str(exc))
+    except SystemExit as exc:  # clip_benchmark's parser rejected EVAL_ARGS (it printed why)
+        return int(exc.code or 2)
+
+    pending = runs if args.force else [r for r in runs if not r.finished]
+    if args.dry_run:
+        for r in runs:
+            state = "finished" if r.finished else "pending"
+            print(f"{state:9} {r.point.label}\n          {' '.join(map(str, r.outputs))}")
+        print(f"{len(runs)} point(s), {len(pending)} to run")
+        return 0
+    if args.emit == "commands":
+        _emit(sweep.command_list(pending), args.emit_to)
+        return 0
+    if args.emit == "slurm":
+        try:
+            text = sweep.slurm_script(pending, job_name=args.job_name, log_dir=args.log_dir, sbatch=args.sbatch,
+                                      max_parallel=args.max_parallel)
+        except ValueError as exc:
+            return _error(str(exc))
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)  # SLURM opens its log files before the script runs
+        _emit(text, args.emit_to)
+        return 0
+
+    summary = sweep.run_sweep(runs, log_dir=args.log_dir, force=args.force, progress=not args.quiet)
+    print(f"{len(runs)} point(s): {len(summary.skipped)} already finished, {len(summary.ran)} run, "
+          f"{len(summary.failed)} failed", file=sys.stderr)
+    for r in summary.failed:
+        print(f"  failed: {r.point.label} (log: {sweep.log_path(args.log_dir, r)})", file=sys.stderr)
+    if args.report and summary.outputs:
+        from ..cli import main
+
+        main(["report", *map(str, summary.outputs), "-o", args.report])
+    return 1 if summary.failed else 0
