@@ -16,6 +16,8 @@ _EXPORTS = {
     "UnsupportedModelError": "pruning_bench.errors",
     "count_flops": "pruning_bench.measure.flops",
     "measure_throughput": "pruning_bench.measure.throughput",
+    "compare_throughput": "pruning_bench.measure.throughput",
+    "ideal_speedup": "pruning_bench.measure.analytic",
     "reference_model": "pruning_bench.reference",
     "check_checkpoint": "pruning_bench.checkpoint",
 }

@@ -50,7 +50,7 @@ class TokenRun:
         if layer <= self._last_layer:  # a new forward pass started (whatever the entry point)
             self.begin(x)
         self._last_layer = layer
-        N = x.shape[1]
+        N = int(x.shape[1])  # a 0-d tensor while tracing (fvcore): keep schedules plain ints
         n_out, message = self.strategy.plan_block(layer, N, self.n_prefix, self.n_layers)
         if message and message not in self._warned:
             self._warned.add(message)
@@ -79,7 +79,7 @@ class TokenRun:
         if self.record_attention:
             cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
             self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept})
-        self.tokens_mlp.append(x.shape[1])
+        self.tokens_mlp.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
 
     def stats(self) -> dict:

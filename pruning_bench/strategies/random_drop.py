@@ -32,6 +32,6 @@ class RandomDrop(PruneOnceStrategy):
         return self.params["keep"]
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
-        B, N, _ = x.shape
+        B, N = x.shape[0], int(x.shape[1])
         chosen = random_positions(N - n_prefix, n_out - n_prefix, self.params["seed"], layer, n_prefix, B, x.device)
         return self.selection(n_prefix, chosen)

@@ -135,7 +135,7 @@ class ToMe(TokenStrategy):
         return n_tokens - r, None
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
-        N = x.shape[1]
+        N = int(x.shape[1])
         metric = probe.k.mean(dim=1)
         return bipartite_soft_matching(metric, N - n_out, n_prefix, self._participants(layer, N, n_prefix))
 
