@@ -1,0 +1,40 @@
+"""`pruning-bench leaderboard RESULTS... -o reports/NAME [--budget 0.5 ...] [--gmacs_budget 2 ...]`."""
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "leaderboard",
+        help="rank runs across many models, datasets and strategies; best run within a MACs budget",
+        description="Read result JSONs (files or folders) and `clip_benchmark build` CSVs, pair every run with its "
+                    "baseline as `pruning-bench report` does, and write NAME.csv (every run, ranked per dataset and "
+                    "task, clip_benchmark build's column names where they overlap), NAME_budget.csv and NAME.md.",
+    )
+    parser.add_argument("results", nargs="+", metavar="RESULT", help="result JSON files, folders of them, or build CSVs")
+    parser.add_argument("-o", "--output", required=True, metavar="NAME", help="output prefix, e.g. reports/leaderboard")
+    parser.add_argument("--budget", type=float, nargs="+", default=[0.25, 0.5, 0.75], metavar="SHARE",
+                        help="MACs budgets as shares of each model's baseline GMACs (default: 0.25 0.5 0.75)")
+    parser.add_argument("--gmacs_budget", type=float, nargs="+", default=[], metavar="GMACS",
+                        help="absolute budgets in GMACs per image, compared across models")
+    parser.add_argument("--top", type=int, default=None, help="rows per dataset in the Markdown leaderboard (CSV keeps all)")
+    parser.add_argument("--title", default=None, help="Markdown title")
+    return parser
+
+
+def run(args) -> int:
+    from ..report.leaderboard import leaderboard, load_inputs, write_leaderboard
+
+    if any(b <= 0 for b in args.budget + args.gmacs_budget):
+        print("pruning-bench leaderboard: error: budgets must be positive", file=sys.stderr)
+        return 2
+    try:
+        board = leaderboard(load_inputs(args.results))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pruning-bench leaderboard: error: {exc}", file=sys.stderr)
+        return 2
+    for path in write_leaderboard(board, args.output, budgets=args.budget, gmacs_budgets=args.gmacs_budget,
+                                  title=args.title, top=args.top):
+        print(path)
+    return 0
