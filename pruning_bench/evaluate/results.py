@@ -4,13 +4,15 @@ reads both alike.
 
 Nothing here re-implements those blocks: file names come from the integration's `naming`, the
 `efficiency` block from its `efficiency.measure`, and the `pruning` block from
-`PruningSession.pruning_record` (a method of the clip_benchmark session; it only reads the config,
-the handle, the notes and the slug, so a session without a clip_benchmark module serves here).
+`PruningSession.pruning_record` (a method of the clip_benchmark session that only reads the config,
+the handle, the notes, the slug, the feature cache id and the model: it is called here on an object
+carrying just those).
 """
 from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from ..clip_benchmark_ext import efficiency, naming
@@ -28,7 +30,10 @@ def output_path(template: str, *, config: PruningConfig, model: str, pretrained:
                 language: str = "en") -> str:
     """`--output` with the pruning slug and clip_benchmark's fields filled in, as clip_benchmark names them."""
     template = naming.output_template(template, slug(config), config.enabled)
-    name = dataset[len("wds/"):] if dataset.startswith("wds/") else dataset
+    if os.path.isdir(dataset):  # a folder of images is named after the folder
+        name = os.path.basename(os.path.normpath(dataset))
+    else:
+        name = dataset[len("wds/"):] if dataset.startswith("wds/") else dataset
     pretrained_slug = os.path.basename(pretrained) if os.path.isfile(pretrained) else pretrained
     return template.format(model=model, pretrained=pretrained_slug,
                            pretrained_full_path=pretrained.replace("/", "_"), task=task,
@@ -37,9 +42,9 @@ def output_path(template: str, *, config: PruningConfig, model: str, pretrained:
 
 def pruning_block(args, config: PruningConfig, handle, notes: list[str], model) -> dict | None:
     """The `pruning` block exactly as the clip_benchmark integration writes it."""
-    session = PruningSession(None, args, config, slug(config))
-    session.handle, session.model, session.notes = handle, model, list(notes)
-    return session.pruning_record()
+    session = SimpleNamespace(config=config, handle=handle, notes=list(notes), slug=slug(config),
+                              feature_cache=None, model=model, args=args)
+    return PruningSession.pruning_record(session)
 
 
 def efficiency_block(model, images, *, handle, repeats: int, source: str) -> dict[str, Any]:

