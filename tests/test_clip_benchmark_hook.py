@@ -102,9 +102,6 @@ def test_clip_benchmark_help_lists_every_flag():
     for flag in ("--enable_pruning", "--prune_strategy", "--k_anchors", "--top_m", "--alpha", "--prune_param",
                  "--extract_attention", "--attention_output", "--measure_efficiency", "--dataset", "--skip_existing"):
         assert flag in out.stdout
-    off = subprocess.run([str(BIN / "clip_benchmark"), "eval", "--help"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, hook.ENV_VAR: "off"})
-    assert "--enable_pruning" not in off.stdout and "--dataset" in off.stdout
 
 
 @pytest.fixture(scope="module")

@@ -101,40 +101,38 @@ def test_default_configurations(tmp_path, stand_in):
 
 
 def test_end_to_end_with_clip_benchmark(tmp_path):
-    """Real clip_benchmark, open_clip ViT-B-32 with random weights, a 4-image webdataset written here."""
-    data = tiny.write_webdataset(tmp_path / "wds", n_test=4, n_train=0)
+    """Real clip_benchmark, open_clip ViT-B-32 with random weights, a 2-image webdataset written here."""
+    data = tiny.write_webdataset(tmp_path / "wds", n_test=2, n_train=0)
     out = tmp_path / "cmp"
-    done = compare("--out", str(out), "--config", "anchor_diversity k_anchors=4 top_m=10 alpha=0.5",
-                   "--config", "tome r=8", "--", "--dataset", "wds/tiny", "--dataset_root", str(data),
-                   "--model", "ViT-B-32", "--pretrained", "", "--task", "zeroshot_classification",
-                   "--batch_size", "2", "--num_workers", "0", "--no_amp", "--quiet",
-                   "--extract_attention", "--attention_images", "2", "--throughput_repeats", "1")
+    done = compare("--out", str(out), "--config", "anchor_diversity k_anchors=4 top_m=10 alpha=0.5", "--",
+                   "--dataset", "wds/tiny", "--dataset_root", str(data), "--model", "ViT-B-32", "--pretrained", "",
+                   "--task", "zeroshot_classification", "--batch_size", "2", "--num_workers", "0", "--no_amp",
+                   "--quiet", "--throughput_repeats", "1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     loaded = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
     results = {(r["pruning"] or {"strategy": "baseline"})["strategy"]: r for r in loaded}
-    assert sorted(results) == ["anchor_diversity", "baseline", "tome"]
-    base, anchor, tome = results["baseline"], results["anchor_diversity"], results["tome"]
+    assert sorted(results) == ["anchor_diversity", "baseline"]
+    base, anchor = results["baseline"], results["anchor_diversity"]
+    for result in (base, anchor):
+        assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(result)
+        assert set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+        assert {"gmacs", "gflops", "images_per_second", "tokens_per_layer", "batch_size", "dtype", "device",
+                "versions"} <= set(result["efficiency"])
+    assert base["pruning"] is None
     assert base["efficiency"]["tokens_per_layer"] == [50] * 12  # ViT-B/32 at 224: 7x7 patches + CLS
     assert anchor["efficiency"]["tokens_per_layer"] == [50, 50] + [15] * 10
     assert anchor["pruning"]["params"] == {"k_anchors": 4, "top_m": 10, "alpha": 0.5, "start_layer": 1}
-    tome_tokens = tome["efficiency"]["tokens_per_layer"]
-    assert tome_tokens[:3] == [50, 42, 34] and all(a >= b for a, b in zip(tome_tokens, tome_tokens[1:]))
-    for result in results.values():
-        assert set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
-        assert Path(result["attention_output"]).is_file()
 
-    report = pd.read_csv(out / "report.csv", keep_default_na=False, na_values=[""])
+    report = pd.read_csv(out / "report.csv")
     required = ["model", "pretrained", "dataset", "task", "strategy", "params", "acc1", "acc1_baseline", "acc1_delta",
                 "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency"]
     assert set(required) <= set(report.columns)
-    assert report["has_baseline"].all()
-    by_strategy = report.set_index("strategy")
-    for name in ("anchor_diversity", "tome"):
-        row = by_strategy.loc[name]
-        assert row["gmacs_ratio"] == pytest.approx(results[name]["efficiency"]["gmacs"] / base["efficiency"]["gmacs"])
-        assert row["gmacs_ratio"] < 0.6
-        assert row["acc1_delta"] == pytest.approx(results[name]["metrics"]["acc1"] - base["metrics"]["acc1"])
-        assert row["speedup"] > 0
+    assert report["has_baseline"].all() and list(report["strategy"]) == ["baseline", "anchor_diversity"]
+    row = report.set_index("strategy").loc["anchor_diversity"]
+    assert row["gmacs_ratio"] == pytest.approx(anchor["efficiency"]["gmacs"] / base["efficiency"]["gmacs"])
+    assert 0.2 < row["gmacs_ratio"] < 0.5  # 15 of 50 tokens in 10 of 12 blocks
+    assert row["acc1_delta"] == pytest.approx(anchor["metrics"]["acc1"] - base["metrics"]["acc1"])
+    assert row["speedup"] == pytest.approx(anchor["efficiency"]["images_per_second"] / base["efficiency"]["images_per_second"])
     markdown = (out / "report.md").read_text()
     assert "| anchor_diversity" in markdown and "acc1_baseline" in markdown and "speedup" in markdown

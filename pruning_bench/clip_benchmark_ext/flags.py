@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--enable_pruning", action="store_true", help="apply --prune_strategy during the evaluation")
     group.add_argument("--prune_strategy", default=None, metavar="NAME",
-                       help=f"registered strategy (default: {DEFAULT_STRATEGY}); see `pruning-bench` / pb.list_strategies()")
+                       help=f"registered strategy (default: {DEFAULT_STRATEGY}): {_strategy_names()}")
     group.add_argument("--k_anchors", type=int, default=None, help="anchor_diversity: anchor tokens (default 10)")
     group.add_argument("--top_m", type=int, default=None, help="anchor_diversity: tokens kept besides the anchors (default 50)")
     group.add_argument("--alpha", type=float, default=None, help="anchor_diversity: importance vs diversity weight in [0, 1] (default 0.5)")
@@ -43,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where --extract_attention saves (torch.save); default: the result JSON's name with .attention.pt")
     group.add_argument("--attention_images", type=int, default=8, metavar="N",
                        help="how many of the first evaluation images --extract_attention keeps (default 8)")
+
+
+def _strategy_names() -> str:
+    try:
+        from ..registry import list_strategies
+
+        return ", ".join(list_strategies())
+    except Exception as exc:  # help must print even if a strategy module is broken
+        return f"(registry unavailable: {type(exc).__name__})"
 
 
 def parse_value(text: str) -> Any:
