@@ -252,6 +252,11 @@ class PlannedRun:
     def shell(self) -> str:
         return shlex.join(self.command)
 
+    def make_output_dirs(self) -> None:
+        """clip_benchmark opens its output file without creating the folder."""
+        for path in self.outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
 
 def plan(points: list[SweepPoint], eval_args: list[str], *, executable: str = "clip_benchmark",
          skip_existing: bool = True) -> list[PlannedRun]:
@@ -304,6 +309,7 @@ def run_sweep(runs: list[PlannedRun], *, log_dir: str | os.PathLike, runner: Cal
     try:
         for run in pending:
             bar.set_postfix_str(run.point.label, refresh=True)
+            run.make_output_dirs()
             status = runner(run, log_path(log_dir, run))
             summary.ran.append(run)
             if status != 0 or not run.finished:

@@ -96,8 +96,8 @@ class FakeRunner:
         self.calls, self.fail, self.interrupt_at = [], set(fail), interrupt_at
 
     def __call__(self, run, log):
+        assert all(p.parent.is_dir() for p in run.outputs)  # clip_benchmark does not create its output folder
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
-            run.outputs[0].parent.mkdir(parents=True, exist_ok=True)
             run.outputs[0].write_text('{"metrics": {"acc1"')  # killed while writing
             raise KeyboardInterrupt
         self.calls.append(run.point.label)
@@ -105,7 +105,6 @@ class FakeRunner:
         if run.point.label in self.fail:
             return 1
         for path in run.outputs:
-            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"metrics": {"acc1": 0.5}}))
         return 0
 
@@ -194,11 +193,11 @@ def test_real_tiny_sweep_runs_then_resumes(tmp_path, capsys):
     (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.TINY_CLIP_CONFIG}))
     args = ["--dataset", "wds/tiny", "--dataset_root", str(tmp_path / "wds"), "--model", f"local-dir:{model_dir}",
             "--pretrained", "", "--task", "zeroshot_classification", "--batch_size", "2", "--num_workers", "0",
-            "--no_amp", "--quiet", "--throughput_repeats", "1", "--output", str(tmp_path / "res_{pruning}.json")]
+            "--no_amp", "--quiet", "--throughput_repeats", "1", "--output", str(tmp_path / "res" / "r_{pruning}.json")]
     command = ["sweep", "--grid", "tome r=2", "--no_baseline", "--quiet", "--log_dir", str(tmp_path / "logs"), "--", *args]
     status = main(command)  # the sweep in this process, clip_benchmark as its subprocess
     assert status == 0, "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-    [result] = tmp_path.glob("res_*.json")
+    [result] = (tmp_path / "res").glob("r_*.json")
     data = json.loads(result.read_text())
     assert data["pruning"]["params"]["r"] == 2 and data["efficiency"]["tokens_per_layer"] == [17, 15, 13, 11]
     stamp = result.stat().st_mtime_ns

@@ -90,6 +90,9 @@ def run(args) -> int:
             print(f"{state:9} {r.point.label}\n          {' '.join(map(str, r.outputs))}")
         print(f"{len(runs)} point(s), {len(pending)} to run")
         return 0
+    if args.emit:
+        for r in pending:
+            r.make_output_dirs()
     if args.emit == "commands":
         _emit(sweep.command_list(pending), args.emit_to)
         return 0
