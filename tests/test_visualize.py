@@ -224,3 +224,16 @@ def test_live_command_on_a_folder_of_images(tmp_path):
                               "11", "-o", str(tmp_path / "live.png")])
     assert args._run(args) == 0
     assert_png(tmp_path / "live.png", figure_pixels(2, 2))
+
+
+def test_attention_file_carrying_its_images_needs_no_data_set(tmp_path, images):
+    model = tiny_timm()
+    with pb.prune(model, "cls_topk", keep=10) as handle:
+        record = attention.record_attention(model, images, handle)
+    shown = torch.randint(0, 256, (len(images), 64, 64, 3), dtype=torch.uint8)
+    attention.save(str(tmp_path / "a.pt"), record, {"strategy": "cls_topk", "params": {"keep": 10}, "images": shown})
+    parser = build_parser({"visualize": visualize_command})
+    args = parser.parse_args(["visualize", "--attention_file", str(tmp_path / "a.pt"), "--blocks", "1", "3",
+                              "-o", str(tmp_path / "maps.png")])
+    assert args._run(args) == 0
+    assert_png(tmp_path / "maps.png", figure_pixels(len(images), 2))

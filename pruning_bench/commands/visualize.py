@@ -104,10 +104,13 @@ def _live(args):
 
 
 def _recorded(args):
-    from ..visualize import display_images, load_record, maps_from_record
+    from ..visualize import display_images, load_record, maps_from_record, recorded_images
 
     record = load_record(args.attention_file)
     maps = maps_from_record(record, args.blocks, args.prefix_tokens)
+    images = recorded_images(record)
+    if images is not None:
+        return maps, images
     dataset = args.dataset or record.get("dataset")
     if not dataset:
         raise ValueError("the attention file names no data set; give --dataset")

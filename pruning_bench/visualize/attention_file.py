@@ -1,11 +1,12 @@
 """Token maps from a `clip_benchmark eval --extract_attention --attention_output PATH` file.
 
 The file holds, per block, the positions of the tokens a selecting strategy kept (see
-`pruning_bench.clip_benchmark_ext.attention`), for the first images of the evaluation stream. It does
-not hold the images: they are read again from the data set (the first images of the test split, in
-shard order, as clip_benchmark reads a local webdataset) and cropped as open_clip's evaluation
-preprocessing does (shortest side resized, centre crop), which is what puts each patch over the
-pixels the model saw. Merging strategies (tome) leave no indices; their maps need a live model.
+`pruning_bench.clip_benchmark_ext.attention`), for the first images of the evaluation stream. When it
+also holds the images (`images`, (N, H, W, 3) uint8 as the model saw them) those are drawn; otherwise
+they are read again from the data set (the first images of the test split, in shard order, as
+clip_benchmark reads a local webdataset) and cropped as open_clip's evaluation preprocessing does
+(shortest side resized, centre crop), which puts each patch over the pixels the model saw for
+open_clip models. Merging strategies (tome) leave no indices; their maps need a live model.
 """
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ def maps_from_record(record: dict, blocks: list[int] | None = None, n_prefix: in
     return TokenMaps(owner=np.stack([per_block[b][0] for b in blocks]),
                      group_size=np.stack([per_block[b][1] for b in blocks]), grid=grid, blocks=list(blocks),
                      tokens=counts, title=title.strip())
+
+
+def recorded_images(record: dict) -> np.ndarray | None:
+    """The images a file carries itself (`images`: (N, H, W, 3) uint8 as displayed), or None."""
+    images = record.get("images")
+    if images is None:
+        return None
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"`images` in the attention file should be (N, H, W, 3), got {tuple(images.shape)}")
+    return (images.float() / 255 if images.dtype == torch.uint8 else images.float()).clamp(0, 1).numpy()
 
 
 def display_images(dataset: str, root: str | None, indices, size: int, split: str = "test") -> np.ndarray:
