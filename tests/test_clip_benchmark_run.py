@@ -214,3 +214,16 @@ def test_reloading_the_cli_extends_it_again():
     importlib.reload(cli)
     assert getattr(cli.run, "_pruning_bench", False) and getattr(cli.get_parser_args, "_pruning_bench", False)
     assert not getattr(cli.run.__wrapped__, "_pruning_bench", False)
+
+
+def test_structured_strategy_through_clip_benchmark(monkeypatch, tmp_path, data):
+    clip_benchmark_eval(monkeypatch, data, tmp_path, "--measure_efficiency")
+    clip_benchmark_eval(monkeypatch, data, tmp_path, "--enable_pruning", "--prune_strategy", "head_prune",
+                        "--prune_param", "head_ratio=0.5")
+    (path,) = tmp_path.glob("*head_prune*.json")
+    assert "calibration" not in path.name  # unset options stay out of the name
+    pruned, base = read(path), read(tmp_path / "zeroshot_classification_baseline.json")
+    assert pruned["pruning"]["params"]["head_ratio"] == 0.5
+    assert pruned["efficiency"]["pruning_stats"]["heads_per_layer"] == [2] * 4  # 4 heads of width 16, half kept
+    assert pruned["efficiency"]["tokens_per_layer"] == [17] * 4
+    assert pruned["efficiency"]["gmacs"] < base["efficiency"]["gmacs"]

@@ -7,7 +7,8 @@ The file (torch.save of a dict) holds:
 - `kept_index`: list over blocks of int64 tensors (N_images, tokens_out) with the positions, within
   that block's input, of the tokens it keeps (sorted, class token at 0), or None when the block
   keeps every token or merges tokens instead of selecting them (tome).
-- `tokens_per_layer`: tokens entering each block; `layers`: block indices of the lists above.
+- `tokens_per_layer`: tokens entering each block; `layers`: block indices of the lists above
+  (positions in the block list as evaluated, so after `layer_drop` they count kept blocks only).
 - `image_index`: positions of the images in the evaluation stream (the first N, in order).
 - `model`, `pretrained`, `dataset`, `task`, `strategy`, `params`: what produced it.
 """

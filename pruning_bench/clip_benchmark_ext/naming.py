@@ -25,15 +25,16 @@ def _value_text(value: Any) -> str:
 def pruning_slug(strategy: str | None, resolved: dict[str, Any]) -> str:
     """`anchor_diversity-alpha0.5-k_anchors10-start_layer1-top_m50`: the strategy and every scalar parameter.
 
-    Parameters that are not plain values (a calibration iterable) are left out; an over-long slug is
-    cut and completed by a hash of the full configuration, so distinct configurations stay distinct.
+    Parameters that are None (unset options) or not plain values (a calibration iterable) are left
+    out; an over-long slug is cut and completed by a hash of the full configuration, so distinct
+    configurations stay distinct.
     """
     if not strategy:
         return BASELINE_SLUG
     parts = [strategy]
     for key in sorted(resolved):
         value = resolved[key]
-        if value is None or isinstance(value, (bool, int, float, str, list, tuple)):
+        if isinstance(value, (bool, int, float, str, list, tuple)):
             parts.append(f"{key}{_value_text(value)}")
     slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
     if len(slug) > _MAX_SLUG:
