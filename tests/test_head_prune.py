@@ -5,12 +5,21 @@ import pytest
 import torch
 
 import pruning_bench as pb
+from conftest import FAMILIES
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.patches.families import locate_vit
 from pruning_bench.patches.structured import head_weights, mlp_output_linear, mlp_weights
 from pruning_bench.strategies.head_prune import count_to_remove, keep_global, keep_layerwise
 
 IMPORTANCES = ["magnitude", "taylor", "fisher", "activation"]
+# every importance on open_clip's nn.MultiheadAttention (scored through a stand-in module) and on one
+# other attention layout (timm qkv, open_clip Attention)
+ROTATION = [
+    ("open_clip", "magnitude"), ("timm", "magnitude"),
+    ("open_clip", "taylor"), ("open_clip_custom_avg", "taylor"),
+    ("open_clip", "fisher"), ("timm_registers_ls_qknorm_avg", "fisher"),
+    ("open_clip", "activation"), ("timm", "activation"), ("open_clip_custom_avg", "activation"),
+]
 
 
 def _state(model):
@@ -89,9 +98,10 @@ def test_ratio_zero_is_exact_noop_with_warning(family, images):
     assert stats["tokens_per_layer"] == [stats["tokens_per_layer"][0]] * 4
 
 
-@pytest.mark.parametrize("importance", IMPORTANCES)
-def test_restore_is_exact_and_idempotent(family, images, importance):
-    _, model, run = family
+@pytest.mark.parametrize("family_name,importance", ROTATION)
+def test_restore_is_exact_and_idempotent(family_name, images, importance):
+    build, run = FAMILIES[family_name]
+    model = build()
     model.train()  # scoring must leave training flags alone too
     for p in list(model.parameters())[::3]:
         p.requires_grad_(False)
@@ -167,11 +177,12 @@ def test_per_image_results_do_not_depend_on_the_batch(family, images):
     torch.testing.assert_close(part, full[2:5], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("importance", IMPORTANCES)
-def test_every_importance_finds_dead_heads_and_neurons(family, images, importance):
+@pytest.mark.parametrize("family_name,importance", ROTATION)
+def test_every_importance_finds_dead_heads_and_neurons(family_name, images, importance):
     """A head whose values and output columns are zero, and a neuron whose weights are zero, contribute
     nothing: every importance must rank them last, and removing them must leave the output unchanged."""
-    _, model, run = family
+    build, run = FAMILIES[family_name]
+    model = build()
     blocks = locate_vit(model).blocks
     dead_head, dead_neuron = 2, 5
     with torch.no_grad():

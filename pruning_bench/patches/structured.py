@@ -391,6 +391,10 @@ class StructuredAttachment:
     def stats(self) -> dict:
         return {**self._stats, "tokens_per_layer": list(self._counter.tokens)}
 
+    def add_stats(self, **values) -> None:
+        """Facts known only once the pruning is in place (e.g. parameters left)."""
+        self._stats.update(values)
+
     def restore(self) -> None:
         self._counter.remove()
         while self._swaps:

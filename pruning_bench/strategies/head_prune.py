@@ -15,7 +15,7 @@ from ..patches.families import locate_vit
 from ..patches.structured import StructuredPlan, attach_structured, parameter_count, warn_noop
 from ..registry import register_strategy
 from .base import Strategy, check_choice, check_float
-from .importance import UNIT_IMPORTANCES, unit_scores
+from .importance import UNIT_IMPORTANCES, CountingIterable, unit_scores
 
 SCOPES = ("layerwise", "global")
 
@@ -102,7 +102,7 @@ class HeadPrune(Strategy):
         if not self._prunes():
             warn_noop(self.name, "head_ratio=0 and mlp_ratio=0 remove nothing; the model is left unchanged")
             return attach_structured(model, StructuredPlan(), target)
-        counted = _CountingIterable(p["calibration"]) if p["calibration"] is not None else None
+        counted = CountingIterable(p["calibration"]) if p["calibration"] is not None else None
         head_scores, neuron_scores = unit_scores(model, p["importance"], counted, self.name)
         if counted is not None:
             self._calibration_summary = counted.summary()
@@ -123,22 +123,5 @@ class HeadPrune(Strategy):
             "mlp_sparsity_per_layer": [1 - len(k) / len(s) for k, s in zip(neurons, neuron_scores)],
         }
         attachment = attach_structured(model, StructuredPlan(heads=heads, neurons=neurons, extra_stats=stats), target)
-        attachment._stats["vit_parameters"] = {"before": before, "after": parameter_count(target.vit)}
+        attachment.add_stats(vit_parameters={"before": before, "after": parameter_count(target.vit)})
         return attachment
-
-
-class _CountingIterable:
-    """Passes calibration batches through and counts them, for the resolved parameters."""
-
-    def __init__(self, source):
-        self.source, self.batches, self.images = source, 0, 0
-
-    def __iter__(self):
-        for item in self.source:
-            first = item[0] if isinstance(item, (list, tuple)) and item else item
-            self.batches += 1
-            self.images += int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 0
-            yield item
-
-    def summary(self) -> dict:
-        return {"batches": self.batches, "images": self.images}

@@ -82,6 +82,23 @@ def magnitude_scores(blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 # ---------------------------------------------------------------- calibration and target
 
 
+class CountingIterable:
+    """Passes calibration batches through and counts them, for the resolved parameters."""
+
+    def __init__(self, source):
+        self.source, self.batches, self.images = source, 0, 0
+
+    def __iter__(self):
+        for item in self.source:
+            first = item[0] if isinstance(item, (list, tuple)) and item else item
+            self.batches += 1
+            self.images += int(first.shape[0]) if hasattr(first, "shape") and len(first.shape) else 0
+            yield item
+
+    def summary(self) -> dict:
+        return {"batches": self.batches, "images": self.images}
+
+
 def calibration_batches(calibration, owner: str, importance: str):
     """Yield the image tensors (B, C, H, W) of `calibration`; a clear error when it is missing or wrong."""
     if calibration is None:

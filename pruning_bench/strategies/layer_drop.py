@@ -21,8 +21,7 @@ from ..patches.families import locate_vit
 from ..patches.structured import StructuredPlan, attach_structured, parameter_count, warn_noop
 from ..registry import register_strategy
 from .base import Strategy, check_bool, check_choice, check_int
-from .head_prune import _CountingIterable
-from .importance import BLOCK_IMPORTANCES, block_scores
+from .importance import BLOCK_IMPORTANCES, CountingIterable, block_scores
 
 SELECTIONS = ("topk", "distributed")
 
@@ -122,7 +121,7 @@ class LayerDrop(Strategy):
             if p["keep_layers"] == n:
                 warn_noop(self.name, f"keep_layers={n} keeps every block; the model is left unchanged")
                 return attach_structured(model, StructuredPlan(), target)
-            counted = _CountingIterable(p["calibration"])
+            counted = CountingIterable(p["calibration"])
             scores = block_scores(model, p["importance"], counted, self.name)
             self._calibration_summary = counted.summary()
         kept = self.plan(n, scores)
@@ -131,5 +130,5 @@ class LayerDrop(Strategy):
         before = parameter_count(target.vit)
         stats = {"layer_importance": None if scores is None else scores.tolist(), "blocks_total": n}
         attachment = attach_structured(model, StructuredPlan(kept_blocks=kept, extra_stats=stats), target)
-        attachment._stats["vit_parameters"] = {"before": before, "after": parameter_count(target.vit)}
+        attachment.add_stats(vit_parameters={"before": before, "after": parameter_count(target.vit)})
         return attachment
