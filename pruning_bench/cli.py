@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["report", "eval", "visualize", "sweep"]
+COMMANDS = ["report", "eval", "visualize", "sweep", "leaderboard"]
 
 
 def available_commands() -> dict[str, object]:

@@ -3,6 +3,7 @@ import json
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,6 +175,10 @@ def test_attention_file_layout(monkeypatch, tmp_path, data):
     assert torch.equal(top.sort(dim=1).values, kept[1][:, 1:])
     assert saved["tokens_per_layer"] == [17, 17, 5, 5]
     assert saved["strategy"] == "cls_topk" and saved["params"] == {"keep": 4, "start_layer": 1}
+    assert saved["images"].shape == (5, 32, 32, 3) and saved["images"].dtype == torch.uint8
+    rng = np.random.default_rng(0)  # tiny.write_webdataset draws the test images first, in order
+    written = torch.from_numpy(np.stack([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]))
+    assert (saved["images"].int() - written.int()).abs().max() <= 1  # the pixels the encoder saw
     result = read(tmp_path / "zeroshot_classification_cls_topk-keep4-start_layer1.json")
     assert result["attention_output"] == str(path)
 

@@ -10,6 +10,9 @@ The file (torch.save of a dict) holds:
 - `tokens_per_layer`: tokens entering each block; `layers`: block indices of the lists above
   (positions in the block list as evaluated, so after `layer_drop` they count kept blocks only).
 - `image_index`: positions of the images in the evaluation stream (the first N, in order).
+- `images`: uint8 (N_images, H, W, 3), the images as the encoder saw them (preprocessed, then
+  un-normalised with the model's `image_mean`/`image_std`), or None when the model does not say
+  how it normalises.
 - `model`, `pretrained`, `dataset`, `task`, `strategy`, `params`: what produced it.
 """
 from __future__ import annotations
@@ -22,6 +25,18 @@ import torch
 from .efficiency import encode_images
 
 FORMAT = "pruning-bench cls-attention v1"
+
+
+def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
+    """Preprocessed images back to uint8 (N, H, W, 3) pixels, using the normalisation open_clip records."""
+    visual = getattr(model, "visual", model)
+    mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
+    if mean is None or std is None or images.ndim != 4 or images.shape[1] != 3:
+        return None
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    pixels = (images.float().cpu() * std + mean).clamp(0, 1)
+    return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def _token_run(handle):
@@ -62,6 +77,7 @@ def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]
         "tokens_per_layer": tokens,
         "layers": [int(r["layer"]) for r in records],
         "image_index": torch.arange(len(images)),
+        "images": displayable(model, images),
     }
 
 
