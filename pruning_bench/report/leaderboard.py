@@ -156,7 +156,7 @@ def _fmt(value, pattern: str) -> str:
 def _shown(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     shown = table[columns].copy().astype(object)
     formats = {"score": lambda v: _fmt(v * 100, "{:.2f}%"), "score_baseline": lambda v: _fmt(v * 100, "{:.2f}%"),
-               "score_delta": lambda v: _fmt(v * 100, "{:+.2f} pp"), "gmacs": lambda v: _fmt(v, "{:.3f}"),
+               "score_delta": lambda v: _fmt(v * 100, "{:+.2f} pp"), "gmacs": lambda v: _fmt(v, "{:.4g}"),
                "gmacs_ratio": lambda v: _fmt(v, "{:.3f}"), "images_per_second": lambda v: _fmt(v, "{:.1f}"),
                "speedup": lambda v: _fmt(v, "{:.2f}x"), "efficiency": lambda v: _fmt(v, "{:.3f}")}
     for column, fmt in formats.items():
