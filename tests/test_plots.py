@@ -208,3 +208,13 @@ def test_token_schedule_rows_per_configuration(tmp_path):
 def test_no_per_block_section_for_baselines_only(tmp_path):
     write_result(tmp_path)
     assert layer_sections(compare(load_results([tmp_path]))) == ""
+
+
+@pytest.mark.parametrize("block, key", [("pruning", "stats"), ("efficiency", "pruning_stats"), ("efficiency", None)])
+def test_structure_is_found_where_writers_put_it(block, key):
+    from pruning_bench.report.layers import structure_of
+
+    stats = {"heads_per_layer": [2, 3], "mlp_hidden_per_layer": [10, 12], "layers_kept": [0, 1]}
+    record = {"pruning": {"strategy": "head_prune", "params": {}}, "efficiency": {"tokens_per_layer": [5, 5]}}
+    record[block].update({key: stats} if key else stats)
+    assert structure_of(record) == stats

@@ -26,8 +26,9 @@ STRUCTURE_KEYS = ("heads_per_layer", "mlp_hidden_per_layer", "layers_kept", "hea
 def _places(record: dict) -> list[dict]:
     pruning = record.get("pruning") or {}
     efficiency = record.get("efficiency") or {}
-    return [d for d in (pruning.get("stats"), efficiency.get("structure"), efficiency.get("stats"), efficiency, pruning)
-            if isinstance(d, dict)]
+    places = (pruning.get("stats"), efficiency.get("pruning_stats"), efficiency.get("structure"), efficiency.get("stats"),
+              efficiency, pruning)
+    return [d for d in places if isinstance(d, dict)]
 
 
 def structure_of(record: dict) -> dict[str, Any] | None:
