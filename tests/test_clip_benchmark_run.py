@@ -229,6 +229,6 @@ def test_structured_strategy_through_clip_benchmark(monkeypatch, tmp_path, data)
     assert "calibration" not in path.name  # unset options stay out of the name
     pruned, base = read(path), read(tmp_path / "zeroshot_classification_baseline.json")
     assert pruned["pruning"]["params"]["head_ratio"] == 0.5
-    assert pruned["efficiency"]["pruning_stats"]["heads_per_layer"] == [2] * 4  # 4 heads of width 16, half kept
+    assert pruned["pruning"]["stats"]["heads_per_layer"] == [2] * 4  # 4 heads of width 16, half kept
     assert pruned["efficiency"]["tokens_per_layer"] == [17] * 4
     assert pruned["efficiency"]["gmacs"] < base["efficiency"]["gmacs"]

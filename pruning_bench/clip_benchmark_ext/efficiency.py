@@ -53,14 +53,12 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
         speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats)
     stats = handle.stats() if handle is not None else {}
     tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1]))
-    structure = {k: v for k, v in stats.items() if k != "tokens_per_layer" and isinstance(v, (list, int, float))}
     return {
         "gmacs": float(flops.gmacs),
         "gflops": float(flops.gflops),
         "images_per_second": float(speed["images_per_second"]),
         "seconds_per_batch": float(speed["seconds_per_batch_median"]),
         "tokens_per_layer": tokens,
-        "pruning_stats": structure,
         "batch_size": int(len(images)),
         "image_size": list(images.shape[-2:]),
         "input": source,

@@ -228,6 +228,8 @@ class PruningSession:
             "slug": self.slug,
             "notes": list(self.notes),
         }
+        if self.handle is not None:
+            record["stats"] = json_safe(self.handle.stats())
         if self.feature_cache is not None:
             record["feature_cache"] = self.feature_cache
         if self.model is None:
@@ -264,6 +266,19 @@ class PruningSession:
                 "task": dump.get("task"), "strategy": self.config.strategy, "params": self.config.resolved})
             dump["attention_output"] = path
         return dump
+
+
+def json_safe(value):
+    """The handle's stats as JSON values (tensors become lists, anything else its repr)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return repr(value)
 
 
 def _patched(module, **replacements):

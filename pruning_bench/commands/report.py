@@ -9,14 +9,14 @@ def add_parser(subparsers):
         "report",
         help="compare pruned runs with their baselines (CSV + Markdown + plot)",
         description="Group result JSONs by model, pretrained, dataset, task (and language), pair every pruned "
-                    "run with its baseline, and write NAME.csv, NAME.md and NAME.png. A run without a "
+                    "run with its baseline, and write NAME.csv, NAME.md and NAME_accuracy_vs_{gmacs,throughput}.png. A run without a "
                     "baseline is kept, with empty comparison columns.",
     )
     parser.add_argument("results", nargs="+", metavar="RESULT", help="result JSON files or directories of them")
     parser.add_argument("-o", "--output", required=True, metavar="NAME",
-                        help="output prefix, e.g. reports/cifar10 -> reports/cifar10.csv, .md, .png")
+                        help="output prefix, e.g. reports/cifar10 -> reports/cifar10.csv, .md, _accuracy_vs_*.png")
     parser.add_argument("--title", default=None, help="Markdown title (default: from NAME)")
-    parser.add_argument("--no-plot", dest="plot", action="store_false", help="skip NAME.png")
+    parser.add_argument("--no-plot", dest="plot", action="store_false", help="skip the plots")
     return parser
 
 

@@ -29,9 +29,10 @@ def primary_metric(task: str, metrics: dict[str, Any]) -> str | None:
 
 
 def format_params(params: dict[str, Any] | None) -> str:
+    """`k=v, ...` for the plain-valued parameters; unset options (None) are left out."""
     if not params:
         return ""
-    return ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (bool, int, float, str, list, tuple)) or v is None)
+    return ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (bool, int, float, str, list, tuple)))
 
 
 def result_files(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Write a comparison table as NAME.csv (raw numbers), NAME.md (readable) and NAME.png (accuracy vs compute)."""
+"""Write a comparison table as NAME.csv (raw numbers), NAME.md (readable, with per-block sections) and the
+accuracy plots NAME_accuracy_vs_gmacs.png / NAME_accuracy_vs_throughput.png."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from .compare import __doc__ as DEFINITIONS
-from .load import BASELINE
+from .layers import layer_sections
+from .plots import write_plots
 
 MARKDOWN_COLUMNS = [
     "model", "pretrained", "dataset", "task", "strategy", "params", "acc1", "acc1_baseline", "acc1_delta",
@@ -23,7 +25,7 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     for column in ("acc1", "acc1_baseline"):
         shown[column] = table[column].map(lambda v: _fmt(v * 100, "{:.2f}%"))
     shown["acc1_delta"] = table["acc1_delta"].map(lambda v: _fmt(v * 100, "{:+.2f} pp"))
-    shown["gmacs"] = table["gmacs"].map(lambda v: _fmt(v, "{:.3f}"))
+    shown["gmacs"] = table["gmacs"].map(lambda v: _fmt(v, "{:.4g}"))
     shown["gmacs_ratio"] = table["gmacs_ratio"].map(lambda v: _fmt(v, "{:.3f}"))
     shown["images_per_second"] = table["images_per_second"].map(lambda v: _fmt(v, "{:.1f}"))
     shown["speedup"] = table["speedup"].map(lambda v: _fmt(v, "{:.2f}x"))
@@ -42,44 +44,16 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     if len(missing):
         lines += ["", "Runs without an `efficiency` record (run with --measure_efficiency to measure them):", ""]
         lines += [f"- `{row.file}`" for row in missing.itertuples()]
+    layers = layer_sections(table)
+    if layers:
+        lines += ["", layers.rstrip()]
     lines += ["", "## Definitions", "", DEFINITIONS.strip(), ""]
     lines += ["Measured settings per run (batch size, dtype, device, tokens per layer) are in the CSV.", ""]
     return "\n".join(lines)
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path | None:
-    """Accuracy against GMACs per image, one panel per dataset/task, baselines as stars."""
-    data = table.dropna(subset=["gmacs", "acc1"])
-    if data.empty:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = list(data.groupby(["dataset", "task"], sort=True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, ((dataset, task), group) in zip(axes[0], panels):
-        for (model, pretrained), runs in group.groupby(["model", "pretrained"], sort=True):
-            label = f"{model} {pretrained}".strip()
-            base = runs[runs["strategy"] == BASELINE]
-            pruned = runs[runs["strategy"] != BASELINE]
-            line = ax.plot(pruned["gmacs"], pruned["acc1"] * 100, "o", label=label)[0]
-            ax.plot(base["gmacs"], base["acc1"] * 100, "*", markersize=14, color=line.get_color())
-            for row in pruned.itertuples():
-                ax.annotate(row.strategy, (row.gmacs, row.acc1 * 100), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-        ax.set(title=f"{dataset} ({task})", xlabel="GMACs per image", ylabel="acc1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, title="* baseline", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def write_report(table: pd.DataFrame, output: str | Path, *, title: str | None = None, with_plot: bool = True) -> list[Path]:
-    """Write OUTPUT.csv, OUTPUT.md (and OUTPUT.png); returns the paths written."""
+    """Write OUTPUT.csv, OUTPUT.md (and the plots); returns the paths written."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = output.with_name(output.name + ".csv"), output.with_name(output.name + ".md")
@@ -87,7 +61,5 @@ def write_report(table: pd.DataFrame, output: str | Path, *, title: str | None =
     md_path.write_text(markdown(table, title or f"Pruning comparison: {output.name}"))
     written = [csv_path, md_path]
     if with_plot:
-        png = plot(table, output.with_name(output.name + ".png"))
-        if png is not None:
-            written.append(png)
+        written += write_plots(table, output)
     return written
