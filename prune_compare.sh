@@ -25,7 +25,7 @@ flags, which come from --config. --skip_existing keeps working: finished runs ar
 Writes:
   DIR/results/*.json            one result per run (clip_benchmark keys + pruning + efficiency)
   DIR/logs/NN_<name>.log        each run's output
-  DIR/report.csv, .md, .png     the comparison (pruning-bench report)
+  DIR/report.csv, DIR/report.md  the comparison (pruning-bench report), with DIR/report_accuracy_vs_*.png
 
 Exit status: 0 when every run and the report succeeded, 1 when any failed (the others still run),
 2 for a usage error. Commands can be overridden with $CLIP_BENCHMARK and $PRUNING_BENCH.
