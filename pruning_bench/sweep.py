@@ -186,10 +186,11 @@ def parse_eval_args(eval_args: list[str]) -> argparse.Namespace:
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """(model, pretrained, dataset, language) for every evaluation one command performs, as clip_benchmark loops."""
+    from clip_benchmark.datasets.builder import dataset_collection, get_dataset_collection_from_file
+    from clip_benchmark.model_collection import get_model_collection_from_file, model_collection
+
     models: list[tuple[str, str]] = []
     for name in _as_list(args.pretrained_model):
-        from clip_benchmark.model_collection import get_model_collection_from_file, model_collection
-
         if os.path.isfile(name):
             models += get_model_collection_from_file(name)
         else:
@@ -198,8 +199,6 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         models = list(itertools.product(_as_list(args.model), _as_list(args.pretrained)))
     datasets: list[str] = []
     for name in _as_list(args.dataset):
-        from clip_benchmark.datasets.builder import dataset_collection, get_dataset_collection_from_file
-
         if os.path.isfile(name):
             datasets += get_dataset_collection_from_file(name)
         else:
