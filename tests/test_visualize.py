@@ -12,8 +12,9 @@ from conftest import tiny_open_clip, tiny_timm
 from pruning_bench.cli import build_parser
 from pruning_bench.clip_benchmark_ext import attention, tiny
 from pruning_bench.commands import visualize as visualize_command
-from pruning_bench.visualize import (figure_pixels, live_token_maps, load_record, maps_from_kept_indices,
-                                     maps_from_record, maps_from_source, render_token_maps)
+from pruning_bench.visualize import (display_images, figure_pixels, live_token_maps, load_record,
+                                     maps_from_kept_indices, maps_from_record, maps_from_source, recorded_images,
+                                     render_token_maps)
 from pruning_bench.visualize.draw import DARKEN, overlay
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")
@@ -193,6 +194,10 @@ def test_attention_file_maps_match_the_evaluated_images(monkeypatch, tmp_path, c
     batch = torch.stack([decoded[i][0] for i in range(3)])
     live = live_token_maps(model, batch, "cls_topk", {"keep": 5}, blocks=maps.blocks)
     assert np.array_equal(maps.owner, live.owner)
+    # without images in the file, they are re-read from the data set: the same pixels the encoder saw
+    seen = recorded_images(load_record(path))
+    reread = display_images("wds/tiny", cb_data["root"], [0, 1, 2], 32)
+    assert seen.shape == reread.shape == (3, 32, 32, 3) and np.abs(seen - reread).max() <= 1.5 / 255
 
     parser = build_parser({"visualize": visualize_command})
     args = parser.parse_args(["visualize", "--attention_file", str(path), "--dataset_root", cb_data["root"],
