@@ -218,3 +218,18 @@ def test_structure_is_found_where_writers_put_it(block, key):
     record = {"pruning": {"strategy": "head_prune", "params": {}}, "efficiency": {"tokens_per_layer": [5, 5]}}
     record[block].update({key: stats} if key else stats)
     assert structure_of(record) == stats
+
+
+def test_legend_stays_inside_a_one_panel_figure_with_many_strategies(tmp_path):
+    import matplotlib.pyplot as plt
+    from pruning_bench.report.plots import accuracy_figure
+
+    write_sweep(tmp_path)
+    for i, name in enumerate(["cls_topk", "head_prune", "layer_drop"]):
+        write_result(tmp_path, strategy=name, params={"x": 1}, acc1=0.8, gmacs=3.0 - i / 10, ips=120)
+    fig = accuracy_figure(compare(load_results([tmp_path])), "gmacs")
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y0 >= 0
+    assert box.y1 <= fig.axes[0].get_tightbbox().y0 + 1  # below the panel and its axis labels
+    plt.close(fig)

@@ -20,6 +20,7 @@ PANEL_INCHES = (5.0, 4.0)
 LEGEND_INCHES = 0.7
 DPI = 120
 MAX_COLUMNS = 3
+LEGEND_ENTRY_PIXELS = 130
 
 # name -> (column, axis label, whether a larger value is better)
 X_AXES = {
@@ -108,8 +109,8 @@ def _legend_handles(colours: dict, has_baseline: bool):
     return handles
 
 
-def plot_accuracy(frame: pd.DataFrame, axis: str, path: Path) -> Path | None:
-    """One figure of accuracy against `axis` ("gmacs" or "throughput"); None when no run has both numbers."""
+def accuracy_figure(frame: pd.DataFrame, axis: str):
+    """The matplotlib figure of accuracy against `axis` ("gmacs" or "throughput"); None when no run has both."""
     column, xlabel, larger_better = X_AXES[axis]
     data = frame.dropna(subset=[column, "acc1"])
     data = data[np.isfinite(data[column]) & (data[column] > 0)]
@@ -136,8 +137,19 @@ def plot_accuracy(frame: pd.DataFrame, axis: str, path: Path) -> Path | None:
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    fig.legend(handles=_legend_handles(colours, bool((data["strategy"] == BASELINE).any())), loc="outside lower center",
-               ncols=min(6, len(colours) + 2), fontsize=8, frameon=False)
+    handles = _legend_handles(colours, bool((data["strategy"] == BASELINE).any()))
+    per_row = max(1, min(len(handles), width // LEGEND_ENTRY_PIXELS))  # rows of entries that fit the width
+    fig.legend(handles=handles, loc="outside lower center", ncols=per_row, fontsize=8, frameon=False)
+    return fig
+
+
+def plot_accuracy(frame: pd.DataFrame, axis: str, path: Path) -> Path | None:
+    """Save `accuracy_figure` as a PNG at `path`; None (nothing written) when there is nothing to plot."""
+    fig = accuracy_figure(frame, axis)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
