@@ -4,8 +4,9 @@ Derived columns, relative to that baseline:
 - acc1_delta = acc1 - acc1_baseline (fractions, like clip_benchmark's metrics);
 - gmacs_ratio = gmacs / gmacs_baseline (compute kept);
 - speedup = images_per_second / images_per_second_baseline (measured, not inferred from GMACs);
-- efficiency = (acc1 / acc1_baseline) / gmacs_ratio: the share of accuracy kept per share of
-  compute spent; above 1 the configuration keeps more accuracy than it keeps compute.
+- efficiency = speedup x gmacs_ratio = measured speedup / ideal speedup: 1.0 when the wall clock
+  falls exactly as the multiply-accumulates do, below 1 when overheads eat part of the saving
+  (the same definition as benchmarks/speed.py).
 A run without a baseline keeps its own numbers and NaN in every derived column.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ def compare(results: pd.DataFrame) -> pd.DataFrame:
     table["acc1_delta"] = table["acc1"] - table["acc1_baseline"]
     table["gmacs_ratio"] = _ratio(table["gmacs"], table["gmacs_baseline"])
     table["speedup"] = _ratio(table["images_per_second"], table["images_per_second_baseline"])
-    table["efficiency"] = _ratio(_ratio(table["acc1"], table["acc1_baseline"]), table["gmacs_ratio"])
+    table["efficiency"] = table["speedup"] * table["gmacs_ratio"]
     table["_pruned"] = table["strategy"] != BASELINE
     table = table.sort_values(GROUP_KEYS + ["_pruned", "gmacs", "strategy", "params"],
                               ascending=[True] * len(GROUP_KEYS) + [True, False, True, True], na_position="last")
