@@ -42,6 +42,19 @@ class PruneHandle:
             merged.update(attachment.stats())
         return merged
 
+    @property
+    def token_run(self):
+        """The active token strategy's `TokenRun`, or None.
+
+        Its switches `record_attention` (keep each block's CLS attention and kept indices in
+        `records`) and `trace_source` (keep in `source` which input tokens each token holds) take
+        effect from the next forward; `size` holds the merged tokens' patch counts."""
+        for attachment in self._attachments:
+            run = getattr(attachment, "run", None)
+            if run is not None:
+                return run
+        return None
+
     def describe(self) -> list[dict[str, Any]]:
         """Strategy names with every parameter resolved, in application order."""
         return [{"strategy": s.name, "params": s.resolved_params()} for s in self.strategies]

@@ -39,26 +39,17 @@ def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
     return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _token_run(handle):
-    """The token-strategy run behind a prune handle (it carries the recording switch), or None."""
-    for attachment in getattr(handle, "_attachments", []):
-        run = getattr(attachment, "run", None)
-        if run is not None and hasattr(run, "record_attention"):
-            return run
-    return None
-
-
 def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]:
     """Forward `images` once with attention recording on; the per-block lists of the saved file."""
     import pruning_bench as pb
 
-    run = _token_run(handle) if handle is not None else None
+    run = handle.token_run if handle is not None else None
     probe_handle = None
     if run is None:  # unpruned (or structurally pruned) model: a selection that keeps every token
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             probe_handle = pb.prune(model, "cls_topk", keep=10**9, start_layer=0)
-        run = _token_run(probe_handle)
+        run = probe_handle.token_run
     run.record_attention = True
     try:
         with torch.no_grad(), warnings.catch_warnings():

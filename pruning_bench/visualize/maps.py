@@ -82,12 +82,6 @@ def patch_grid(model) -> tuple[int, int]:
     return (int(grid), int(grid)) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
 
 
-def _token_run(handle):
-    for attachment in getattr(handle, "_attachments", []):
-        run = getattr(attachment, "run", None)
-        if run is not None and hasattr(run, "trace_source"):
-            return run
-    return None
 
 
 def default_blocks(tokens_per_layer: list[int], count: int = 4) -> list[int]:
@@ -115,7 +109,7 @@ def live_token_maps(model, images: torch.Tensor, strategy: str, params: dict | N
         warnings.simplefilter("ignore", UserWarning)
         handle = pb.prune(model, strategy, **params)
     try:
-        run = _token_run(handle)
+        run = handle.token_run
         if run is None:
             raise ValueError(f"{strategy} is not a token strategy; token maps show token pruning and merging")
         run.trace_source = True
