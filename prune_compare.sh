@@ -30,9 +30,10 @@ Writes:
 Exit status: 0 when every run and the report succeeded, 1 when any failed (the others still run),
 2 for a usage error. Commands can be overridden with $CLIP_BENCHMARK and $PRUNING_BENCH.
 
-Example (offline, CIFAR-10 test split as a webdataset):
+Example (offline, CIFAR-10 test split as a webdataset; --pretrained '' means random weights,
+give a checkpoint name or path that is available locally for meaningful accuracy):
   ./prune_compare.sh --out results/cifar10 -- --dataset wds/cifar10 \
-      --dataset_root ../shared/data/wds_cifar10 --model ViT-B-32 --pretrained openai \
+      --dataset_root ../shared/data/wds_cifar10 --model ViT-B-32 --pretrained '' \
       --task zeroshot_classification --batch_size 64
 USAGE
 }
