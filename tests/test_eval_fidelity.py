@@ -55,11 +55,15 @@ def test_fidelity_task_on_a_folder_of_unlabelled_images(tmp_path):
             "--model_arg", "patch_size=8", "--model_arg", "depth=3", "--model_arg", "embed_dim=48",
             "--model_arg", "num_heads=3", "--model_arg", "num_classes=7", "--dataset", str(folder),
             "--no_progress", "--throughput_repeats", "1", "--output", str(out / "{dataset}_{task}_{pruning}.json"),
-            "--enable_pruning", "--prune_strategy", "cls_topk", "--prune_param", "keep=4"]
+            "--enable_pruning", "--prune_strategy", "cls_topk", "--prune_param", "keep=4",
+            "--extract_attention", "--attention_images", "2"]
     assert main(argv) == 0  # --task auto: no labels, no train split -> fidelity
     (path,) = out.glob("*.json")
     result = json.loads(path.read_text())
     m = result["metrics"]
+    attention = torch.load(result["attention_output"], weights_only=False)
+    assert attention["tokens_per_layer"] == [17, 17, 5] and attention["task"] == "fidelity"
+    assert attention["cls_attention"][0].shape == (2, 17)
     assert result["task"] == "fidelity" and path.name.startswith("photos_fidelity_cls_topk")
     assert m["agreement_kind"] == "classifier" and m["images"] == 5  # the model has a 7-way head
     assert m["cosine_centred"] < 1.0 and result["efficiency"]["tokens_per_layer"] == [17, 17, 5]

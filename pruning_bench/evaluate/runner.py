@@ -170,6 +170,7 @@ def _run(args) -> int:
         print(f"pruning-bench eval: {output} exists, skipped", file=sys.stderr)
         return 0
     args.resolved_output, args.resolved_task = output, task
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     test = _load_split(args, "test", args.test_samples)
     train = None
     if task in ("probe", "finetune"):
@@ -211,6 +212,7 @@ def _attention(args, model, test, loaded, handle, config) -> dict:
     images = first_images(test, loaded.transform, min(args.attention_images, len(test)))
     record = attention.record_attention(model, images, handle)
     path = config.attention_output or os.path.splitext(args.resolved_output)[0] + ".attention.pt"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     attention.save(path, record, {"model": args.model, "pretrained": loaded.pretrained, "dataset": args.dataset,
                                   "task": args.resolved_task, "strategy": config.strategy, "params": config.resolved})
     return {"attention_output": path}
