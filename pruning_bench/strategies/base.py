@@ -5,6 +5,7 @@ wired into a model family lives in `pruning_bench.patches`.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """A configured strategy. Subclasses declare `defaults` and validate in `_check`."""
 
     name: str = "?"
@@ -134,13 +135,13 @@ class TokenStrategy(Strategy):
     kind = "token"
     needs_class_token = False  # True when tokens are ranked by the class token's attention
 
+    @abc.abstractmethod
     def plan_block(self, layer: int, n_tokens: int, n_prefix: int, n_layers: int) -> tuple[int, str | None]:
         """(tokens leaving block `layer`, clamp note or None). Equal to `n_tokens` when the block does nothing."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reduce(self, layer: int, x: torch.Tensor, probe: AttentionProbe, n_prefix: int, n_out: int):
         """A `Selection` or `Merge` taking the block's `x` (B, N, C) to `n_out` tokens."""
-        raise NotImplementedError
 
     def check_model(self, n_layers: int, n_prefix: int) -> None:
         """Refuse parameters that cannot fit this model (e.g. a start block past the last one)."""

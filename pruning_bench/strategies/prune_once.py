@@ -4,6 +4,8 @@ Prefix tokens (class token, registers) are always kept and never count against t
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from .base import Selection, TokenStrategy, check_int
@@ -12,8 +14,9 @@ from .base import Selection, TokenStrategy, check_int
 class PruneOnceStrategy(TokenStrategy):
     """Keeps `budget()` patch tokens (plus the prefix) from block `start_layer` on."""
 
+    @abc.abstractmethod
     def budget(self) -> int:
-        raise NotImplementedError
+        """Patch tokens kept after `start_layer` (prefix tokens excluded)."""
 
     def check_model(self, n_layers: int, n_prefix: int) -> None:
         start = self.params["start_layer"]
