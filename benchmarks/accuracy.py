@@ -165,11 +165,14 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
 def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     configs = [{"id": "baseline", "strategy": "baseline", "group": "baseline", "params": {}}]
 
-    def add(strategy, budget, start_layer=1, group="main", importance=None):
+    def add(strategy, budget, start_layer=1, group="main", importance=None, alpha=None):
         knob, ratio, searched = match_budget(base, strategy, budget, base_gmacs, image, start_layer)
         params = final_params(strategy, knob, searched, calibration, importance)
         tag = f"[{importance}]" if importance and strategy != "layer_drop" else ""
-        configs.append({"id": f"{strategy}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
+        if alpha is not None:  # alpha weighs the two scores, it does not change the token count or MACs
+            params = {**params, "alpha": alpha}
+            tag = f"[alpha={alpha:g}]"
+        configs.append({"id": f"{strategy}{tag}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
                         else f"{strategy}{tag}@{budget:.2f}", "strategy": strategy, "group": group,
                         "budget": budget, "analytic_ratio": ratio, "params": params})
 
@@ -186,7 +189,16 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
                 continue
             for strategy in PRUNE_ONCE:
                 add(strategy, budget, start, group="start_layer")
+    for budget in args.alpha_budgets:
+        for alpha in args.alphas:
+            add("anchor_diversity", budget, group="alpha", alpha=alpha)
     return configs
+
+
+def in_plan_order(done: dict[str, dict], configs: list[dict]) -> list[dict]:
+    """Records in the order of the plan (records from earlier plans last), whatever order they finished in."""
+    order = {c["id"]: i for i, c in enumerate(configs)}
+    return sorted(done.values(), key=lambda r: order.get(r["id"], len(order)))
 
 
 def done_ids(path: Path) -> dict[str, dict]:
@@ -218,7 +230,25 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """acc1_delta (points) of every pruned configuration, one column per budget: the figure to compare first."""
+    pruned = frame[frame["group"] != "baseline"].copy()
+    pruned["row"] = pruned["strategy"] + pruned["params"].str.extract(r"(alpha=[0-9.]+)", expand=False).where(
+        pruned["group"] == "alpha", "").map(lambda a: f" [{a}]" if a else "")
+    pruned["row"] += pruned.apply(lambda r: f" [{r['params'].split(', importance=')[1].split(',')[0]}]"
+                                  if "importance=" in r["params"] else "", axis=1)
+    pruned["start_layer"] = pruned["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    pruned["budget"] = pruned["budget"].map(lambda v: f"{v:.0%} MACs")
+    pruned["acc1_delta"] = 100 * pruned["acc1_delta"]
+    pivot = pruned.pivot_table(index=["group", "row", "start_layer"], columns="budget", values="acc1_delta",
+                               aggfunc="first", sort=False)
+    pivot = pivot[sorted(pivot.columns, reverse=True)].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
+    return pivot.reset_index()
+
+
 def markdown(frame: pd.DataFrame, header: str) -> str:
+    compact = summary(frame)
+    compact_text = compact.to_markdown(index=False, disable_numparse=True)
     shown = frame.copy()
     for column in ("acc1", "agreement", "in1k_nn_agreement"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%")
@@ -230,7 +260,8 @@ def markdown(frame: pd.DataFrame, header: str) -> str:
     shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
     shown["budget"] = shown["budget"].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
     shown["start_layer"] = shown["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    return header + "\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    return (header + "\n## acc1_delta (points against the unpruned model) by budget\n\n" + compact_text
+            + "\n\n## All measurements\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
 
 
 def write_table(records, out: Path, header: str) -> None:
@@ -253,6 +284,10 @@ def main(argv=None):
     parser.add_argument("--start_layers", type=int, nargs="+", default=[0, 3, 6])
     parser.add_argument("--sweep_budgets", type=float, nargs="*", default=[0.8, 0.6],
                         help="budgets of the start_layer sweep")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 0.0],
+                        help="anchor_diversity ablation: importance only (1) and diversity only (0); 0.5 is in the main rows")
+    parser.add_argument("--alpha_budgets", type=float, nargs="*", default=[0.8, 0.6],
+                        help="budgets of the alpha ablation")
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--timing_batch", type=int, default=16)
@@ -316,8 +351,8 @@ def main(argv=None):
             f.write(json.dumps(record, default=str) + "\n")
         print(f"{config['id']}: acc1 {record['cifar10']['acc1']:.4f} gmacs {record['gmacs']:.3f} "
               f"({record['seconds']:.0f} s)", flush=True)
-        write_table(list(done.values()), out, header(args, probe, configs, done))
-    write_table(list(done.values()), out, header(args, probe, configs, done))
+        write_table(in_plan_order(done, configs), out, header(args, probe, configs, done))
+    write_table(in_plan_order(done, configs), out, header(args, probe, configs, done))
 
 
 def evaluate_baseline(base, sets, reference, probe, args) -> dict:

@@ -1,0 +1,57 @@
+"""The accuracy benchmark's table: plan order, the per-budget summary and the alpha ablation ids."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("accuracy_benchmark", BENCHMARKS / "accuracy.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def record(id_, strategy, group, budget, params, acc1, start_layer=None, gmacs=4.0):
+    return {
+        "id": id_, "strategy": strategy, "group": group, "budget": budget, "start_layer": start_layer,
+        "params": params, "gmacs": gmacs, "images_per_second": 20.0, "images_per_second_baseline_same_window": 16.0,
+        "cifar10": {"acc1": acc1, "acc1_unpruned": 0.7, "agreement": 0.9, "cosine": 0.99, "cosine_centred": 0.9},
+        "imagenet": None,
+    }
+
+
+def test_summary_pivots_delta_by_budget(accuracy):
+    records = [
+        record("baseline", "baseline", "baseline", None, {}, 0.7, gmacs=5.0),
+        record("a@0.80/s1", "anchor_diversity", "main", 0.8, {"top_m": 10, "alpha": 0.5}, 0.65, 1),
+        record("a@0.60/s1", "anchor_diversity", "main", 0.6, {"top_m": 5, "alpha": 0.5}, 0.55, 1),
+        record("a[alpha=1]@0.80/s1", "anchor_diversity", "alpha", 0.8, {"top_m": 10, "alpha": 1.0}, 0.68, 1),
+        record("h@0.80", "head_prune", "structured", 0.8, {"head_ratio": 0.2, "importance": "fisher"}, 0.3),
+    ]
+    frame = accuracy.table(records)
+    assert frame.loc[1, "macs_ratio"] == pytest.approx(0.8)  # fvcore GMACs over the baseline's
+    summary = accuracy.summary(frame)
+    rows = summary.set_index("row")
+    assert list(summary.columns[-2:]) == ["80% MACs", "60% MACs"]
+    assert rows.loc["anchor_diversity", "80% MACs"] == "-5.0"
+    assert rows.loc["anchor_diversity", "60% MACs"] == "-15.0"
+    assert rows.loc["anchor_diversity [alpha=1.0]", "80% MACs"] == "-2.0"
+    assert rows.loc["anchor_diversity [alpha=1.0]", "60% MACs"] == ""  # not measured is blank, not nan
+    assert rows.loc["head_prune [fisher]", "80% MACs"] == "-40.0"
+    text = accuracy.markdown(frame, "# header\n")
+    assert "nan" not in text and "## All measurements" in text
+
+
+def test_records_follow_the_plan_not_completion_order(accuracy):
+    configs = [{"id": "baseline"}, {"id": "x"}, {"id": "y"}]
+    done = {"y": {"id": "y"}, "old": {"id": "old"}, "baseline": {"id": "baseline"}, "x": {"id": "x"}}
+    assert [r["id"] for r in accuracy.in_plan_order(done, configs)] == ["baseline", "x", "y", "old"]
