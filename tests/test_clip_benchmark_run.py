@@ -230,5 +230,12 @@ def test_structured_strategy_through_clip_benchmark(monkeypatch, tmp_path, data)
     pruned, base = read(path), read(tmp_path / "zeroshot_classification_baseline.json")
     assert pruned["pruning"]["params"]["head_ratio"] == 0.5
     assert pruned["pruning"]["stats"]["heads_per_layer"] == [2] * 4  # 4 heads of width 16, half kept
+    # per-neuron importances stay in handle.stats(), out of the file; the per-block totals stay in
+    assert "mlp_importance" not in pruned["pruning"]["stats"]
+    assert pruned["pruning"]["stats"]["heads_total_per_layer"] == [4] * 4
+    from pruning_bench.report.layers import structure_frame, structure_of
+
+    frame = structure_frame(structure_of(pruned))
+    assert frame["head_sparsity"].tolist() == [0.5] * 4 and frame["mlp_hidden_total"].notna().all()
     assert pruned["efficiency"]["tokens_per_layer"] == [17] * 4
     assert pruned["efficiency"]["gmacs"] < base["efficiency"]["gmacs"]

@@ -26,6 +26,9 @@ from typing import Any
 
 from . import flags, naming
 
+# Per-unit importances (12 x 3072 floats on ViT-B): kept in `handle.stats()`, left out of result files.
+PER_UNIT_STATS = ("mlp_importance",)
+
 _TASK_MODULES = {"zeroshot_classification": "zeroshot_classification",
                  "zeroshot_retrieval": "zeroshot_retrieval",
                  "linear_probe": "linear_probe"}
@@ -229,7 +232,10 @@ class PruningSession:
             "notes": list(self.notes),
         }
         if self.handle is not None:
-            record["stats"] = json_safe(self.handle.stats())
+            stats = self.handle.stats()
+            for key in PER_UNIT_STATS:  # tens of thousands of floats per run; `handle.stats()` keeps them
+                stats.pop(key, None)
+            record["stats"] = json_safe(stats)
         if self.feature_cache is not None:
             record["feature_cache"] = self.feature_cache
         if self.model is None:

@@ -20,6 +20,7 @@ import pandas as pd
 from .load import BASELINE, format_params
 
 STRUCTURE_KEYS = ("heads_per_layer", "mlp_hidden_per_layer", "layers_kept", "head_importance", "mlp_importance",
+                  "heads_total_per_layer", "mlp_hidden_total_per_layer",
                   "head_sparsity_per_layer", "mlp_sparsity_per_layer", "layer_importance", "blocks_total")
 
 
@@ -43,14 +44,16 @@ def _fraction(value) -> str:
     return "" if value is None or pd.isna(value) else f"{value * 100:.2f}%"
 
 
-def _totals(importance, kept_blocks: list[int], n_running: int, n_total: int) -> list[int | None]:
-    """Units per running block before pruning, read from the per-unit importance lists when they line up."""
-    if not importance:
+def _totals(totals, importance, kept_blocks: list[int], n_running: int, n_total: int) -> list[int | None]:
+    """Units per running block before pruning: the recorded totals, else the lengths of the per-unit
+    importance lists (older results), when either lines up with the blocks."""
+    per_block = totals or ([len(s) for s in importance] if importance else None)
+    if not per_block:
         return [None] * n_running
-    if len(importance) == n_total:
-        return [len(importance[i]) for i in kept_blocks]
-    if len(importance) == n_running:
-        return [len(s) for s in importance]
+    if len(per_block) == n_total:
+        return [per_block[i] for i in kept_blocks]
+    if len(per_block) == n_running:
+        return list(per_block)
     return [None] * n_running
 
 
@@ -60,8 +63,8 @@ def structure_frame(stats: dict[str, Any]) -> pd.DataFrame:
     hidden = list(stats.get("mlp_hidden_per_layer") or [None] * len(heads))
     kept = list(stats.get("layers_kept") or range(len(heads)))
     n_total = int(stats.get("blocks_total") or max(max(kept) + 1, len(heads)))
-    head_total = _totals(stats.get("head_importance"), kept, len(heads), n_total)
-    mlp_total = _totals(stats.get("mlp_importance"), kept, len(heads), n_total)
+    head_total = _totals(stats.get("heads_total_per_layer"), stats.get("head_importance"), kept, len(heads), n_total)
+    mlp_total = _totals(stats.get("mlp_hidden_total_per_layer"), stats.get("mlp_importance"), kept, len(heads), n_total)
     rows = pd.DataFrame({"block": kept, "heads": heads, "heads_total": head_total, "mlp_hidden": hidden,
                          "mlp_hidden_total": mlp_total})
     frame = pd.DataFrame({"block": range(n_total)}).merge(rows, on="block", how="left")

@@ -119,6 +119,8 @@ class HeadPrune(Strategy):
         stats = {
             "head_importance": [s.tolist() for s in head_scores],
             "mlp_importance": [s.tolist() for s in neuron_scores],
+            "heads_total_per_layer": [len(s) for s in head_scores],
+            "mlp_hidden_total_per_layer": [len(s) for s in neuron_scores],
             "head_sparsity_per_layer": [1 - len(k) / len(s) for k, s in zip(heads, head_scores)],
             "mlp_sparsity_per_layer": [1 - len(k) / len(s) for k, s in zip(neurons, neuron_scores)],
         }
