@@ -239,3 +239,38 @@ def test_structured_strategy_through_clip_benchmark(monkeypatch, tmp_path, data)
     assert frame["head_sparsity"].tolist() == [0.5] * 4 and frame["mlp_hidden_total"].notna().all()
     assert pruned["efficiency"]["tokens_per_layer"] == [17] * 4
     assert pruned["efficiency"]["gmacs"] < base["efficiency"]["gmacs"]
+
+
+def test_data_driven_importance_is_calibrated_on_the_training_split(monkeypatch, tmp_path, data):
+    from clip_benchmark.datasets import builder
+
+    splits = []
+    real_build = builder.build_dataset
+
+    def spy(*a, **kw):
+        splits.append(kw.get("split"))
+        return real_build(*a, **kw)
+
+    monkeypatch.setattr(builder, "build_dataset", spy)  # what the calibration reads
+    monkeypatch.setattr(cli, "build_dataset", spy)  # what clip_benchmark evaluates
+    clip_benchmark_eval(monkeypatch, data, tmp_path, "--enable_pruning", "--prune_strategy", "layer_drop",
+                        "--prune_param", "keep_layers=2", "--prune_calibration", "5")
+    (path,) = tmp_path.glob("*layer_drop*.json")
+    pruning = read(path)["pruning"]
+    assert "calibration" not in path.name and "calibration" not in pruning["requested"]
+    assert "calibration: the first 5 images of the train split" in pruning["notes"]
+    assert pruning["params"]["calibration"]["images"] == 5  # what the strategy actually scored on
+    assert len(pruning["stats"]["layers_kept"]) == 2
+    assert splits == ["train", "test"]  # calibrated on training images before the evaluated split is read
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prune_calibration", "0"], "--prune_calibration=0 must be at least 1"),
+    (["--train_split", "test"], "is the evaluated split"),
+])
+def test_bad_calibration_requests_stop_the_run(monkeypatch, tmp_path, data, capsys, extra, message):
+    with pytest.raises(SystemExit) as stop:
+        clip_benchmark_eval(monkeypatch, data, tmp_path, "--enable_pruning", "--prune_strategy", "head_prune",
+                            "--prune_param", "importance=activation", *extra)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))

@@ -82,7 +82,7 @@ def test_unpruned_features_are_reused_from_the_disk_cache(tmp_path, colours):
 def test_calibration_is_supplied_for_data_driven_importance(tmp_path, colours):
     result, _ = run_eval(tmp_path, colours, "--enable_pruning", "--prune_strategy", "head_prune",
                          "--prune_param", "head_ratio=0.34", "--prune_param", "importance=activation",
-                         "--calibration_samples", "6")
+                         "--prune_calibration", "6")
     pruning = result["pruning"]
     assert "calibration" not in pruning["requested"] and "calibration" not in pruning["slug"]
     assert any("calibration: the first 6 images of the train split" in n for n in pruning["notes"])

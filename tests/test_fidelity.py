@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-import pruning_bench as pb
 from pruning_bench.measure.fidelity import FidelityMeter, feature_fidelity, image_features, measure_fidelity
 
 

@@ -1,5 +1,4 @@
 """head_prune: heads and MLP neurons sliced out (not masked), exact restore, honest counts, clear errors."""
-import warnings
 
 import pytest
 import torch

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--alpha", type=float, default=None, help="anchor_diversity: importance vs diversity weight in [0, 1] (default 0.5)")
     group.add_argument("--prune_param", action="append", default=[], metavar="KEY=VALUE",
                        help="any strategy parameter, repeatable; VALUE is a Python literal (8, 0.5, true, [4,8]) or a word")
+    group.add_argument("--prune_calibration", type=int, default=64, metavar="N",
+                       help="images scoring data-driven importances (head_prune taylor/fisher/activation, layer_drop "
+                            "keep_layers): the first N of the training split, never the evaluated one (default 64)")
     group.add_argument("--measure_efficiency", action="store_true",
                        help="record `efficiency` (GMACs, images/s, tokens per layer) for a run without pruning too")
     group.add_argument("--throughput_repeats", type=int, default=3, metavar="N",
@@ -91,6 +94,7 @@ class PruningConfig:
     extract_attention: bool = False
     attention_output: str | None = None
     attention_images: int = 8
+    calibration_images: int = 0  # > 0: the strategy needs calibration images, which the runner supplies
 
     @property
     def active(self) -> bool:
@@ -127,9 +131,36 @@ def resolve(args: argparse.Namespace) -> PruningConfig:
         attention_images=getattr(args, "attention_images", 8),
     )
     if enabled:
-        from ..api import make_strategy
-
         config.strategy = strategy or DEFAULT_STRATEGY
         config.params = {**shortcuts, **extra}
-        config.resolved = make_strategy(config.strategy, dict(config.params)).resolved_params()
+        config.resolved, needs_calibration = _resolved_params(config.strategy, config.params)
+        if needs_calibration:
+            n = getattr(args, "prune_calibration", 64)
+            if n is None or n < 1:
+                raise ValueError(f"--prune_calibration={n} must be at least 1: {config.strategy} with "
+                                 f"{config.params} scores on calibration images")
+            config.calibration_images = n
     return config
+
+
+def _resolved_params(strategy: str, params: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Every parameter of `strategy` with defaults filled in, and whether it needs calibration images.
+
+    A data-driven importance is refused by the strategy without calibration images, which a command
+    line cannot hold: the run supplies them (see `--prune_calibration`), so here the parameters are
+    checked with a stand-in and the images are kept out of the record and the file name.
+    """
+    from ..api import make_strategy
+    from ..registry import get_strategy
+
+    try:
+        return make_strategy(strategy, dict(params)).resolved_params(), False
+    except ValueError as first:
+        if "calibration" in params or "calibration" not in getattr(get_strategy(strategy), "defaults", {}):
+            raise
+        try:
+            resolved = make_strategy(strategy, {**params, "calibration": []}).resolved_params()
+        except ValueError:
+            raise first from None
+    resolved.pop("calibration", None)
+    return resolved, True

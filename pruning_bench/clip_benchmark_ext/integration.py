@@ -125,19 +125,58 @@ class PruningSession:
             model, transform, tokenizer = original(*a, **kw)
             self.model = model
             if self.config.enabled:
-                self._prune(model)
+                calibration = self._calibration(transform) if self.config.calibration_images else None
+                self._prune(model, calibration)
             self._start_capture(model)
             return model, transform, tokenizer
 
         return load_clip
 
-    def _prune(self, model) -> None:
+    def _calibration(self, transform) -> list:
+        """The first `--prune_calibration` images of the training split, in batches, labels dropped.
+
+        Scoring importances on the evaluated split would let the test images choose the pruned units,
+        so that split is refused."""
+        import itertools
+
+        import torch
+        from clip_benchmark.datasets.builder import build_dataset, get_dataset_collate_fn
+
+        args, n = self.args, self.config.calibration_images
+        split = getattr(args, "train_split", None) or "train"
+        if split == getattr(args, "split", "test"):
+            fail(f"--prune_calibration reads the training split, but --train_split {split} is the evaluated split")
+        name = args.dataset
+        root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+        try:
+            dataset = build_dataset(dataset_name=name, root=root, transform=transform, split=split, download=True,
+                                    annotation_file=getattr(args, "annotation_file", ""), language=args.language,
+                                    task=resolved_task(args), wds_cache_dir=getattr(args, "wds_cache_dir", None))
+            loader = torch.utils.data.DataLoader(dataset, batch_size=min(args.batch_size, n), num_workers=0,
+                                                 collate_fn=get_dataset_collate_fn(name))
+            batches, seen = [], 0
+            for images, *_ in itertools.islice(loader, -(-n // min(args.batch_size, n))):
+                batches.append(images[: n - seen])
+                seen += len(batches[-1])
+        except Exception as exc:  # a missing split surfaces in many forms (FileNotFoundError, wds errors, ...)
+            fail(f"--prune_calibration: cannot read {n} images of the {split!r} split of {name} ({exc}); "
+                 f"use a calibration-free importance (e.g. importance=magnitude, or layer_drop drop=[...])")
+        if seen == 0:
+            fail(f"--prune_calibration: the {split!r} split of {name} has no images")
+        device = next(self.model.parameters()).device
+        self.notes.append(f"calibration: the first {seen} images of the {split} split")
+        return [b.to(device) for b in batches]
+
+    def _prune(self, model, calibration=None) -> None:
         import pruning_bench as pb
 
+        params = dict(self.config.params)
+        if calibration is not None:
+            params["calibration"] = calibration
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             try:
-                self.handle = pb.prune(model, self.config.strategy, **self.config.params)
+                self.handle = pb.prune(model, self.config.strategy, **params)
             except (ValueError, pb.UnsupportedModelError) as exc:
                 fail(str(exc))
         self.notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]

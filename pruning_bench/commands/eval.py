@@ -61,8 +61,6 @@ def add_parser(subparsers):
     task.add_argument("--epochs", type=int, default=1, help="finetune: epochs")
     task.add_argument("--lr", type=float, default=5e-4, help="finetune: peak learning rate (AdamW, one-cycle)")
     task.add_argument("--weight_decay", type=float, default=0.05, help="finetune: AdamW weight decay")
-    task.add_argument("--calibration_samples", type=int, default=64,
-                      help="images given to strategies whose importance needs calibration (first N train images)")
     task.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
@@ -82,7 +80,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..evaluate.runner import run as run_eval
 
-    for name in ("train_samples", "test_samples", "batch_size", "epochs", "efficiency_batch_size", "calibration_samples"):
+    for name in ("train_samples", "test_samples", "batch_size", "epochs", "efficiency_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"pruning-bench eval: error: --{name}={getattr(args, name)} must be at least 1", file=sys.stderr)
             return 2

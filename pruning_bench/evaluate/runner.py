@@ -11,7 +11,6 @@ Tasks:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
@@ -37,32 +36,10 @@ class EvalError(ValueError):
 
 
 def resolve_pruning(args) -> tuple[flags.PruningConfig, bool]:
-    """The pruning flags checked by the clip_benchmark integration's own `resolve`.
-
-    A strategy whose importance needs calibration images is accepted without them: this command
-    supplies them from the data (the second value says so), so they are validated with a stand-in
-    and kept out of the recorded parameters and the file name.
-    """
-    try:
-        return flags.resolve(args), False
-    except ValueError as first:
-        strategy = getattr(args, "prune_strategy", None)
-        given = flags.parse_prune_params(getattr(args, "prune_param", None) or [])
-        if not getattr(args, "enable_pruning", False) or not strategy or "calibration" in given:
-            raise
-        from ..registry import get_strategy
-
-        if "calibration" not in getattr(get_strategy(strategy), "defaults", {}):
-            raise
-        stand_in = argparse.Namespace(**vars(args))
-        stand_in.prune_param = [*args.prune_param, "calibration=[]"]
-        try:
-            config = flags.resolve(stand_in)
-        except ValueError:
-            raise first from None
-        config.params.pop("calibration", None)
-        config.resolved.pop("calibration", None)
-        return config, True
+    """The pruning flags, checked as clip_benchmark's are; the second value says whether the strategy
+    needs calibration images (this command then takes them from the data)."""
+    config = flags.resolve(args)
+    return config, config.calibration_images > 0
 
 
 def resolve_task(task: str, dataset: str, root: str | None) -> str:
@@ -179,7 +156,7 @@ def _run(args) -> int:
         train = _load_split(args, "train", args.train_samples)
     calibration = None
     if needs_calibration:
-        calibration = calibration_batches(train or test, loaded.transform, args.calibration_samples, args.batch_size)
+        calibration = calibration_batches(train or test, loaded.transform, config.calibration_images, args.batch_size)
     runner = _finetune if task == "finetune" else _compare
     metrics, pruned, efficiency_record, extra = runner(args, config, loaded, test, train, calibration)
     if calibration is not None:
