@@ -206,15 +206,32 @@ def test_attention_file_maps_match_the_evaluated_images(monkeypatch, tmp_path, c
     assert_png(tmp_path / "maps.png", figure_pixels(3, 3))
 
 
-def test_attention_file_of_a_merging_run_points_to_the_live_mode(monkeypatch, tmp_path, cb_data, capsys):
+def test_attention_file_of_a_merging_run_draws_the_merges(monkeypatch, tmp_path, cb_data, capsys):
+    """ToMe leaves no kept indices; the file's `owner` maps equal the live maps of the same model and images."""
     path = tmp_path / "attention.pt"
-    clip_benchmark_eval(monkeypatch, cb_data, tmp_path, "--enable_pruning", "--prune_strategy", "tome",
-                        "--prune_param", "r=2", "--extract_attention", "--attention_output", str(path))
+    from pruning_bench.evaluate.data import DecodedImages, load
+
+    model, transform, _ = clip_benchmark_eval(monkeypatch, cb_data, tmp_path, "--enable_pruning", "--prune_strategy", "tome",
+                                      "--prune_param", "r=2", "--extract_attention", "--attention_output", str(path))
+    record = load_record(path)
+    maps = maps_from_record(record)
+    assert maps.merged().any() and not maps.dropped().any()  # merging: every patch is held, some in groups
+    decoded = DecodedImages(load("wds/tiny", cb_data["root"], "test", len(record["images"])), transform)
+    batch = torch.stack([decoded[i][0] for i in range(len(decoded))])  # the images the encoder saw
+    live = live_token_maps(model, batch, "tome", {"r": 2}, blocks=maps.blocks)
+    assert np.array_equal(maps.owner, live.owner) and np.array_equal(maps.group_size, live.group_size)
+    assert maps.tokens == live.tokens
+
     parser = build_parser({"visualize": visualize_command})
-    args = parser.parse_args(["visualize", "--attention_file", str(path), "--dataset_root", cb_data["root"],
-                              "-o", str(tmp_path / "maps.png")])
+    args = parser.parse_args(["visualize", "--attention_file", str(path), "-o", str(tmp_path / "maps.png")])
+    assert args._run(args) == 0
+    assert_png(tmp_path / "maps.png", figure_pixels(len(record["images"]), len(maps.blocks)))
+
+    old = {k: v for k, v in record.items() if k != "owner"}  # a version-1 file: indices only
+    torch.save(old, tmp_path / "v1.pt")
+    args = parser.parse_args(["visualize", "--attention_file", str(tmp_path / "v1.pt"), "-o", str(tmp_path / "v1.png")])
     assert args._run(args) == 2
-    assert "live model" in capsys.readouterr().err and not (tmp_path / "maps.png").exists()
+    assert "live model" in capsys.readouterr().err and not (tmp_path / "v1.png").exists()
 
 
 def test_live_command_on_a_folder_of_images(tmp_path):

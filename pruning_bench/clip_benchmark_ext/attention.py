@@ -7,6 +7,9 @@ The file (torch.save of a dict) holds:
 - `kept_index`: list over blocks of int64 tensors (N_images, tokens_out) with the positions, within
   that block's input, of the tokens it keeps (sorted, class token at 0), or None when the block
   keeps every token or merges tokens instead of selecting them (tome).
+- `owner`: list over blocks of int32 tensors (N_images, tokens_at_model_input): for every token that
+  entered the first block, the position of the token holding it after that block, -1 once dropped.
+  Selection and merging alike, so merges (tome) can be drawn from the file.
 - `tokens_per_layer`: tokens entering each block; `layers`: block indices of the lists above
   (positions in the block list as evaluated, so after `layer_drop` they count kept blocks only).
 - `image_index`: positions of the images in the evaluation stream (the first N, in order).
@@ -24,7 +27,7 @@ import torch
 
 from .efficiency import encode_images
 
-FORMAT = "pruning-bench cls-attention v1"
+FORMAT = "pruning-bench cls-attention v2"  # v2 adds `owner`
 
 
 def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
@@ -51,6 +54,7 @@ def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]
             probe_handle = pb.prune(model, "cls_topk", keep=10**9, start_layer=0)
         run = probe_handle.token_run
     run.record_attention = True
+    run.trace_source = True
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -59,12 +63,14 @@ def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]
         tokens = list(run.stats()["tokens_per_layer"])
     finally:
         run.record_attention = False
+        run.trace_source = False
         if probe_handle is not None:
             probe_handle.restore()
     return {
         "format": FORMAT,
         "cls_attention": [r["cls_attention"].float().cpu() for r in records],
         "kept_index": [None if r["kept_index"] is None else r["kept_index"].long().cpu() for r in records],
+        "owner": [r["owner"].cpu() for r in records],
         "tokens_per_layer": tokens,
         "layers": [int(r["layer"]) for r in records],
         "image_index": torch.arange(len(images)),

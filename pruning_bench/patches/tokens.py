@@ -78,12 +78,23 @@ class TokenRun:
                 kept = reduction.index
         if self.record_attention:
             cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
-            self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept})
+            self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept,
+                                 "owner": None if self.source is None else owner_of_inputs(self.source)})
         self.tokens_mlp.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
 
     def stats(self) -> dict:
         return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+
+
+def owner_of_inputs(source: torch.Tensor) -> torch.Tensor:
+    """(B, tokens_at_input) int32: which current token holds each input token, -1 where it was dropped.
+
+    `source` is the (B, tokens_now, tokens_at_input) 0/1 map kept while `trace_source` is on; each
+    input token is held by at most one current token, whether selection or merging put it there."""
+    held = source > 0
+    owner = held.to(torch.uint8).argmax(dim=1).to(torch.int32)
+    return torch.where(held.any(dim=1), owner, torch.full_like(owner, -1))
 
 
 def _patched_block_class(cls: type) -> type:

@@ -6,7 +6,8 @@ also holds the images (`images`, (N, H, W, 3) uint8 as the model saw them) those
 they are read again from the data set (the first images of the test split, in shard order, as
 clip_benchmark reads a local webdataset) and cropped as open_clip's evaluation preprocessing does
 (shortest side resized, centre crop), which puts each patch over the pixels the model saw for
-open_clip models. Merging strategies (tome) leave no indices; their maps need a live model.
+open_clip models. Files from version 2 on also hold `owner` (who holds each input token after every
+block), which covers merging strategies (tome); from older files merges need a live model.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from .maps import TokenMaps, default_blocks, maps_from_kept_indices
+from .maps import TokenMaps, default_blocks, maps_from_kept_indices, maps_from_owner
 
 
 def load_record(path) -> dict:
@@ -44,7 +45,10 @@ def maps_from_record(record: dict, blocks: list[int] | None = None, n_prefix: in
         raise ValueError(f"the file records blocks {layers}, not every block 0..{len(tokens) - 1}")
     grid, prefix = square_grid(tokens[0], n_prefix)
     n_images = len(record["cls_attention"][0])
-    per_block = maps_from_kept_indices(record["kept_index"], tokens, prefix, n_images)
+    if record.get("owner"):
+        per_block = [maps_from_owner(owner, prefix) for owner in record["owner"]]
+    else:
+        per_block = maps_from_kept_indices(record["kept_index"], tokens, prefix, n_images)
     available = [i for i, m in enumerate(per_block) if m is not None]
     if blocks is None:
         blocks = [b for b in default_blocks(tokens) if b in available] or default_blocks(tokens)
@@ -53,14 +57,24 @@ def maps_from_record(record: dict, blocks: list[int] | None = None, n_prefix: in
         strategy = record.get("strategy") or "this run"
         raise ValueError(f"blocks {missing}: {strategy} merges tokens there, and the attention file records only "
                          "selected indices; draw merges from a live model (pruning-bench visualize --model ...)")
-    kept = record["kept_index"]
-    counts = [tokens[b] if kept[b] is None else int(kept[b].shape[1]) for b in blocks]  # tokens leaving block b
+    leaving = tokens[1:] + [None]  # tokens leaving block b: those entering b + 1, else count the holders
+    counts = [leaving[b] if leaving[b] is not None else _holders(record, per_block[b], b) for b in blocks]
     params = record.get("params") or {}
     title = f"{record.get('model', '')} · {record.get('strategy') or 'baseline'} " + \
         ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (int, float, str, bool)))
     return TokenMaps(owner=np.stack([per_block[b][0] for b in blocks]),
                      group_size=np.stack([per_block[b][1] for b in blocks]), grid=grid, blocks=list(blocks),
                      tokens=counts, title=title.strip())
+
+
+def _holders(record: dict, maps: tuple[np.ndarray, np.ndarray], block: int) -> int:
+    """Tokens leaving `block` (the last one): its kept indices, else prefix + distinct patch holders."""
+    kept = record["kept_index"][block]
+    if kept is not None:
+        return int(kept.shape[1])
+    owner = maps[0][0]
+    n_prefix = int(record["tokens_per_layer"][0]) - owner.shape[0]
+    return n_prefix + len(set(owner[owner >= 0].tolist()))
 
 
 def recorded_images(record: dict) -> np.ndarray | None:

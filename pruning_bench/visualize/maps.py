@@ -48,6 +48,15 @@ def maps_from_source(source: torch.Tensor, n_prefix: int) -> tuple[np.ndarray, n
     return owner.cpu().numpy().astype(np.int64), size.round().cpu().numpy().astype(np.int64)
 
 
+def maps_from_owner(owner: torch.Tensor, n_prefix: int) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, group_size) per patch from (B, tokens_at_input) holder positions, -1 for dropped tokens."""
+    owner = torch.as_tensor(owner).long()
+    B, n_in = owner.shape
+    source = torch.zeros(B, int(owner.max().item()) + 2, n_in)  # the last row collects dropped tokens
+    source.scatter_(1, torch.where(owner < 0, source.shape[1] - 1, owner)[:, None, :], 1.0)
+    return maps_from_source(source[:, :-1], n_prefix)
+
+
 def maps_from_kept_indices(kept_index: list, tokens_per_layer: list[int], n_prefix: int, n_images: int) -> list:
     """(owner, group_size) after every block from per-block kept indices (positions in that block's input).
 
