@@ -68,3 +68,23 @@ def test_fidelity_task_on_a_folder_of_unlabelled_images(tmp_path):
     assert m["agreement_kind"] == "classifier" and m["images"] == 5  # the model has a 7-way head
     assert m["cosine_centred"] < 1.0 and result["efficiency"]["tokens_per_layer"] == [17, 17, 5]
     assert result["data"]["test"]["classes"] is None
+
+
+def test_a_folder_without_training_split_calibrates_on_its_images_and_says_so(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    argv = ["eval", "--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img_size", "32",
+            "--model_arg", "patch_size=8", "--model_arg", "depth=3", "--model_arg", "embed_dim=48",
+            "--model_arg", "num_heads=3", "--dataset", str(folder), "--no_progress", "--throughput_repeats", "1",
+            "--output", str(out / "{pruning}.json"), "--enable_pruning", "--prune_strategy", "head_prune",
+            "--prune_param", "importance=activation", "--prune_calibration", "3"]
+    assert main(argv) == 0
+    (path,) = out.glob("*.json")
+    notes = json.loads(path.read_text())["pruning"]["notes"]
+    assert any(n.startswith("calibration: the first 3 images of the test split") and "also evaluated" in n
+               for n in notes)

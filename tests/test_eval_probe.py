@@ -88,6 +88,14 @@ def test_calibration_is_supplied_for_data_driven_importance(tmp_path, colours):
     assert any("calibration: the first 6 images of the train split" in n for n in pruning["notes"])
 
 
+def test_fidelity_calibrates_on_the_training_split_when_there_is_one(tmp_path, colours):
+    result, _ = run_eval(tmp_path, colours, "--enable_pruning", "--prune_strategy", "layer_drop",
+                         "--prune_param", "keep_layers=2", "--prune_calibration", "4", task="fidelity")
+    notes = result["pruning"]["notes"]
+    assert "calibration: the first 4 images of the train split" in notes
+    assert result["pruning"]["params"]["calibration"]["images"] == 4
+
+
 def test_bad_flags_stop_before_anything_runs(tmp_path, colours, capsys):
     argv = ["eval", *TINY, "--dataset", "wds/colours", "--dataset_root", str(colours),
             "--output", str(tmp_path / "x.json")]

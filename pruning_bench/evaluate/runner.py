@@ -119,6 +119,14 @@ def _load_split(args, split: str, n: int | None) -> data.ImageSet:
         raise EvalError(str(exc)) from None
 
 
+def _calibration_split(args, n: int) -> data.ImageSet | None:
+    """Training images for calibration when the task itself reads none (fidelity), if the data set has them."""
+    try:
+        return data.load(args.dataset, args.dataset_root, "train", n)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -156,12 +164,15 @@ def _run(args) -> int:
         train = _load_split(args, "train", args.train_samples)
     calibration = None
     if needs_calibration:
-        calibration = calibration_batches(train or test, loaded.transform, config.calibration_images, args.batch_size)
+        source = train or _calibration_split(args, config.calibration_images) or test
+        calibration = calibration_batches(source, loaded.transform, config.calibration_images, args.batch_size)
     runner = _finetune if task == "finetune" else _compare
     metrics, pruned, efficiency_record, extra = runner(args, config, loaded, test, train, calibration)
     if calibration is not None:
-        pruned.notes.append(f"calibration: the first {sum(len(b) for b in calibration)} images of the "
-                            f"{(train or test).split} split")
+        note = f"calibration: the first {sum(len(b) for b in calibration)} images of the {source.split} split"
+        if source is test:
+            note += " (the data set has no training split; these images are also evaluated)"
+        pruned.notes.append(note)
     dump = results.result(
         dataset=args.dataset, model=args.model, pretrained=loaded.pretrained, task=task, metrics=metrics,
         pruning=results.pruning_block(args, config, pruned.handle, pruned.notes, loaded.model),
