@@ -165,13 +165,13 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
 def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     configs = [{"id": "baseline", "strategy": "baseline", "group": "baseline", "params": {}}]
 
-    def add(strategy, budget, start_layer=1, group="main", importance=None, alpha=None):
+    def add(strategy, budget, start_layer=1, group="main", importance=None, variant=None):
         knob, ratio, searched = match_budget(base, strategy, budget, base_gmacs, image, start_layer)
         params = final_params(strategy, knob, searched, calibration, importance)
         tag = f"[{importance}]" if importance and strategy != "layer_drop" else ""
-        if alpha is not None:  # alpha weighs the two scores, it does not change the token count or MACs
-            params = {**params, "alpha": alpha}
-            tag = f"[alpha={alpha:g}]"
+        if variant:  # scoring choices (alpha, importance direction): same token count, same budget
+            params = {**params, **variant}
+            tag = "[" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in variant.items()) + "]"
         configs.append({"id": f"{strategy}{tag}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
                         else f"{strategy}{tag}@{budget:.2f}", "strategy": strategy, "group": group,
                         "budget": budget, "analytic_ratio": ratio, "params": params})
@@ -191,7 +191,9 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
                 add(strategy, budget, start, group="start_layer")
     for budget in args.alpha_budgets:
         for alpha in args.alphas:
-            add("anchor_diversity", budget, group="alpha", alpha=alpha)
+            add("anchor_diversity", budget, group="alpha", variant={"alpha": alpha})
+        for direction in args.directions:
+            add("anchor_diversity", budget, group="direction", variant={"importance_direction": direction})
     return configs
 
 
@@ -233,8 +235,10 @@ def table(records: list[dict]) -> pd.DataFrame:
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """acc1_delta (points) of every pruned configuration, one column per budget: the figure to compare first."""
     pruned = frame[frame["group"] != "baseline"].copy()
-    pruned["row"] = pruned["strategy"] + pruned["params"].str.extract(r"(alpha=[0-9.]+)", expand=False).where(
-        pruned["group"] == "alpha", "").map(lambda a: f" [{a}]" if a else "")
+    variant = pruned["params"].str.extract(r"(alpha=[0-9.]+)", expand=False).where(pruned["group"] == "alpha", "")
+    direction = pruned["params"].str.extract(r"(importance_direction=\w+)", expand=False)
+    variant = variant.mask(pruned["group"] == "direction", direction)
+    pruned["row"] = pruned["strategy"] + variant.fillna("").map(lambda a: f" [{a}]" if a else "")
     pruned["row"] += pruned.apply(lambda r: f" [{r['params'].split(', importance=')[1].split(',')[0]}]"
                                   if "importance=" in r["params"] else "", axis=1)
     pruned["start_layer"] = pruned["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
@@ -286,6 +290,8 @@ def main(argv=None):
                         help="budgets of the start_layer sweep")
     parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 0.0],
                         help="anchor_diversity ablation: importance only (1) and diversity only (0); 0.5 is in the main rows")
+    parser.add_argument("--directions", nargs="*", default=["token_to_anchor"],
+                        help="anchor_diversity ablation: importance_direction values besides the default")
     parser.add_argument("--alpha_budgets", type=float, nargs="*", default=[0.8, 0.6],
                         help="budgets of the alpha ablation")
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)

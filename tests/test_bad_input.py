@@ -11,6 +11,7 @@ BAD = [
     ("anchor_diversity", {"alpha": 1.5}, r"alpha=1.5 is out of range \[0.0, 1.0\]"),
     ("anchor_diversity", {"alpha": "high"}, r"alpha must be a number"),
     ("anchor_diversity", {"k_anchors": 2.5}, r"k_anchors must be an integer"),
+    ("anchor_diversity", {"importance_direction": "sideways"}, r"importance_direction=.sideways. is not one of anchor_to_token, token_to_anchor"),
     ("tome", {"r": -1}, r"r=-1 is out of range"),
     ("tome", {"r": [2, -3]}, r"r\[1\]=-3 is out of range"),
     ("tome", {"match_fraction": 0.0}, r"match_fraction=0.0 is out of range \(0.0, 1.0\]"),

@@ -37,7 +37,8 @@ def test_defaults_are_resolved_and_recorded():
     config = flags.resolve(eval_args(enable_pruning=True, top_m=20))
     assert config.strategy == "anchor_diversity"
     assert config.params == {"top_m": 20}
-    assert config.resolved == {"k_anchors": 10, "top_m": 20, "alpha": 0.5, "start_layer": 1}
+    assert config.resolved == {"k_anchors": 10, "top_m": 20, "alpha": 0.5, "start_layer": 1,
+                               "importance_direction": "anchor_to_token"}
     assert config.measure_efficiency and config.active
 
 
@@ -106,7 +107,8 @@ def parse(monkeypatch, argv):
 def test_clip_benchmark_parser_has_the_flags(monkeypatch):
     _, args = parse(monkeypatch, ["eval", "--enable_pruning", "--k_anchors", "4", "--top_m", "6", "--alpha", "0.25",
                                   "--prune_param", "start_layer=2", "--extract_attention", "--attention_output", "a.pt"])
-    assert args.pruning_config.resolved == {"k_anchors": 4, "top_m": 6, "alpha": 0.25, "start_layer": 2}
+    assert args.pruning_config.resolved == {"k_anchors": 4, "top_m": 6, "alpha": 0.25, "start_layer": 2,
+                                            "importance_direction": "anchor_to_token"}
     assert args.pruning_config.attention_output == "a.pt"
     _, build = parse(monkeypatch, ["build", "x.json"])  # the other subcommand is left alone
     assert build.which == "build" and not hasattr(build, "pruning_config")

@@ -35,6 +35,19 @@ def test_anchor_diversity_alpha_extremes_rank_by_one_term():
         assert torch.equal(kept[:, 2:].sort(1).values, masked.topk(4, dim=1).indices.sort(1).values)
 
 
+def test_importance_direction_reads_rows_or_columns_of_the_attention_map():
+    probe, x = _probe(), torch.randn(3, 12, 16)
+    full = ((probe.q * 8**-0.5) @ probe.k.transpose(-2, -1)).softmax(-1).mean(1)  # (B, queries, keys)
+    anchors = torch.tensor([[2, 7], [1, 4], [9, 3]])
+    paid_by_anchors = torch.stack([full[b, anchors[b]].mean(0) for b in range(3)])  # anchors as queries
+    paid_to_anchors = torch.stack([full[b][:, anchors[b]].mean(1) for b in range(3)])  # anchors as keys
+    got, _ = anchor_diversity_scores(x, probe, anchors)
+    assert torch.allclose(got, paid_by_anchors, atol=1e-6)
+    got, _ = anchor_diversity_scores(x, probe, anchors, "token_to_anchor")
+    assert torch.allclose(got, paid_to_anchors, atol=1e-6)
+    assert not torch.allclose(paid_by_anchors, paid_to_anchors, atol=1e-3)
+
+
 def test_anchors_are_top_cls_attention_and_diversity_in_range():
     probe, x = _probe(), torch.randn(3, 12, 16)
     anchors = select_anchor_diversity(x, probe, 1, 3, 0, 0.5)
