@@ -15,6 +15,7 @@ CASES = [
     ("anchor_diversity", dict(k_anchors=4, top_m=16, alpha=0.0, start_layer=0)),
     ("cls_topk", dict(keep=20)),
     ("random_drop", dict(keep=20, start_layer=2)),
+    ("anchor_diversity", dict(k_anchors=4, top_m=16, alpha=1.0, importance_direction="token_to_anchor")),
 ]
 CASE_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in p.items())}" for n, p in CASES]
 
