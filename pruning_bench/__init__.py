@@ -17,6 +17,7 @@ _EXPORTS = {
     "count_flops": "pruning_bench.measure.flops",
     "measure_throughput": "pruning_bench.measure.throughput",
     "compare_throughput": "pruning_bench.measure.throughput",
+    "measure_memory": "pruning_bench.measure.memory",
     "ideal_speedup": "pruning_bench.measure.analytic",
     "reference_model": "pruning_bench.reference",
     "check_checkpoint": "pruning_bench.checkpoint",

@@ -80,6 +80,7 @@ class TokenRun:
             cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
             self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept,
                                  "owner": None if self.source is None else owner_of_inputs(self.source)})
+        del out, probe  # q and k must not stay alive through the MLP: they would raise peak memory
         self.tokens_mlp.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
 
