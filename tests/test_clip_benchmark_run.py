@@ -84,6 +84,8 @@ def test_pruned_run_records_pruning_and_efficiency(monkeypatch, tmp_path, data, 
     assert eff["images_per_second"] > 0 and eff["batch_size"] == 4
     assert eff["device"] == "cpu" and eff["dtype"] == "float32" and eff["versions"]["clip_benchmark"] == "1.6.2"
     (model,) = loaded
+    weights = sum(p.numel() * p.element_size() for p in model.visual.parameters()) / 2**20
+    assert eff["memory"]["weights_mb"] == pytest.approx(weights) and eff["memory"]["peak_activation_mb"] > 0
     assert "TokenReduced" not in type(model.visual.transformer.resblocks[1]).__name__  # restored after the run
 
 

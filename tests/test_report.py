@@ -15,7 +15,7 @@ from pruning_bench.report import compare, load_results, write_report
 
 
 def result(path: Path, *, strategy=None, params=None, acc1=0.5, gmacs=None, ips=None, dataset="wds/cifar10",
-           task="zeroshot_classification", metrics=None, mtime=None):
+           task="zeroshot_classification", metrics=None, mtime=None, activation_mb=None):
     data = {"dataset": dataset, "model": "ViT-B-32", "pretrained": "openai", "task": task, "language": "en",
             "metrics": metrics or {"acc1": acc1, "acc5": 0.9, "mean_per_class_recall": acc1}}
     if strategy or gmacs is not None:
@@ -23,6 +23,8 @@ def result(path: Path, *, strategy=None, params=None, acc1=0.5, gmacs=None, ips=
     if gmacs is not None:
         data["efficiency"] = {"gmacs": gmacs, "gflops": 2 * gmacs, "images_per_second": ips,
                               "tokens_per_layer": [50, 15], "batch_size": 64, "dtype": "float32", "device": "cpu"}
+        if activation_mb is not None:
+            data["efficiency"]["memory"] = {"peak_activation_mb": activation_mb, "weights_mb": 300.0}
     path.write_text(json.dumps(data))
     if mtime is not None:
         os.utime(path, (mtime, mtime))
@@ -31,9 +33,9 @@ def result(path: Path, *, strategy=None, params=None, acc1=0.5, gmacs=None, ips=
 
 @pytest.fixture
 def runs(tmp_path):
-    result(tmp_path / "base.json", gmacs=4.0, ips=100.0, acc1=0.80)
+    result(tmp_path / "base.json", gmacs=4.0, ips=100.0, acc1=0.80, activation_mb=200.0)
     result(tmp_path / "anchor.json", strategy="anchor_diversity", params={"k_anchors": 10, "top_m": 50},
-           gmacs=1.5, ips=220.0, acc1=0.72)
+           gmacs=1.5, ips=220.0, acc1=0.72, activation_mb=180.0)
     result(tmp_path / "tome.json", strategy="tome", params={"r": 8}, gmacs=2.0, ips=180.0, acc1=0.78)
     result(tmp_path / "orphan.json", strategy="tome", params={"r": 8}, gmacs=2.0, ips=180.0, acc1=0.4, dataset="wds/other")
     return tmp_path
@@ -48,6 +50,8 @@ def test_pruned_runs_are_paired_with_their_baseline(runs):
     assert anchor["speedup"] == pytest.approx(2.2)
     assert anchor["efficiency"] == pytest.approx(2.2 * (1.5 / 4.0))
     assert anchor["params"] == "k_anchors=10, top_m=50"
+    assert anchor["memory_ratio"] == pytest.approx(0.9)
+    assert math.isnan(table.loc[("wds/cifar10", "tome"), "memory_ratio"])  # a run without a memory record
     base = table.loc[("wds/cifar10", "baseline")]
     assert base["gmacs_ratio"] == 1.0 and base["speedup"] == 1.0 and base["acc1_delta"] == 0.0
 
@@ -100,7 +104,7 @@ def test_files_written(runs, tmp_path):
                    "acc1_delta", "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency"):
         assert column in csv.columns
     markdown = (tmp_path / "reports" / "cmp.md").read_text()
-    assert "| anchor_diversity" in markdown and "-8.00 pp" in markdown and "2.20x" in markdown
+    assert "| anchor_diversity" in markdown and "-8.00 pp" in markdown and "2.20x" in markdown and "0.900" in markdown
     assert "without a baseline" in markdown and "orphan.json" in markdown
     assert "efficiency = speedup x gmacs_ratio" in markdown
 

@@ -51,6 +51,8 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
     autocast = torch.autocast(torch.device(device).type) if amp else nullcontext()
     with autocast:
         speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats)
+    with autocast:
+        memory = pb.measure_memory(model, images)
     stats = handle.stats() if handle is not None else {}
     tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1]))
     return {
@@ -69,5 +71,11 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
         "threads": speed.get("threads"),
         "timing": {"warmup": 1, "repeats": repeats, "protocol": speed.get("protocol")},
         "flops_note": flops.note,
+        "memory": {
+            "peak_activation_mb": memory.activation_bytes / 2**20,
+            "weights_mb": (memory.parameter_bytes + memory.buffer_bytes) / 2**20,
+            "peak_total_mb": memory.total_bytes / 2**20,
+            "counted": "bytes of live tensors at the forward's peak (pb.measure_memory), same batch",
+        },
         "versions": speed.get("versions"),
     }

@@ -6,7 +6,9 @@ Derived columns, relative to that baseline:
 - speedup = images_per_second / images_per_second_baseline (measured, not inferred from GMACs);
 - efficiency = speedup x gmacs_ratio = measured speedup / ideal speedup: 1.0 when the wall clock
   falls exactly as the multiply-accumulates do, below 1 when overheads eat part of the saving
-  (the same definition as benchmarks/speed.py).
+  (the same definition as benchmarks/speed.py);
+- memory_ratio = peak_activation_mb / peak_activation_mb_baseline (activations at the peak of one
+  inference forward on the measured batch; the weights are in the CSV's result files).
 A run without a baseline keeps its own numbers and NaN in every derived column.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ REPORT_COLUMNS = [
     "model", "pretrained", "dataset", "task", "strategy", "params", "metric",
     "acc1", "acc1_baseline", "acc1_delta", "gmacs", "gmacs_baseline", "gmacs_ratio",
     "images_per_second", "images_per_second_baseline", "speedup", "efficiency",
+    "peak_activation_mb", "peak_activation_mb_baseline", "memory_ratio",
     "has_baseline", "language", "tokens_per_layer", "batch_size", "dtype", "device", "file", "baseline_file",
 ]
 
@@ -29,9 +32,9 @@ def _pick_baselines(results: pd.DataFrame) -> pd.DataFrame:
     baselines = results[results["strategy"] == BASELINE].copy()
     baselines["_measured"] = baselines["gmacs"].notna()
     baselines = baselines.sort_values(["_measured", "mtime"]).groupby(GROUP_KEYS, dropna=False).tail(1)
-    return baselines[GROUP_KEYS + ["acc1", "gmacs", "images_per_second", "file"]].rename(columns={
+    return baselines[GROUP_KEYS + ["acc1", "gmacs", "images_per_second", "peak_activation_mb", "file"]].rename(columns={
         "acc1": "acc1_baseline", "gmacs": "gmacs_baseline", "images_per_second": "images_per_second_baseline",
-        "file": "baseline_file"})
+        "peak_activation_mb": "peak_activation_mb_baseline", "file": "baseline_file"})
 
 
 def _ratio(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
@@ -46,6 +49,7 @@ def compare(results: pd.DataFrame) -> pd.DataFrame:
     table["gmacs_ratio"] = _ratio(table["gmacs"], table["gmacs_baseline"])
     table["speedup"] = _ratio(table["images_per_second"], table["images_per_second_baseline"])
     table["efficiency"] = table["speedup"] * table["gmacs_ratio"]
+    table["memory_ratio"] = _ratio(table["peak_activation_mb"], table["peak_activation_mb_baseline"])
     table["_pruned"] = table["strategy"] != BASELINE
     table = table.sort_values(GROUP_KEYS + ["_pruned", "gmacs", "strategy", "params"],
                               ascending=[True] * len(GROUP_KEYS) + [True, False, True, True], na_position="last")

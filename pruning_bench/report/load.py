@@ -78,6 +78,7 @@ def result_row(path: Path) -> dict[str, Any]:
         "gmacs": _number(efficiency.get("gmacs")),
         "gflops": _number(efficiency.get("gflops")),
         "images_per_second": _number(efficiency.get("images_per_second")),
+        "peak_activation_mb": _number((efficiency.get("memory") or {}).get("peak_activation_mb")),
         "batch_size": efficiency.get("batch_size"),
         "dtype": efficiency.get("dtype"),
         "device": efficiency.get("device"),

@@ -12,7 +12,7 @@ from .plots import write_plots
 
 MARKDOWN_COLUMNS = [
     "model", "pretrained", "dataset", "task", "strategy", "params", "acc1", "acc1_baseline", "acc1_delta",
-    "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency",
+    "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency", "memory_ratio",
 ]
 
 
@@ -30,6 +30,7 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     shown["images_per_second"] = table["images_per_second"].map(lambda v: _fmt(v, "{:.1f}"))
     shown["speedup"] = table["speedup"].map(lambda v: _fmt(v, "{:.2f}x"))
     shown["efficiency"] = table["efficiency"].map(lambda v: _fmt(v, "{:.3f}"))
+    shown["memory_ratio"] = table["memory_ratio"].map(lambda v: _fmt(v, "{:.3f}"))
     shown["pretrained"] = shown["pretrained"].replace("", "(random init)")
     lines = [f"# {title}", "", shown.to_markdown(index=False, disable_numparse=True), ""]
     metrics = sorted(set(table["metric"].dropna()) - {""})
