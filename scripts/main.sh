@@ -7,8 +7,8 @@
 # read on TEST_SAMPLES test images through each configuration (accuracy, agreement, feature cosine).
 # Without it: label-free fidelity on the natural photos shipped with scikit-learn and matplotlib.
 #
-# Defaults (1,000 train / 500 test images at 224 px, about 2,700 image forwards in all): 4 min 41 s of
-# wall time on 2 CPU cores with .venv already set up (19 minutes once while another CPU job held both
+# Defaults (1,000 train / 500 test images at 224 px, about 2,700 image forwards in all): 4 to 5 minutes
+# of wall time on 2 CPU cores with .venv already set up (19 minutes once while another CPU job held both
 # cores). Accuracy figures are deterministic; images/s follows the machine's load.
 #   TRAIN_SAMPLES=5000 TEST_SAMPLES=2000 bash scripts/main.sh     # the sizes, about 4x longer
 set -euo pipefail

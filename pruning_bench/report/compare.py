@@ -8,7 +8,7 @@ Derived columns, relative to that baseline:
   falls exactly as the multiply-accumulates do, below 1 when overheads eat part of the saving
   (the same definition as benchmarks/speed.py);
 - memory_ratio = peak_activation_mb / peak_activation_mb_baseline (activations at the peak of one
-  inference forward on the measured batch; the weights are in the CSV's result files).
+  inference forward on the measured batch; each result file also records the weights, `efficiency.memory`).
 A run without a baseline keeps its own numbers and NaN in every derived column.
 """
 from __future__ import annotations
