@@ -6,8 +6,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from clip_benchmark import cli
+
+import pruning_bench as pb
 from pruning_bench.clip_benchmark_ext import tiny
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")
@@ -276,3 +277,17 @@ def test_bad_calibration_requests_stop_the_run(monkeypatch, tmp_path, data, caps
                             "--prune_param", "importance=activation", *extra)
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_failing_memory_tracker_is_recorded_not_fatal(monkeypatch, tmp_path, data):
+    from pruning_bench.measure import memory
+
+    def broken(*a, **kw):
+        raise RuntimeError("tracker unavailable")
+
+    monkeypatch.setattr(memory, "measure_memory", broken)
+    monkeypatch.setattr(pb, "measure_memory", broken, raising=False)
+    clip_benchmark_eval(monkeypatch, data, tmp_path, *PRUNE)
+    result = read(tmp_path / "zeroshot_classification_cls_topk-keep4-start_layer1.json")
+    assert result["efficiency"]["memory"] == {"error": "RuntimeError: tracker unavailable"}
+    assert result["efficiency"]["gmacs"] > 0 and "acc1" in result["metrics"]

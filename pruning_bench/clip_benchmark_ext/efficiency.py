@@ -41,6 +41,23 @@ def block_token_counts(model: torch.nn.Module, images: torch.Tensor) -> list[int
     return counts
 
 
+def _peak_memory(model, images: torch.Tensor, autocast) -> dict[str, Any]:
+    """The `memory` entry; a failure of the tracker is recorded, never allowed to lose the evaluation."""
+    import pruning_bench as pb
+
+    try:
+        with autocast:
+            peak = pb.measure_memory(model, images)
+    except Exception as exc:  # the tracker is a private torch tool: report, do not crash after the evaluation
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "peak_activation_mb": peak.activation_bytes / 2**20,
+        "weights_mb": (peak.parameter_bytes + peak.buffer_bytes) / 2**20,
+        "peak_total_mb": peak.total_bytes / 2**20,
+        "counted": "bytes of live tensors at the forward's peak (pb.measure_memory), same batch",
+    }
+
+
 def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int, handle=None,
             source: str = "evaluation batch") -> dict[str, Any]:
     """GMACs per image, images per second and tokens per block of `model` (pruned or not) on `images`."""
@@ -51,8 +68,7 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
     autocast = torch.autocast(torch.device(device).type) if amp else nullcontext()
     with autocast:
         speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats)
-    with autocast:
-        memory = pb.measure_memory(model, images)
+    memory = _peak_memory(model, images, autocast)
     stats = handle.stats() if handle is not None else {}
     tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1]))
     return {
@@ -71,11 +87,6 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
         "threads": speed.get("threads"),
         "timing": {"warmup": 1, "repeats": repeats, "protocol": speed.get("protocol")},
         "flops_note": flops.note,
-        "memory": {
-            "peak_activation_mb": memory.activation_bytes / 2**20,
-            "weights_mb": (memory.parameter_bytes + memory.buffer_bytes) / 2**20,
-            "peak_total_mb": memory.total_bytes / 2**20,
-            "counted": "bytes of live tensors at the forward's peak (pb.measure_memory), same batch",
-        },
+        "memory": memory,
         "versions": speed.get("versions"),
     }
