@@ -194,6 +194,9 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
             add("anchor_diversity", budget, group="alpha", variant={"alpha": alpha})
         for direction in args.directions:
             add("anchor_diversity", budget, group="direction", variant={"importance_direction": direction})
+    for budget in args.alpha_budgets:  # ToMe with only a seeded share p of the tokens matching (the notes' p)
+        for fraction in args.match_fractions:
+            add("tome", budget, group="match_fraction", variant={"match_fraction": fraction})
     return configs
 
 
@@ -238,6 +241,8 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     variant = pruned["params"].str.extract(r"(alpha=[0-9.]+)", expand=False).where(pruned["group"] == "alpha", "")
     direction = pruned["params"].str.extract(r"(importance_direction=\w+)", expand=False)
     variant = variant.mask(pruned["group"] == "direction", direction)
+    fraction = pruned["params"].str.extract(r"(match_fraction=[0-9.]+)", expand=False)
+    variant = variant.mask(pruned["group"] == "match_fraction", fraction)
     pruned["row"] = pruned["strategy"] + variant.fillna("").map(lambda a: f" [{a}]" if a else "")
     pruned["row"] += pruned.apply(lambda r: f" [{r['params'].split(', importance=')[1].split(',')[0]}]"
                                   if "importance=" in r["params"] else "", axis=1)
@@ -292,8 +297,10 @@ def main(argv=None):
                         help="anchor_diversity ablation: importance only (1) and diversity only (0); 0.5 is in the main rows")
     parser.add_argument("--directions", nargs="*", default=["token_to_anchor"],
                         help="anchor_diversity ablation: importance_direction values besides the default")
+    parser.add_argument("--match_fractions", type=float, nargs="*", default=[0.8, 0.4, 0.2],
+                        help="tome ablation: share of tokens taking part in matching, at the r of each budget")
     parser.add_argument("--alpha_budgets", type=float, nargs="*", default=[0.8, 0.6],
-                        help="budgets of the alpha ablation")
+                        help="budgets of the alpha, importance_direction and match_fraction ablations")
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--timing_batch", type=int, default=16)

@@ -36,6 +36,7 @@ def test_summary_pivots_delta_by_budget(accuracy):
         record("a@0.60/s1", "anchor_diversity", "main", 0.6, {"top_m": 5, "alpha": 0.5}, 0.55, 1),
         record("a[alpha=1]@0.80/s1", "anchor_diversity", "alpha", 0.8, {"top_m": 10, "alpha": 1.0}, 0.68, 1),
         record("h@0.80", "head_prune", "structured", 0.8, {"head_ratio": 0.2, "importance": "fisher"}, 0.3),
+        record("t[match_fraction=0.4]@0.80", "tome", "match_fraction", 0.8, {"r": 8, "match_fraction": 0.4}, 0.6),
     ]
     frame = accuracy.table(records)
     assert frame.loc[1, "macs_ratio"] == pytest.approx(0.8)  # fvcore GMACs over the baseline's
@@ -47,6 +48,7 @@ def test_summary_pivots_delta_by_budget(accuracy):
     assert rows.loc["anchor_diversity [alpha=1.0]", "80% MACs"] == "-2.0"
     assert rows.loc["anchor_diversity [alpha=1.0]", "60% MACs"] == ""  # not measured is blank, not nan
     assert rows.loc["head_prune [fisher]", "80% MACs"] == "-40.0"
+    assert rows.loc["tome [match_fraction=0.4]", "80% MACs"] == "-10.0"
     text = accuracy.markdown(frame, "# header\n")
     assert "nan" not in text and "## All measurements" in text
 
