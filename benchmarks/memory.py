@@ -11,7 +11,6 @@ unlike timings they need no repeats and no quiet machine.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import warnings
 
@@ -19,7 +18,7 @@ import pandas as pd
 import torch
 
 import pruning_bench as pb
-from speed import STRUCTURED_CONFIGS, TOKEN_CONFIGS, build  # same folder: the same configurations as the speed table
+from speed import STRUCTURED_CONFIGS, TOKEN_CONFIGS, build, emit, pruned_copy  # same folder: same configurations
 
 MB = 2**20
 
@@ -30,11 +29,9 @@ def run_model(name: str, batch: int, configs) -> pd.DataFrame:
     calibration = [torch.randn(4, 3, 224, 224) for _ in range(2)]
     rows = []
     for strategy, params in [("baseline", {}), *configs]:
-        model = copy.deepcopy(base)
-        full = {**params, "calibration": calibration} if params.pop("_calibrate", False) else params
+        model, handle = pruned_copy(base, strategy, params, calibration) if strategy != "baseline" else (base, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            handle = pb.prune(model, strategy, **full) if strategy != "baseline" else None
             peak = pb.measure_memory(model, images)
             gmacs = pb.count_flops(model, images[:1]).gmacs
         rows.append({"model": name, "strategy": strategy, "params": params, "gmacs": gmacs,
@@ -61,11 +58,7 @@ def main(argv=None):
     table = pd.concat([run_model(m, args.batch, [(s, dict(p)) for s, p in configs]) for m in args.models])
     header = (f"peak memory of one inference forward (torch.inference_mode), batch {args.batch}, fp32, 224 px; "
               f"torch {torch.__version__}\ncommand: python benchmarks/{' '.join(['memory.py', *sys.argv[1:]])}\n")
-    text = header + "\n" + table.to_markdown(index=False, floatfmt=".3f")
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit(header, table, args.output)
 
 
 if __name__ == "__main__":

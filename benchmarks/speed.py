@@ -54,6 +54,25 @@ def build(name: str) -> torch.nn.Module:
     raise SystemExit(f"unknown model {name!r}; choose timm or open_clip")
 
 
+def pruned_copy(base, strategy: str, params: dict, calibration):
+    """(copy of `base` with `strategy` patched in, its handle); `_calibrate` in `params` asks for the
+    calibration batches. Clamp warnings are silenced: the tables report what was measured."""
+    model = copy.deepcopy(base)
+    full = {**params, "calibration": calibration} if params.pop("_calibrate", False) else params
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model, pb.prune(model, strategy, **full)
+
+
+def emit(header: str, table: pd.DataFrame, output: str | None) -> None:
+    """Print the table under its header, and write the same Markdown to `output` when given."""
+    text = header + "\n" + table.to_markdown(index=False, floatfmt=".3f")
+    print(text)
+    if output:
+        with open(output, "w") as f:
+            f.write(text + "\n")
+
+
 def reference_tome(model, r):
     try:
         import tome
@@ -88,12 +107,11 @@ def run_model(name: str, batch: int, warmup: int, repeats: int, configs) -> pd.D
     models, handles, macs, labels = {"baseline": base}, [], {}, {}
     macs["baseline"] = pb.count_flops(base, images[:1]).gmacs
     for strategy, params in configs:
+        model, handle = pruned_copy(base, strategy, params, calibration)
         key = f"{strategy} {params}"
-        model = copy.deepcopy(base)
-        full = {**params, "calibration": calibration} if params.pop("_calibrate", False) else params
+        handles.append(handle)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            handles.append(pb.prune(model, strategy, **full))
             macs[key] = pb.count_flops(model, images[:1]).gmacs
         models[key] = model
         labels[key] = (strategy, params)
@@ -135,11 +153,7 @@ def main(argv=None):
         f"after {args.warmup} warm-up; torch {torch.__version__}; {env.get('cpu', '')}\n"
         f"command: python benchmarks/{' '.join(['speed.py', *sys.argv[1:]])}\n"
     )
-    text = header + "\n" + table.to_markdown(index=False, floatfmt=".3f")
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text + "\n")
+    emit(header, table, args.output)
 
 
 if __name__ == "__main__":

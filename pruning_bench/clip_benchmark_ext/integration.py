@@ -152,10 +152,11 @@ class PruningSession:
             dataset = build_dataset(dataset_name=name, root=root, transform=transform, split=split, download=True,
                                     annotation_file=getattr(args, "annotation_file", ""), language=args.language,
                                     task=resolved_task(args), wds_cache_dir=getattr(args, "wds_cache_dir", None))
-            loader = torch.utils.data.DataLoader(dataset, batch_size=min(args.batch_size, n), num_workers=0,
+            batch_size = min(args.batch_size, n)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0,
                                                  collate_fn=get_dataset_collate_fn(name))
             batches, seen = [], 0
-            for images, *_ in itertools.islice(loader, -(-n // min(args.batch_size, n))):
+            for images, *_ in itertools.islice(loader, -(-n // batch_size)):
                 batches.append(images[: n - seen])
                 seen += len(batches[-1])
         except Exception as exc:  # a missing split surfaces in many forms (FileNotFoundError, wds errors, ...)

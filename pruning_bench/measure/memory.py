@@ -9,7 +9,7 @@ or the process (no RSS noise), and they are exact, so one run suffices.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,13 +28,6 @@ class PeakMemory:
     total_bytes: int
     batch_size: int
     device: str
-
-    @property
-    def activation_mb_per_image(self) -> float:
-        return self.activation_bytes / 2**20 / self.batch_size
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "activation_mb_per_image": self.activation_mb_per_image}
 
 
 def _tracker():
