@@ -21,6 +21,8 @@ _EXPORTS = {
     "ideal_speedup": "pruning_bench.measure.analytic",
     "reference_model": "pruning_bench.reference",
     "check_checkpoint": "pruning_bench.checkpoint",
+    "save_pruned": "pruning_bench.saved",
+    "load_pruned": "pruning_bench.saved",
 }
 
 __all__ = sorted(_EXPORTS)
