@@ -1,5 +1,13 @@
 """The one throughput protocol: image tower only, warm-up, several timed repeats, median.
 
+The record keeps every timed repeat (`times`, seconds per batch), every warm-up time
+(`warmup_times`, so a reader sees when the machine settled), and the machine's 1/5/15-minute load
+average just before and just after the timed runs (`load_average`, with `cpus` and `under_load`:
+the 1-minute load before or after exceeded the logical CPU count, so other work competed for the
+cores and the timings measure the load as much as the model). A progress bar on stderr (tqdm)
+covers the warm-up and the repeats: on by default when stderr is a terminal, off with
+`progress=False`.
+
 Only the forward of the image encoder on a batch already in memory is timed: no data loading,
 no text tower, no classifier. Every record carries what a reader needs to judge it (batch size,
 dtype, threads, device, library versions). On a GPU the device is synchronised around every
@@ -7,7 +15,9 @@ timed run so asynchronous kernels are not mistaken for speed.
 """
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from typing import Callable
@@ -63,11 +73,51 @@ def _threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the platform has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_record(before: list[float] | None, after: list[float] | None) -> dict:
+    """Load before/after the timed runs and whether it exceeded the logical CPU count (the flag's threshold)."""
+    cpus = os.cpu_count() or 1
+    one_minute = [v[0] for v in (before, after) if v]
+    return {"before": before, "after": after, "cpus": cpus,
+            "under_load": bool(one_minute) and max(one_minute) > cpus,
+            "threshold": "1-minute load average before or after the timed runs > logical CPUs"}
+
+
+def _progress(total: int, desc: str, progress: bool | None):
+    """A tqdm bar on stderr (None: only when stderr is a terminal); a no-op object when off."""
+    enabled = sys.stderr.isatty() if progress is None else bool(progress)
+    if not enabled:
+        class _Off:
+            def update(self, n=1):
+                pass
+
+            def close(self):
+                pass
+        return _Off()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False)
+
+
 def _time_once(fn: Callable, images: torch.Tensor, device: torch.device) -> float:
     _synchronize(device)
     start = _clock()
     fn(images)
     _synchronize(device)
+    return _clock() - start
+
+
+def _time_unfenced(fn: Callable, images: torch.Tensor) -> float:
+    """A warm-up run's time, without device syncs (on a GPU it times the launch, not the kernels)."""
+    start = _clock()
+    fn(images)
     return _clock() - start
 
 
@@ -96,26 +146,39 @@ def measure_throughput(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     threads: int | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Images per second of the image tower on `images` (median over `repeats` timed forwards).
 
     `model`: a module (a CLIP model runs `model.visual` only) or any callable taking the batch.
     `device` / `dtype`: when given, the module and images are moved there (the module in place).
     `threads`: CPU threads for the run; the previous setting comes back afterwards.
+    `progress`: a progress bar on stderr (None: when stderr is a terminal).
     """
     _check_counts(warmup, repeats)
     model, images = _place(model, images, device, dtype)
     device = torch.device(device) if device is not None else images.device
     fn = _forward_fn(model)
     batch = int(images.shape[0])
+    bar = _progress(warmup + repeats, "timing", progress)
     with _threads(threads), torch.inference_mode():
+        before = load_average()
+        warmup_times = []
         for _ in range(warmup):
-            fn(images)
+            warmup_times.append(_time_unfenced(fn, images))
+            bar.update()
         _synchronize(device)
-        times = [_time_once(fn, images, device) for _ in range(repeats)]
+        times = []
+        for _ in range(repeats):
+            times.append(_time_once(fn, images, device))
+            bar.update()
+        after = load_average()
         env = environment(device)
+    bar.close()
     return {
         **_summary(times, batch),
+        "warmup_times": warmup_times,
+        "load_average": load_record(before, after),
         "batch_size": batch,
         "warmup": warmup,
         "repeats": repeats,
@@ -136,6 +199,7 @@ def compare_throughput(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     threads: int | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Time a baseline and a pruned model interleaved in one run; speedup = ratio of median times.
 
@@ -149,23 +213,33 @@ def compare_throughput(
     fns = {"baseline": _forward_fn(baseline_fn), "pruned": _forward_fn(pruned_fn)}
     batch = int(images.shape[0])
     times: dict[str, list[float]] = {"baseline": [], "pruned": []}
+    warmup_times: dict[str, list[float]] = {"baseline": [], "pruned": []}
+    bar = _progress(2 * (warmup + repeats), "timing baseline and pruned", progress)
     with _threads(threads), torch.inference_mode():
+        before = load_average()
         for _ in range(warmup):
-            for fn in fns.values():
-                fn(images)
+            for name, fn in fns.items():
+                warmup_times[name].append(_time_unfenced(fn, images))
+                bar.update()
         _synchronize(device)
         for i in range(repeats):
             order = ("baseline", "pruned") if i % 2 == 0 else ("pruned", "baseline")
             for name in order:
                 times[name].append(_time_once(fns[name], images, device))
+                bar.update()
+        after = load_average()
         env = environment(device)
-    base, pruned = _summary(times["baseline"], batch), _summary(times["pruned"], batch)
+    bar.close()
+    base = {**_summary(times["baseline"], batch), "warmup_times": warmup_times["baseline"]}
+    pruned = {**_summary(times["pruned"], batch), "warmup_times": warmup_times["pruned"]}
     paired = [b / p for b, p in zip(times["baseline"], times["pruned"])]
     return {
         "baseline": base,
         "pruned": pruned,
         "speedup": base["seconds_per_batch_median"] / pruned["seconds_per_batch_median"],
         "speedup_paired_median": statistics.median(paired),
+        "speedup_paired": paired,
+        "load_average": load_record(before, after),
         "batch_size": batch,
         "warmup": warmup,
         "repeats": repeats,
