@@ -13,6 +13,10 @@
 Scale: attention rows sum to one, so I_i is of order 1/N while D_i spans [0, 2]. Both are min-max
 normalised to [0, 1] over each image's candidate tokens before mixing, so alpha weighs ranks of
 comparable spread rather than raw units. Kept tokens stay in their original order.
+
+Multi-stage form (`prune_layers` + `keep_rate`): each listed block keeps ceil(keep_rate * P) patch
+tokens, of which min(k_anchors, that budget) are anchors and the rest the top-m; `top_m` and
+`start_layer` then do not apply (giving them is an error), `k_anchors` still does.
 """
 from __future__ import annotations
 
@@ -71,23 +75,30 @@ def select_anchor_diversity(x, probe, n_prefix: int, k_anchors: int, top_m: int,
 
 @register_strategy("anchor_diversity")
 class AnchorDiversity(PruneOnceStrategy):
-    defaults = {"k_anchors": 10, "top_m": 50, "alpha": 0.5, "start_layer": 1, "importance_direction": DIRECTIONS[0]}
+    defaults = {"k_anchors": 10, "top_m": 50, "alpha": 0.5, "start_layer": 1, "importance_direction": DIRECTIONS[0],
+                "prune_layers": None, "keep_rate": None}
     needs_class_token = True
+    budget_params = ("top_m",)
+    compute_knob = "top_m"
+    example_params = {"k_anchors": 4, "prune_layers": [1, 2], "keep_rate": 0.5}
 
     def _check(self):
         p = self.params
         p["k_anchors"] = check_int("k_anchors", p["k_anchors"], 1, None, self.name)
-        p["top_m"] = check_int("top_m", p["top_m"], 0, None, self.name)
         p["alpha"] = check_float("alpha", p["alpha"], 0.0, 1.0, owner=self.name)
         p["importance_direction"] = check_choice("importance_direction", p["importance_direction"], DIRECTIONS, self.name)
         self._check_start_layer()
+        if not self.multi_stage:
+            p["top_m"] = check_int("top_m", p["top_m"], 0, None, self.name)
 
     def budget(self):
         return self.params["k_anchors"] + self.params["top_m"]
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
+        budget = n_out - n_prefix  # k_anchors + top_m, or the multi-stage budget
+        k_anchors = min(self.params["k_anchors"], budget)
         return self.selection(
             n_prefix,
-            select_anchor_diversity(x, probe, n_prefix, self.params["k_anchors"], self.params["top_m"], self.params["alpha"],
+            select_anchor_diversity(x, probe, n_prefix, k_anchors, budget - k_anchors, self.params["alpha"],
                                     self.params["importance_direction"]),
         )

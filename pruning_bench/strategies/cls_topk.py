@@ -25,12 +25,15 @@ def topk_by_cls_attention(probe: AttentionProbe, n_prefix: int, keep: int) -> to
 
 @register_strategy("cls_topk")
 class ClsTopK(PruneOnceStrategy):
-    defaults = {"keep": 98, "start_layer": 1}
+    defaults = {"keep": 98, "start_layer": 1, "prune_layers": None, "keep_rate": None}
     needs_class_token = True
+    compute_knob = "keep"
+    example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
 
     def _check(self):
-        self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
         self._check_start_layer()
+        if not self.multi_stage:
+            self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
 
     def budget(self):
         return self.params["keep"]

@@ -1,41 +1,127 @@
-"""Shared schedule for the token-pruning strategies: one reduction, in block `start_layer`.
+"""Shared schedule for the token-pruning strategies: where they prune and how many patch tokens stay.
+
+Two forms, never both:
+- absolute (the default for cls_topk, random_drop, anchor_diversity): one reduction, in block
+  `start_layer`, to a fixed number of patch tokens (`budget()`);
+- multi-stage (EViT's rule): every block in `prune_layers` keeps `ceil(keep_rate * P)` of the P
+  patch-side tokens entering it. P counts every non-prefix token present (a token fused or merged at
+  an earlier stage included), so with one prefix token this is EViT's `ceil(keep_rate * (N - 1))`.
+  With register tokens, all prefix tokens (class token and registers) are set aside first, so the
+  rate applies to the patch-side tokens only.
 
 Prefix tokens (class token, registers) are always kept and never count against the budget.
 """
 from __future__ import annotations
 
-import abc
+import math
+import warnings
 
 import torch
 
-from .base import Selection, TokenStrategy, check_int
+from .base import Selection, TokenStrategy, check_float, check_int
+
+RATE_PARAMS = ("prune_layers", "keep_rate")
+
+
+def check_layers(name: str, value, owner: str) -> list[int]:
+    """A non-empty, strictly increasing list of block indices >= 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{owner}: {name} must be a non-empty list of block indices, got {value!r}")
+    layers = [check_int(f"{name}[{i}]", v, 0, None, owner) for i, v in enumerate(value)]
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"{owner}: {name}={layers} must be sorted and without repeats")
+    return layers
 
 
 class PruneOnceStrategy(TokenStrategy):
-    """Keeps `budget()` patch tokens (plus the prefix) from block `start_layer` on."""
+    """Token pruning on the absolute or the multi-stage schedule (see the module docstring).
 
-    @abc.abstractmethod
-    def budget(self) -> int:
-        """Patch tokens kept after `start_layer` (prefix tokens excluded)."""
+    Subclasses list the parameters of their absolute budget in `budget_params` (empty when the
+    strategy only has the multi-stage form) and set `extra_tokens` when a reduction adds tokens of
+    its own (EViT's fused token)."""
 
-    def check_model(self, n_layers: int, n_prefix: int) -> None:
-        start = self.params["start_layer"]
-        if start >= n_layers:
-            raise ValueError(f"{self.name}: start_layer={start} is out of range [0, {n_layers - 1}] for a {n_layers}-block model")
+    budget_params: tuple[str, ...] = ("keep",)
+    extra_tokens = 0
+    keep_all_params: dict | None = {"prune_layers": [1, 2], "keep_rate": 1.0}
+
+    def __init__(self, **params):
+        self.given = frozenset(params)
+        super().__init__(**params)
+
+    # ------------------------------------------------------------ parameters
+
+    @property
+    def multi_stage(self) -> bool:
+        return self.params.get("keep_rate") is not None or self.params.get("prune_layers") is not None
 
     def _check_start_layer(self) -> None:
-        self.params["start_layer"] = check_int("start_layer", self.params["start_layer"], 0, None, self.name)
+        """Check the schedule: the absolute form's `start_layer`, or `prune_layers` + `keep_rate`."""
+        p = self.params
+        if not self.multi_stage:
+            p["start_layer"] = check_int("start_layer", p["start_layer"], 0, None, self.name)
+            return
+        absolute = [n for n in ("start_layer", *self.budget_params) if n in self.given]
+        if absolute and self.budget_params:
+            raise ValueError(
+                f"{self.name}: give either prune_layers + keep_rate (multi-stage) or "
+                f"{' + '.join(('start_layer', *self.budget_params))} (one stage), not both; got "
+                + ", ".join(f"{n}={p[n]!r}" for n in (*RATE_PARAMS, *absolute))
+            )
+        missing = [n for n in RATE_PARAMS if p.get(n) is None]
+        if missing:
+            raise ValueError(f"{self.name}: prune_layers and keep_rate go together; {missing[0]} is missing")
+        p["prune_layers"] = check_layers("prune_layers", p["prune_layers"], self.name)
+        p["keep_rate"] = check_float("keep_rate", p["keep_rate"], 0.0, 1.0, low_open=True, owner=self.name)
+        if self.budget_params:  # the absolute form does not apply: record that in the resolved parameters
+            for n in ("start_layer", *self.budget_params):
+                p[n] = None
+
+    def check_model(self, n_layers: int, n_prefix: int) -> None:
+        if not self.multi_stage:
+            start = self.params["start_layer"]
+            if start >= n_layers:
+                raise ValueError(f"{self.name}: start_layer={start} is out of range [0, {n_layers - 1}] for a {n_layers}-block model")
+            return
+        layers = self.params["prune_layers"]
+        if layers[-1] >= n_layers:
+            raise ValueError(f"{self.name}: prune_layers={layers} has block {layers[-1]}, out of range "
+                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
+        if self.params["keep_rate"] >= 1.0:
+            warnings.warn(f"{self.name}: keep_rate=1.0 keeps every token; the model runs unchanged", UserWarning, stacklevel=4)
+
+    # ------------------------------------------------------------ schedule
+
+    def budget(self) -> int:
+        """Patch tokens kept after `start_layer` in the absolute form (prefix tokens excluded)."""
+        raise NotImplementedError
+
+    def kept_at(self, layer: int, patches: int) -> int | None:
+        """Patch-side tokens block `layer` keeps out of `patches`, or None when it does not prune."""
+        if self.multi_stage:
+            if layer not in self.params["prune_layers"]:
+                return None
+            return math.ceil(self.params["keep_rate"] * patches)  # EViT's rounding, float product included
+        return self.budget() if layer == self.params["start_layer"] else None
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
-        if layer != self.params["start_layer"]:
-            return n_tokens, None
         patches = n_tokens - n_prefix
-        if self.budget() >= patches:
+        kept = self.kept_at(layer, patches)
+        if kept is None:
+            return n_tokens, None
+        if kept + self.extra_tokens >= patches:
+            if not self.multi_stage:
+                return n_tokens, (
+                    f"budget of {kept} tokens >= the {patches} patch tokens present at block {layer}; "
+                    f"clamped to {patches}, so nothing is pruned"
+                )
+            extra = f" plus {self.extra_tokens} added" if self.extra_tokens else ""
             return n_tokens, (
-                f"budget of {self.budget()} tokens >= the {patches} patch tokens present at block {layer}; "
-                f"clamped to {patches}, so nothing is pruned"
+                f"keep_rate={self.params['keep_rate']} keeps {kept}{extra} of the {patches} patch tokens "
+                f"present at block {layer}; clamped to {patches}, so nothing is pruned there"
             )
-        return n_prefix + self.budget(), None
+        return n_prefix + kept + self.extra_tokens, None
 
     @staticmethod
     def selection(n_prefix: int, chosen: torch.Tensor) -> Selection:

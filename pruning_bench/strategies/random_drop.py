@@ -21,12 +21,15 @@ def random_positions(n_patches: int, keep: int, seed: int, layer: int, n_prefix:
 
 @register_strategy("random_drop")
 class RandomDrop(PruneOnceStrategy):
-    defaults = {"keep": 98, "start_layer": 1, "seed": 0}
+    defaults = {"keep": 98, "start_layer": 1, "seed": 0, "prune_layers": None, "keep_rate": None}
+    compute_knob = "keep"
+    example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
 
     def _check(self):
-        self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
         self.params["seed"] = check_int("seed", self.params["seed"], 0, None, self.name)
         self._check_start_layer()
+        if not self.multi_stage:
+            self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
 
     def budget(self):
         return self.params["keep"]
