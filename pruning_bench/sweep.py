@@ -5,25 +5,34 @@ A grid is written as on the command line, `"tome r=4,8,13,16"` or
 Cartesian product gives the points (values are read like `--prune_param` values, so `r=[4,8],2`
 is a list and an int). Every point is checked with the strategy's own validation before anything
 runs, and knows the result files it will write (the integration's naming), which is what makes a
-sweep resumable: a point whose files exist and hold a result is skipped.
+sweep resumable: a point whose files hold a complete result is skipped; a file that does not
+parse or lacks the keys a complete run writes is moved aside and its point re-run.
+
+Points run through `clip_benchmark eval` or `pruning-bench eval` (the driver is read from the
+executable's name, or given), optionally once per training seed (`--seed`, with the seed in the
+result name) and per strategy seed (the strategy's own `seed` parameter, in the pruning slug).
+How points are run safely (locks, signals, process groups) is in `sweep_control`.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
+from . import result_check, sweep_outputs
 from .clip_benchmark_ext import flags, naming
+from .sweep_control import (OUTPUTS_ENV, SweepInterrupted, SweepSummary, log_path,  # noqa: F401  (re-exported)
+                            run_sweep, subprocess_runner)
 
 BASELINE = "baseline"
+DRIVERS = ("clip_benchmark", "pruning-bench")
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class SweepPoint:
     strategy: str
     params: tuple[tuple[str, Any], ...] = ()
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    seed: int | None = None  # training / evaluation seed (`--seed`), None: the driver's default
 
     @property
     def is_baseline(self) -> bool:
@@ -44,7 +54,12 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        return " ".join([self.strategy] + [f"{k}={literal(v)}" for k, v in self.params])
+        words = [self.strategy] + [f"{k}={literal(v)}" for k, v in self.params]
+        return " ".join(words + ([f"--seed {self.seed}"] if self.seed is not None else []))
+
+    @property
+    def log_name(self) -> str:
+        return self.slug + (f"_seed{self.seed}" if self.seed is not None else "")
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -89,15 +104,45 @@ def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
     return strategy, axes
 
 
-def expand_grid(text: str) -> list[SweepPoint]:
-    """Every point of one grid, in order (last key varies fastest), each validated by its strategy."""
+def parse_seeds(text: str | None, flag: str) -> list[int] | None:
+    """`"0,1,2"` -> [0, 1, 2]; each in [0, 2**63 - 1], none twice."""
+    if text is None:
+        return None
+    seeds = []
+    for word in split_top_level(text):
+        try:
+            seed = int(word)
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: {word!r} is not an integer") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"{flag}: seed {seed} is out of range [0, {MAX_SEED}]")
+        if seed in seeds:
+            raise ValueError(f"{flag}: seed {seed} is given twice")
+        seeds.append(seed)
+    return seeds
+
+
+def expand_grid(text: str, strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
+    """Every point of one grid, in order (last key varies fastest), each validated by its strategy.
+
+    `strategy_seeds` becomes a `seed` axis of a strategy that takes a seed; others ignore it."""
     from .api import make_strategy
+    from .registry import get_strategy
 
     strategy, axes = parse_grid(text)
     if strategy == BASELINE:
         if axes:
             raise ValueError("the baseline takes no parameters")
         return [SweepPoint(BASELINE)]
+    if strategy_seeds is not None:
+        try:
+            takes_seed = "seed" in get_strategy(strategy).defaults
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"--grid {text!r}: {exc}") from None
+        if takes_seed and "seed" in axes:
+            raise ValueError(f"--grid {text!r} sets seed itself; leave it out or drop --strategy_seeds")
+        if takes_seed:
+            axes["seed"] = list(strategy_seeds)
     points = []
     for values in itertools.product(*axes.values()):
         params = dict(zip(axes, values))
@@ -109,15 +154,28 @@ def expand_grid(text: str) -> list[SweepPoint]:
     return points
 
 
-def expand_grids(grids: Iterable[str], *, baseline: bool = True) -> list[SweepPoint]:
-    """All points of all grids, baseline first, duplicates (same strategy and parameters) once."""
+def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int] | None = None,
+                 strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
+    """All points of all grids, baseline first, duplicates (same strategy and parameters) once;
+    with `seeds`, every point once per training seed (seed-major, so each seed's baseline comes first)."""
+    grids = list(grids)
+    if strategy_seeds is not None:
+        from .registry import get_strategy
+
+        names = [parse_grid(g)[0] for g in grids]
+        if not any(n != BASELINE and "seed" in get_strategy(n).defaults for n in names):
+            raise ValueError(f"--strategy_seeds: none of the swept strategies ({', '.join(names) or 'none'}) takes a "
+                             "seed parameter")
     points = [SweepPoint(BASELINE)] if baseline else []
     for grid in grids:
-        points += expand_grid(grid)
+        points += expand_grid(grid, strategy_seeds)
     unique: dict[tuple, SweepPoint] = {}
     for point in points:
         unique.setdefault((point.strategy, point.slug), point)
-    return list(unique.values())
+    points = list(unique.values())
+    if seeds is None:
+        return points
+    return [SweepPoint(p.strategy, p.params, p.resolved, seed) for seed in seeds for p in points]
 
 
 # ---------------------------------------------------------------- command lines
@@ -144,15 +202,15 @@ def point_arguments(point: SweepPoint) -> list[str]:
 
 def command(point: SweepPoint, eval_args: list[str], *, executable: str = "clip_benchmark",
             skip_existing: bool = True) -> list[str]:
-    """`clip_benchmark eval EVAL_ARGS <pruning flags> [--skip_existing]` for one point."""
+    """`EXECUTABLE eval EVAL_ARGS <pruning flags> [--skip_existing]` for one point (EVAL_ARGS already seeded)."""
     extra = ["--skip_existing"] if skip_existing and "--skip_existing" not in eval_args else []
-    return [executable, "eval", *eval_args, *point_arguments(point), *extra]
+    return [*shlex.split(executable), "eval", *eval_args, *point_arguments(point), *extra]
 
 
-def local_executable() -> str:
-    """The `clip_benchmark` script next to this interpreter (the one with the pruning hook), else PATH's."""
-    beside = Path(sys.executable).parent / "clip_benchmark"
-    return str(beside) if beside.exists() else (shutil.which("clip_benchmark") or "clip_benchmark")
+def local_executable(driver: str = sweep_outputs.CLIP_BENCHMARK) -> str:
+    """The driver's script next to this interpreter (clip_benchmark: the one with the pruning hook), else PATH's."""
+    beside = Path(sys.executable).parent / driver
+    return str(beside) if beside.exists() else (shutil.which(driver) or driver)
 
 
 # ---------------------------------------------------------------- result files
@@ -161,163 +219,99 @@ def local_executable() -> str:
 SWEPT_FLAGS = ("--enable_pruning", "--prune_strategy", "--prune_param", *(f"--{name}" for name in flags.SHORTCUTS))
 
 
-def check_eval_args(eval_args: list[str]) -> None:
-    """The sweep sets the pruning flags itself; the same flag among EVAL_ARGS would clash."""
-    given = sorted({a.split("=", 1)[0] for a in eval_args if a.split("=", 1)[0] in SWEPT_FLAGS})
+def check_eval_args(eval_args: list[str], *, seeds: bool = False) -> None:
+    """The sweep sets the pruning flags (and, with --seeds, --seed) itself; the same flag among EVAL_ARGS would clash."""
+    swept = SWEPT_FLAGS + (("--seed",) if seeds else ())
+    given = sorted({a.split("=", 1)[0] for a in eval_args if a.split("=", 1)[0] in swept})
+    if "--seed" in given:
+        raise ValueError("--seed in the evaluation arguments: the sweep sets it for every point (give --seeds)")
     if given:
-        raise ValueError(f"{', '.join(given)} in the clip_benchmark arguments: the sweep sets the pruning flags "
+        raise ValueError(f"{', '.join(given)} in the evaluation arguments: the sweep sets the pruning flags "
                          "of every point itself (put strategies and values in --grid)")
     if eval_args and eval_args[0] == "eval":
-        raise ValueError("give the clip_benchmark arguments without the leading 'eval'")
+        raise ValueError("give the evaluation arguments without the leading 'eval'")
 
 
-def parse_eval_args(eval_args: list[str]) -> argparse.Namespace:
-    """clip_benchmark's own parse of `eval EVAL_ARGS` (its defaults and errors, plus the pruning flags)."""
-    from clip_benchmark import cli
-
-    saved = sys.argv
-    sys.argv = ["clip_benchmark", "eval", *eval_args]
-    try:
-        _, args = cli.get_parser_args()
-    finally:
-        sys.argv = saved
-    return args
+def parse_eval_args(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK) -> argparse.Namespace:
+    return sweep_outputs.parse_eval_args(eval_args, driver)
 
 
-def _runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
-    """(model, pretrained, dataset, language) for every evaluation one command performs, as clip_benchmark loops."""
-    from clip_benchmark.datasets.builder import dataset_collection, get_dataset_collection_from_file
-    from clip_benchmark.model_collection import get_model_collection_from_file, model_collection
-
-    models: list[tuple[str, str]] = []
-    for name in _as_list(args.pretrained_model):
-        if os.path.isfile(name):
-            models += get_model_collection_from_file(name)
-        else:
-            models += model_collection[name] if name in model_collection else [tuple(name.split(","))]
-    if not models:
-        models = list(itertools.product(_as_list(args.model), _as_list(args.pretrained)))
-    datasets: list[str] = []
-    for name in _as_list(args.dataset):
-        if os.path.isfile(name):
-            datasets += get_dataset_collection_from_file(name)
-        else:
-            datasets += dataset_collection.get(name, [name])
-    return [(m, p, d, lang) for (m, p), d, lang in itertools.product(models, datasets, _as_list(args.language))]
-
-
-def _as_list(value) -> list:
-    if not value:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def expected_outputs(point: SweepPoint, args: argparse.Namespace) -> list[Path]:
-    """The result files `command(point, ...)` writes, named exactly as the pruning integration names them."""
-    from .clip_benchmark_ext.integration import resolved_task
-    from .evaluate.results import output_path
-
-    config = flags.PruningConfig(enabled=not point.is_baseline, strategy=None if point.is_baseline else point.strategy,
-                                 resolved=point.resolved)
-    paths = []
-    for model, pretrained, dataset, language in _runs(args):
-        one = argparse.Namespace(**{**vars(args), "model": model, "pretrained": pretrained, "dataset": dataset,
-                                    "language": language})
-        paths.append(Path(output_path(args.output, config=config, model=model, pretrained=pretrained,
-                                      dataset=dataset, task=resolved_task(one), language=language)))
-    return paths
+def expected_outputs(point: SweepPoint, args: argparse.Namespace, driver: str = sweep_outputs.CLIP_BENCHMARK) -> list[Path]:
+    """The result files `command(point, ...)` writes, named exactly as the driver names them."""
+    return sweep_outputs.expected_outputs(None if point.is_baseline else point.strategy, point.resolved, args, driver)
 
 
 def is_finished(path: Path) -> bool:
-    """A result file clip_benchmark completed (a run killed while writing leaves no valid JSON)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "metrics" in data
+    """A complete result file (a run killed while writing, or a foreign file, is not one)."""
+    return result_check.is_complete(path)
 
 
-@dataclass
+@dataclass(eq=False)
 class PlannedRun:
     point: SweepPoint
     command: list[str]
     outputs: list[Path]
 
+    def problems(self) -> dict[Path, str]:
+        """Each result file that is not complete yet, with what is wrong with it."""
+        found = {p: result_check.file_problem(p, pruned=not self.point.is_baseline) for p in self.outputs}
+        return {p: why for p, why in found.items() if why is not None}
+
     @property
     def finished(self) -> bool:
-        return bool(self.outputs) and all(is_finished(p) for p in self.outputs)
+        return bool(self.outputs) and not self.problems()
 
     @property
     def shell(self) -> str:
         return shlex.join(self.command)
+
+    @property
+    def lock_path(self) -> Path:
+        first = self.outputs[0] if self.outputs else Path(self.point.log_name)
+        return first.with_name(first.name + ".lock")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, OUTPUTS_ENV: os.pathsep.join(map(str, self.outputs))}
 
     def make_output_dirs(self) -> None:
         """clip_benchmark opens its output file without creating the folder."""
         for path in self.outputs:
             path.parent.mkdir(parents=True, exist_ok=True)
 
+    def set_aside_incomplete(self) -> list[str]:
+        """Move result files that exist but are incomplete to `NAME.incomplete` (kept for inspection, never
+        read as done, and out of the way of `--skip_existing`); one message per file."""
+        messages = []
+        for path, why in self.problems().items():
+            if path.exists():
+                os.replace(path, path.with_name(path.name + ".incomplete"))
+                messages.append(f"{path} {why}: moved to {path.name}.incomplete, re-running {self.point.label}")
+        return messages
+
 
 def plan(points: list[SweepPoint], eval_args: list[str], *, executable: str = "clip_benchmark",
-         skip_existing: bool = True) -> list[PlannedRun]:
-    check_eval_args(eval_args)
-    args = parse_eval_args(eval_args)
-    return [PlannedRun(p, command(p, eval_args, executable=executable, skip_existing=skip_existing),
-                       expected_outputs(p, args)) for p in points]
+         skip_existing: bool = True, driver: str | None = None) -> list[PlannedRun]:
+    driver = driver or sweep_outputs.driver_of(executable)
+    seeded = any(p.seed is not None for p in points)
+    check_eval_args(eval_args, seeds=seeded)
+    runs, parsed = [], {}
+    for p in points:
+        if p.seed not in parsed:
+            args_for_seed = sweep_outputs.seeded_eval_args(eval_args, p.seed, driver)
+            parsed[p.seed] = (args_for_seed, parse_eval_args(args_for_seed, driver))
+        args_for_seed, args = parsed[p.seed]
+        runs.append(PlannedRun(p, command(p, args_for_seed, executable=executable, skip_existing=skip_existing),
+                               expected_outputs(p, args, driver)))
+    names = [path for r in runs for path in r.outputs]
+    clashes = sorted({str(x) for x in names if names.count(x) > 1})
+    if clashes:
+        raise ValueError(f"several points would write {clashes[0]}: put the settings that differ in --output "
+                         "(e.g. {pruning}) or leave them to the sweep")
+    return runs
 
 
 # ---------------------------------------------------------------- running and emitting
-
-
-def subprocess_runner(run: PlannedRun, log: Path) -> int:
-    """Run one command with its output in `log`; returns its exit status."""
-    with open(log, "w") as out:
-        return subprocess.run(run.command, stdout=out, stderr=subprocess.STDOUT).returncode
-
-
-def log_path(log_dir: Path, run: PlannedRun) -> Path:
-    return Path(log_dir) / f"{run.point.slug}.log"
-
-
-@dataclass
-class SweepSummary:
-    ran: list[PlannedRun] = field(default_factory=list)
-    skipped: list[PlannedRun] = field(default_factory=list)
-    failed: list[PlannedRun] = field(default_factory=list)
-
-    @property
-    def outputs(self) -> list[Path]:
-        """Every result file the sweep has now (finished points, skipped or just run)."""
-        return [p for r in self.skipped + self.ran if r not in self.failed for p in r.outputs if is_finished(p)]
-
-
-def run_sweep(runs: list[PlannedRun], *, log_dir: str | os.PathLike, runner: Callable[[PlannedRun, Path], int] = subprocess_runner,
-              force: bool = False, progress: bool = True) -> SweepSummary:
-    """Run every point not finished yet (all with `force`), one after another, with a progress bar.
-
-    A failing point does not stop the sweep; it is listed in the summary with its log file.
-    """
-    from tqdm.auto import tqdm
-
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    summary = SweepSummary()
-    pending = []
-    for run in runs:
-        (pending if force or not run.finished else summary.skipped).append(run)
-    bar = tqdm(total=len(runs), initial=len(summary.skipped), disable=not progress, unit="point", desc="sweep")
-    try:
-        for run in pending:
-            bar.set_postfix_str(run.point.label, refresh=True)
-            run.make_output_dirs()
-            status = runner(run, log_path(log_dir, run))
-            summary.ran.append(run)
-            if status != 0 or not run.finished:
-                summary.failed.append(run)
-                bar.write(f"failed ({status}): {run.point.label}; log: {log_path(log_dir, run)}")
-            bar.update(1)
-    finally:
-        bar.close()
-    return summary
 
 
 def command_list(runs: list[PlannedRun]) -> str:

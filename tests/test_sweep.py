@@ -89,6 +89,13 @@ def test_pruning_flags_in_eval_args_are_refused(tmp_path):
 # ---------------------------------------------------------------- resume, with a runner that only writes files
 
 
+def complete_result(run):
+    """What a complete run writes (the keys a resumed sweep checks)."""
+    pruning = None if run.point.is_baseline else {"strategy": run.point.strategy}
+    return {"dataset": "tiny", "model": "m", "task": "zeroshot_classification", "metrics": {"acc1": 0.5},
+            "pruning": pruning}
+
+
 class FakeRunner:
     """Writes each point's result files (or a truncated one, or fails), recording what it was asked to run."""
 
@@ -105,7 +112,7 @@ class FakeRunner:
         if run.point.label in self.fail:
             return 1
         for path in run.outputs:
-            path.write_text(json.dumps({"metrics": {"acc1": 0.5}}))
+            path.write_text(json.dumps(complete_result(run)))
         return 0
 
 
@@ -148,7 +155,8 @@ def test_command_list_has_one_pending_command_per_line(tmp_path, capsys):
     args = eval_args(tmp_path)
     done = sweep.plan(sweep.expand_grid("tome r=4"), args)[0].outputs[0]
     done.parent.mkdir(parents=True)
-    done.write_text(json.dumps({"metrics": {}}))
+    done.write_text(json.dumps({"dataset": "tiny", "model": "m", "task": "zeroshot_classification",
+                                "metrics": {"acc1": 0.1}, "pruning": {"strategy": "tome"}}))
     assert main(["sweep", "--grid", "tome r=4,8", "--emit", "commands", "--", *args]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2  # baseline and r=8; r=4 is finished

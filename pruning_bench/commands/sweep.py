@@ -1,4 +1,5 @@
-"""`pruning-bench sweep --grid "tome r=4,8" ... -- CLIP_BENCHMARK_EVAL_ARGS`: run, resume or schedule a grid."""
+"""`pruning-bench sweep --grid "tome r=4,8" ... -- EVAL_ARGS`: run, resume or schedule a grid, over seeds,
+through `clip_benchmark eval` or `pruning-bench eval`."""
 from __future__ import annotations
 
 import sys
@@ -10,10 +11,18 @@ EXAMPLES = """examples:
       --task zeroshot_classification --output "results/{dataset}_{model}_{pretrained}_{pruning}.json"
   pruning-bench sweep --grid "tome r=4,8" --emit commands -- ... > runs.txt     # one command per line
   pruning-bench sweep --grid "tome r=4,8" --emit slurm --emit_to sweep.sbatch --sbatch "--gres=gpu:1" -- ...
+  pruning-bench sweep --executable pruning-bench --grid "tome r=8" --grid "random_drop keep=98" \
+      --seeds 0,1,2 --strategy_seeds 0,1 -- --model vit_tiny_patch16_224 --dataset wds/cifar10 \
+      --dataset_root ../shared/data/wds_cifar10 --task finetune --train_samples 512 --test_samples 256
 
 Each point is `clip_benchmark eval EVAL_ARGS --enable_pruning --prune_strategy NAME --prune_param K=V ...
 --skip_existing` (the baseline: `--measure_efficiency`). Re-running the same sweep skips points whose result
-files are complete, so an interrupted sweep resumes where it stopped; emitted commands carry --skip_existing too.
+files are complete (a result file that does not parse or lacks keys is moved aside to NAME.incomplete and
+re-run), so an interrupted sweep resumes where it stopped; emitted commands carry --skip_existing too.
+SIGINT, SIGTERM and SIGHUP stop the running point too; a point another sweep is running (its
+RESULT.lock names a live process) is left to it. With --seeds, each point runs once per seed (`--seed S`,
+`_seedS` or `{seed}` in the result name); --strategy_seeds sweeps the `seed` parameter of strategies
+that take one.
 """
 
 
@@ -29,6 +38,10 @@ def add_parser(subparsers):
     )
     parser.add_argument("--grid", action="append", default=[], metavar='"STRATEGY KEY=V1,V2 ..."',
                         help="a strategy and value lists; the Cartesian product of the lists is swept (repeatable)")
+    parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                        help="training / evaluation seeds: every point runs once per seed with --seed S")
+    parser.add_argument("--strategy_seeds", default=None, metavar="S1,S2,...",
+                        help="values of the `seed` parameter of every swept strategy that takes one (tome, random_drop)")
     parser.add_argument("--no_baseline", dest="baseline", action="store_false",
                         help="do not add the unpruned baseline point (run with --measure_efficiency)")
     parser.add_argument("--force", action="store_true", help="run (or emit) every point, finished or not")
@@ -38,8 +51,10 @@ def add_parser(subparsers):
                              "SLURM array script")
     parser.add_argument("--emit_to", default=None, metavar="FILE", help="write the emitted text to FILE instead of stdout")
     parser.add_argument("--executable", default=None, metavar="CMD",
-                        help="clip_benchmark command (default: the one beside this Python when running, "
-                             "`clip_benchmark` when emitting)")
+                        help="evaluation command: clip_benchmark (default: the one beside this Python when running, "
+                             "`clip_benchmark` when emitting) or pruning-bench")
+    parser.add_argument("--driver", choices=("clip_benchmark", "pruning-bench"), default=None,
+                        help="whose `eval` arguments follow `--` (default: read from --executable's name)")
     parser.add_argument("--log_dir", default="sweep_logs", help="one log file per point (default: sweep_logs)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra #SBATCH line for --emit slurm, e.g. --sbatch=--gres=gpu:1 (repeatable)")
@@ -48,8 +63,8 @@ def add_parser(subparsers):
     parser.add_argument("--report", default=None, metavar="NAME",
                         help="after running, write `pruning-bench report` for every result of the sweep to NAME")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="-- CLIP_BENCHMARK_EVAL_ARGS",
-                        help="arguments for `clip_benchmark eval` (dataset, model, output template, ...)")
+    parser.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="-- EVAL_ARGS",
+                        help="arguments for `clip_benchmark eval` / `pruning-bench eval` (dataset, model, output template, ...)")
     return parser
 
 
@@ -59,14 +74,31 @@ def _error(message: str) -> int:
 
 
 def _emit(text: str, target: str | None) -> None:
+    from ..record import atomic
+
     if target is None:
         sys.stdout.write(text)
     else:
-        Path(target).write_text(text)
+        atomic.write_text(target, text)
         print(target)
 
 
 def run(args) -> int:
+    """SIGINT, SIGTERM, SIGHUP: the running point is stopped with the sweep, which ends with one line."""
+    from ..sweep_control import SweepInterrupted, interruptible
+
+    planned: list = []
+    try:
+        with interruptible():
+            return _run(args, planned)
+    except SweepInterrupted as stop:
+        done = sum(r.finished for r in planned)
+        print(f"pruning-bench sweep: stopped by {stop} (the running point too); {done} of {len(planned)} point(s) "
+              "finished; run the same command again to resume", file=sys.stderr)
+        return stop.exit_status
+
+
+def _run(args, planned: list) -> int:
     from .. import sweep
 
     eval_args = list(args.eval_args)
@@ -75,9 +107,12 @@ def run(args) -> int:
     if not args.grid and not args.baseline:
         return _error("nothing to sweep: give at least one --grid")
     try:
-        points = sweep.expand_grids(args.grid, baseline=args.baseline)
-        executable = args.executable or ("clip_benchmark" if args.emit else sweep.local_executable())
-        runs = sweep.plan(points, eval_args, executable=executable, skip_existing=not args.force)
+        seeds = sweep.parse_seeds(args.seeds, "--seeds")
+        strategy_seeds = sweep.parse_seeds(args.strategy_seeds, "--strategy_seeds")
+        points = sweep.expand_grids(args.grid, baseline=args.baseline, seeds=seeds, strategy_seeds=strategy_seeds)
+        driver = args.driver or sweep.sweep_outputs.driver_of(args.executable or "clip_benchmark")
+        executable = args.executable or (driver if args.emit else sweep.local_executable(driver))
+        runs = sweep.plan(points, eval_args, executable=executable, skip_existing=not args.force, driver=driver)
     except ValueError as exc:
         return _error(str(exc))
     except SystemExit as exc:  # clip_benchmark's parser rejected EVAL_ARGS (it printed why)
@@ -106,6 +141,7 @@ def run(args) -> int:
         _emit(text, args.emit_to)
         return 0
 
+    planned.extend(runs)
     summary = sweep.run_sweep(runs, log_dir=args.log_dir, force=args.force, progress=not args.quiet)
     print(f"{len(runs)} point(s): {len(summary.skipped)} already finished, {len(summary.ran)} run, "
           f"{len(summary.failed)} failed", file=sys.stderr)
