@@ -72,6 +72,7 @@ def choose(scores: list[torch.Tensor], ratio: float, scope: str) -> tuple[list[t
 
 @register_strategy("head_prune")
 class HeadPrune(Strategy):
+    compute_knob = "head_ratio"
     kind = "structured"
     defaults = {"head_ratio": 0.3, "mlp_ratio": 0.0, "importance": "magnitude", "scope": "layerwise", "calibration": None}
 

@@ -48,6 +48,7 @@ def select_distributed(scores: torch.Tensor, keep: int, pinned: list[int]) -> li
 
 @register_strategy("layer_drop")
 class LayerDrop(Strategy):
+    compute_knob = "keep_layers"
     kind = "structured"
     defaults = {
         "keep_layers": None,

@@ -94,6 +94,7 @@ def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor
 
 @register_strategy("tome")
 class ToMe(TokenStrategy):
+    compute_knob = "r"
     defaults = {"r": 8, "prop_attn": True, "match_fraction": 1.0, "seed": 0}
 
     def _check(self):
