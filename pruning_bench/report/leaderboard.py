@@ -14,21 +14,17 @@ Budgets:
 """
 from __future__ import annotations
 
-import ast
-import csv
-import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
 from .compare import compare
-from .load import GROUP_KEYS, load_results, result_row
+from .build_csv import BUILD_KEYS, build_csv_records  # noqa: F401  (re-exported)
+from .load import GROUP_KEYS, load_results
 
-BUILD_KEYS = ("dataset", "model", "pretrained", "task", "language", "model_fullname")
 _NON_METRIC = set(BUILD_KEYS) | {"pruning", "efficiency", "classnames", "templates", "attention_output"}
 TASK_KEYS = ["dataset", "task", "language"]
 LEADERBOARD_COLUMNS = [
@@ -38,59 +34,12 @@ LEADERBOARD_COLUMNS = [
 ]
 
 
-class _CsvRecord:
-    """One row of a `clip_benchmark build` CSV, readable by the reporter's `result_row` like a result file."""
-
-    def __init__(self, record: dict, source: Path, line: int):
-        self.record, self.source, self.line = record, source, line
-
-    def read_text(self) -> str:
-        return json.dumps(self.record)
-
-    def stat(self):
-        return os.stat(self.source)
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}"
-
-
-def _literal(text: str):
-    """A dict cell of a build CSV (Python repr, as csv.DictWriter writes it), NaN included."""
-    if not text:
-        return None
-    try:
-        return ast.literal_eval(re.sub(r"\b(nan|inf)\b", "None", text))
-    except (ValueError, SyntaxError):
-        return None
-
-
-def build_csv_records(path: Path) -> list[_CsvRecord]:
-    """Rows of a build CSV as clip_benchmark result records (metrics = the non-empty metric columns)."""
-    records = []
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            record = {k: row.get(k, "") for k in BUILD_KEYS if k != "model_fullname"}
-            record["metrics"] = {k: v for k, v in row.items() if k not in _NON_METRIC and v not in ("", None)}
-            for block in ("pruning", "efficiency"):
-                record[block] = _literal(row.get(block, ""))
-            records.append(_CsvRecord(record, path, line))
-    return records
-
-
 def load_inputs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """The reporter's flat table for result JSONs, folders of them, and `clip_benchmark build` CSVs."""
-    paths = [Path(p) for p in paths]
-    csvs = [p for p in paths if p.suffix == ".csv" and p.is_file()]
-    others = [p for p in paths if p not in csvs]
-    frames = [load_results(others)] if others else []
-    rows = [result_row(record) for path in csvs for record in build_csv_records(path)]
-    if rows:
-        frames.append(pd.DataFrame(rows))
-    if not frames:
+    paths = list(paths)
+    if not paths:
         raise ValueError("no result JSON or build CSV given")
-    table = pd.concat(frames, ignore_index=True)
-    table["batch_size"] = table["batch_size"].astype("Int64")
-    return table
+    return load_results(paths)
 
 
 def leaderboard(results: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from .fields import run_fields
+
 BASELINE = "baseline"
 GROUP_KEYS = ["model", "pretrained", "dataset", "task", "language"]
 _PRIMARY = {"zeroshot_classification": "acc1", "linear_probe": "lp_acc1"}
@@ -85,12 +87,15 @@ def result_row(path: Path) -> dict[str, Any]:
         "tokens_per_layer": " ".join(map(str, tokens)),
         "file": str(path),
         "mtime": path.stat().st_mtime,
+        **run_fields(data),
     }
 
 
 def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per result file; a file that is not a clip_benchmark result raises ValueError."""
-    rows = [result_row(p) for p in result_files(paths)]
+    from .build_csv import rows_of  # a `clip_benchmark build` CSV gives one row per line
+
+    rows = [row for p in result_files(paths) for row in rows_of(p)]
     if not rows:
         raise ValueError("no result JSON files found")
     table = pd.DataFrame(rows)

@@ -1,0 +1,86 @@
+"""Read a `clip_benchmark build` CSV as result records, so `report` and `leaderboard` take it like JSONs.
+
+`clip_benchmark build` writes one row per result file: the metrics and every top-level key as
+columns, nested blocks (`pruning`, `efficiency`, `data`, `training`, ...) as Python reprs. A row is
+turned back into a record: cells holding a dict or list become top-level blocks, the known top-level
+scalars (and the flat keys such as `pruning_slug`, `strategy`, `gmacs`) stay top-level, and the
+other non-empty cells are the metrics.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+BUILD_KEYS = ("dataset", "model", "pretrained", "task", "language", "model_fullname")
+TOP_LEVEL = set(BUILD_KEYS) | {"seed", "split", "classnames", "templates", "attention_output", "command",
+                               "pruning_slug", "strategy", "gmacs", "gflops", "images_per_second"}
+
+
+class CsvRecord:
+    """One row of a build CSV, readable by the reporter's `result_row` like a result file."""
+
+    def __init__(self, record: dict, source: Path, line: int):
+        self.record, self.source, self.line = record, source, line
+
+    def read_text(self) -> str:
+        return json.dumps(self.record)
+
+    def stat(self):
+        return os.stat(self.source)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def literal(text: str):
+    """A nested cell of a build CSV (Python repr, as csv.DictWriter writes it), NaN included; else None."""
+    if not text or text[0] not in "{[(":
+        return None
+    try:
+        return ast.literal_eval(re.sub(r"\b(nan|inf)\b", "None", text))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def is_build_csv(path: Path) -> bool:
+    """By extension, or by content: a header line naming `dataset` and `model` rather than a JSON object."""
+    if path.suffix.lower() == ".csv":
+        return True
+    with open(path, errors="replace") as f:
+        head = f.readline()
+    return not head.lstrip().startswith(("{", "[")) and {"dataset", "model"} <= set(next(csv.reader([head]), []))
+
+
+def build_csv_records(path: Path) -> list[CsvRecord]:
+    """Rows of a build CSV as clip_benchmark result records."""
+    records = []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            record = {k: row.get(k, "") for k in BUILD_KEYS if k != "model_fullname"}
+            metrics = {}
+            for key, cell in row.items():
+                if key in record or key is None or cell in ("", None):
+                    continue
+                nested = literal(cell)
+                if isinstance(nested, (dict, list)):
+                    record[key] = nested
+                elif key in TOP_LEVEL:
+                    record[key] = cell
+                else:
+                    metrics[key] = cell
+            record["metrics"] = metrics
+            records.append(CsvRecord(record, path, line))
+    return records
+
+
+def rows_of(path: Path) -> list[dict]:
+    """The reporter's rows for one input file: one for a result JSON, one per line of a build CSV."""
+    from .load import result_row
+
+    if is_build_csv(Path(path)):
+        return [result_row(record) for record in build_csv_records(Path(path))]
+    return [result_row(path)]
