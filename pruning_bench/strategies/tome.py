@@ -7,7 +7,8 @@ size-weighted average. Prefix tokens are never merged. The block output lists th
 
 `match_fraction` < 1 lets only a seeded random share of the tokens take part in matching (the same
 share for every image, so a run is reproducible and batch-size invariant); r is then also capped by
-the participating A tokens.
+the participating A tokens; `on_short_match` (`cap` or `raise`, see `tome_cap.py`) says what happens
+when that share cannot supply r merges, and `h.stats()["merges_per_layer"]` holds the merges done.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import warnings
 import torch
 
 from ..registry import register_strategy
-from .base import Merge, TokenStrategy, check_bool, check_float, check_int
+from .base import Merge, TokenStrategy, check_bool, check_choice, check_float, check_int
+from .tome_cap import SHORT_MATCH, MergeCounting, short_match_note
 
 
 @functools.lru_cache(maxsize=256)
@@ -95,7 +97,7 @@ def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor
 @register_strategy("tome")
 class ToMe(TokenStrategy):
     compute_knob = "r"
-    defaults = {"r": 8, "prop_attn": True, "match_fraction": 1.0, "seed": 0}
+    defaults = {"r": 8, "prop_attn": True, "match_fraction": 1.0, "seed": 0, "on_short_match": "cap"}
 
     def _check(self):
         p = self.params
@@ -107,6 +109,7 @@ class ToMe(TokenStrategy):
         p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
         p["match_fraction"] = check_float("match_fraction", p["match_fraction"], 0.0, 1.0, low_open=True, owner=self.name)
         p["seed"] = check_int("seed", p["seed"], 0, None, self.name)
+        check_choice("on_short_match", p["on_short_match"], SHORT_MATCH, self.name)
 
     def check_model(self, n_layers, n_prefix):
         r = self.params["r"]
@@ -125,15 +128,15 @@ class ToMe(TokenStrategy):
         return _participants(n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
+        note = short_match_note(self, n_tokens, n_prefix, n_layers) if layer == 0 else None
         r = self.r_at(layer)
         if r == 0:
-            return n_tokens, None
+            return n_tokens, note
         limit = max_merges(n_tokens, n_prefix, self._participants(layer, n_tokens, n_prefix))
-        if r > limit:
-            return n_tokens - limit, (
-                f"r={r} at block {layer} exceeds the {limit} merges possible with {n_tokens} tokens; clamped to {limit}"
-            )
-        return n_tokens - r, None
+        return n_tokens - min(r, limit), note
+
+    def attach(self, model):
+        return MergeCounting(super().attach(model))
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
         N = int(x.shape[1])

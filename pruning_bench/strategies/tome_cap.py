@@ -1,0 +1,73 @@
+"""What ToMe does when the share of tokens in matching cannot supply r merges in a block.
+
+With `match_fraction` p < 1 only a seeded share of the tokens may match, so a block can merge at most
+as many tokens as there are participating A tokens (and as many as half the patch tokens in any case).
+The schedule of a whole forward follows from the tokens entering block 0, so it is worked out there,
+before anything is merged: `cap` merges what is possible and says per block what was done against what
+was asked, and how many more tokens then flow through the blocks (which is where MACs grow as p falls);
+`raise` refuses the run instead. Kept apart from `tome.py` so the algorithm there stays one screen.
+"""
+from __future__ import annotations
+
+SHORT_MATCH = ("cap", "raise")
+
+
+def merge_schedule(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> tuple[list[int], list[int]]:
+    """(merges asked, merges possible) per block when `n_tokens` enter block 0; cached per shape."""
+    from . import tome
+
+    cache = strategy.__dict__.setdefault("_merge_schedules", {})
+    key = (n_tokens, n_prefix, n_layers)
+    if key not in cache:
+        p = strategy.params
+        asked, done, n = [], [], n_tokens
+        for layer in range(n_layers):
+            r = strategy.r_at(layer)
+            participants = tome._participants(n, n_prefix, p["match_fraction"], p["seed"], layer) if r else None
+            merges = min(r, tome.max_merges(n, n_prefix, participants)) if r else 0
+            asked.append(r)
+            done.append(merges)
+            n -= merges
+        cache[key] = (asked, done)
+    return cache[key]
+
+
+def short_match_note(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> str | None:
+    """None when every asked merge is possible; else the cap warning, or a ValueError with `raise`."""
+    asked, done = merge_schedule(strategy, n_tokens, n_prefix, n_layers)
+    if asked == done:
+        return None
+    short = [i for i, (a, d) in enumerate(zip(asked, done)) if d < a]
+    p = strategy.params
+    why = f"r={p['r']} with match_fraction={p['match_fraction']} and {n_tokens} tokens entering block 0"
+    if p["on_short_match"] == "raise":
+        raise ValueError(f"{strategy.name}: on_short_match='raise': {why} cannot supply the merges asked in "
+                         f"block(s) {short}: possible {done} vs asked {asked} per block (use on_short_match='cap', "
+                         "a smaller r or a larger match_fraction)")
+    kept = wanted = 0
+    n = m = n_tokens
+    for a, d in zip(asked, done):
+        kept, wanted = kept + n, wanted + max(m, n_prefix + 1)
+        n, m = n - d, m - a
+    return (f"{why}: merges clamped in block(s) {short}: done {done} vs asked {asked} per block "
+            f"({sum(done)} of {sum(asked)}); tokens summed over the blocks {kept} instead of {wanted} "
+            f"({100 * (kept / wanted - 1):+.1f}%), so MACs rise above those of the schedule asked")
+
+
+class MergeCounting:
+    """A token attachment whose stats add `merges_per_layer` (tokens entering each block minus those
+    reaching its MLP): the merges really done, fewer than r where the match share capped them."""
+
+    def __init__(self, attachment):
+        self._attachment = attachment
+
+    def __getattr__(self, name):
+        return getattr(self._attachment, name)
+
+    def stats(self) -> dict:
+        stats = self._attachment.stats()
+        stats["merges_per_layer"] = [a - b for a, b in zip(stats["tokens_per_layer"], stats["mlp_tokens_per_layer"])]
+        return stats
+
+    def restore(self) -> None:
+        self._attachment.restore()
