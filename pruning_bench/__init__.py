@@ -21,6 +21,7 @@ _EXPORTS = {
     "ideal_speedup": "pruning_bench.measure.analytic",
     "reference_model": "pruning_bench.reference",
     "check_checkpoint": "pruning_bench.checkpoint",
+    "match_macs": "pruning_bench.match",
     "save_pruned": "pruning_bench.saved",
     "load_pruned": "pruning_bench.saved",
 }
