@@ -142,13 +142,28 @@ def _run(args, planned: list) -> int:
         return 0
 
     planned.extend(runs)
-    summary = sweep.run_sweep(runs, log_dir=args.log_dir, force=args.force, progress=not args.quiet)
+    return run_planned(runs, log_dir=args.log_dir, force=args.force, progress=not args.quiet, report=args.report)
+
+
+def run_planned(runs: list, *, log_dir, force: bool = False, progress: bool = True, report: str | None = None) -> int:
+    """Run planned points; a handled signal stops the running point too and ends with one line (128 + signal)."""
+    from .. import sweep
+    from ..sweep_control import SweepInterrupted, interruptible
+
+    try:
+        with interruptible():
+            summary = sweep.run_sweep(runs, log_dir=log_dir, force=force, progress=progress)
+    except SweepInterrupted as stop:
+        done = sum(r.finished for r in runs)
+        print(f"pruning-bench sweep: stopped by {stop} (the running point too); {done} of {len(runs)} point(s) "
+              "finished; run the same command again to resume", file=sys.stderr)
+        return stop.exit_status
     print(f"{len(runs)} point(s): {len(summary.skipped)} already finished, {len(summary.ran)} run, "
           f"{len(summary.failed)} failed", file=sys.stderr)
     for r in summary.failed:
-        print(f"  failed: {r.point.label} (log: {sweep.log_path(args.log_dir, r)})", file=sys.stderr)
-    if args.report and summary.outputs:
+        print(f"  failed: {r.point.label} (log: {sweep.log_path(log_dir, r)})", file=sys.stderr)
+    if report and summary.outputs:
         from ..cli import main
 
-        main(["report", *map(str, summary.outputs), "-o", args.report])
+        main(["report", *map(str, summary.outputs), "-o", report])
     return 1 if summary.failed else 0
