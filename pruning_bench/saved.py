@@ -100,7 +100,7 @@ def describe(model: nn.Module, model_args: dict | None = None) -> dict[str, Any]
         "base": "reference" if source else (architecture if architecture and timm.is_model(architecture) else None),
         "builder": "timm.create_model" if architecture and timm.is_model(architecture) else "VisionTransformer",
         "architecture": architecture if architecture and timm.is_model(architecture) else None,
-        "constructor_args": {**constructor_args(vit), **(model_args or {})},
+        "constructor_args": {**(model_args or {}), **constructor_args(vit)},
         "heads_per_block": heads, "mlp_hidden_per_block": hidden,
         "blocks_kept": list(kept) if kept is not None else list(range(len(heads))),
         "dtype": str(first_float.dtype).removeprefix("torch.") if first_float is not None else "float32",
@@ -179,7 +179,8 @@ def _probe_images(architecture: dict, dtype: torch.dtype) -> torch.Tensor:
 def save_pruned(model: nn.Module, path, *, model_args: dict | None = None, verify: bool = True) -> dict[str, Any]:
     """Write `model` (a timm ViT, pruned or not) to `path` as safetensors plus its architecture.
 
-    `model_args` adds constructor arguments the model does not reveal (e.g. `act_layer`). With `verify`,
+    `model_args` adds constructor arguments the model does not reveal (e.g. `act_layer`); what the model
+    shows (widths, depth kept, image size...) wins over them. With `verify`,
     the rebuilt model must give bit-identical outputs on two random images, else nothing is written.
     Returns the architecture record."""
     from safetensors.torch import save_file

@@ -61,7 +61,16 @@ def add_parser(subparsers):
     task.add_argument("--epochs", type=int, default=1, help="finetune: epochs")
     task.add_argument("--lr", type=float, default=5e-4, help="finetune: peak learning rate (AdamW, one-cycle)")
     task.add_argument("--weight_decay", type=float, default=0.05, help="finetune: AdamW weight decay")
-    task.add_argument("--seed", type=int, default=0)
+    task.add_argument("--seed", type=int, default=0,
+                      help="seeds the head, shuffling and a strategy's own draws (unless given with --prune_param seed=)")
+    task.add_argument("--rounds", type=int, default=1,
+                      help="finetune: prune + fine-tune N times, each round from the last one's weights (head_prune "
+                           "or layer_drop; ratios compound on what is left); a per-round table goes in the result")
+    task.add_argument("--warmup_steps", type=int, default=2,
+                      help="finetune: first training steps left out of the per-step timing summary (kept in the file)")
+    task.add_argument("--save_model", default=None, metavar="PATH",
+                      help="write the model as evaluated (sliced, fine-tuned) to PATH (safetensors + architecture); "
+                           "load it again with --pretrained PATH")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output", default=DEFAULT_OUTPUT,
@@ -80,8 +89,11 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..evaluate.runner import run as run_eval
 
-    for name in ("train_samples", "test_samples", "batch_size", "epochs", "efficiency_batch_size"):
+    for name in ("train_samples", "test_samples", "batch_size", "epochs", "efficiency_batch_size", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"pruning-bench eval: error: --{name}={getattr(args, name)} must be at least 1", file=sys.stderr)
             return 2
+    if args.warmup_steps < 0:
+        print(f"pruning-bench eval: error: --warmup_steps={args.warmup_steps} must be at least 0", file=sys.stderr)
+        return 2
     return run_eval(args)

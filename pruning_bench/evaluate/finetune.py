@@ -3,12 +3,20 @@
 The strategy is patched in before the optimiser is built (structured pruning slices weights, so the
 optimiser must see the sliced parameters) and stays in for training and testing. A fresh linear head
 for the data set's classes replaces the model's own. Everything random (head init, shuffling, a
-strategy's own draws) follows `seed`, the data is read in one process (no loader workers), so two
-runs with the same arguments on the same machine give the same numbers.
+strategy's own draws: the runner passes `--seed` to a strategy with a `seed` parameter unless one is
+given) follows `seed`, the data is read in one process (no loader workers), and torch's deterministic
+algorithms are on while training (warn-only where an op has none), so two runs with the same arguments
+on the same machine give the same numbers.
+
+Timing: each step is timed from the batch in hand to the optimiser step done; reading and decoding the
+batch is timed apart. The first `warmup_steps` steps are left out of the summary (named in the result)
+but every step is kept. Peak training memory (weights, gradients, optimiser state, activations) is
+counted with torch's tensor tracker on the first step, which is a warm-up step anyway.
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +35,8 @@ class FinetuneConfig:
     batch_size: int = 64
     seed: int = 0
     progress: bool = True
+    warmup_steps: int = 2
+    measure_memory: bool = True
 
 
 @dataclass
@@ -36,6 +46,28 @@ class FinetuneResult:
     train_acc1: list[float] = field(default_factory=list)
     test_acc1: list[float] = field(default_factory=list)
     seconds_per_epoch: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    data_seconds: list[float] = field(default_factory=list)
+    step_images: list[int] = field(default_factory=list)
+    warmup_steps: int = 2
+    peak_memory: dict | None = None
+
+    def timing(self) -> dict:
+        """Per-step compute time after warm-up (min / median / max), data loading apart, images/s."""
+        n = len(self.step_seconds)
+        skip = self.warmup_steps if n > self.warmup_steps else 0
+        steps, images = self.step_seconds[skip:], self.step_images[skip:]
+        data = self.data_seconds[skip:]
+        summary = lambda v: {"min": float(np.min(v)), "median": float(np.median(v)), "max": float(np.max(v))} if v else None
+        return {
+            "steps": n, "warmup_steps_excluded": list(range(skip)),
+            "note": None if skip or not n else f"only {n} steps: none excluded as warm-up",
+            "step_seconds": summary(steps), "data_seconds": summary(data),
+            "train_images_per_second": float(sum(images) / sum(steps)) if steps and sum(steps) > 0 else None,
+            "train_images_per_second_with_data": float(sum(images) / (sum(steps) + sum(data))) if steps else None,
+            "step_seconds_all": list(self.step_seconds), "data_seconds_all": list(self.data_seconds),
+            "peak_memory": self.peak_memory,
+        }
 
     def metrics(self) -> dict:
         return {"acc1": self.acc1, "train_loss": self.train_loss, "train_acc1": self.train_acc1,
@@ -65,9 +97,41 @@ def test_accuracy(model, images: ImageSet, transform, batch_size: int, progress:
     return float((out.logits.argmax(1) == out.labels).double().mean())
 
 
+@contextmanager
+def deterministic():
+    """torch's deterministic algorithms (warn-only) for the duration; the previous setting comes back."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+def _memory_tracker(model, optimiser):
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, optimiser)
+    return tracker
+
+
+def _peak(tracker, batch_size: int) -> dict:
+    peak = tracker.get_tracker_snapshot("peak")
+    (device, kinds), = peak.items()
+    counts = {getattr(k, "name", str(k)).lower(): int(v) for k, v in kinds.items()}
+    return {"bytes_" + k: v for k, v in counts.items()} | {"batch_size": batch_size, "device": str(device),
+                                                          "step": 0, "counter": "torch MemTracker (live tensors)"}
+
+
 def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, transform, config: FinetuneConfig,
           ) -> FinetuneResult:
     """Train `model` (already pruned, with a fresh head) for `config.epochs`; test after each epoch."""
+    with deterministic():
+        return _train(model, train_set, test_set, transform, config)
+
+
+def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
     seed_everything(config.seed)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -75,7 +139,7 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, trans
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=max(steps, 1),
                                                    pct_start=0.1, anneal_strategy="cos")
     loss_fn = torch.nn.CrossEntropyLoss()
-    result = FinetuneResult(acc1=float("nan"))
+    result = FinetuneResult(acc1=float("nan"), warmup_steps=config.warmup_steps)
     for epoch in range(config.epochs):
         model.train()
         batches = loader(train_set, transform, config.batch_size, shuffle=True, seed=config.seed + epoch)
@@ -83,13 +147,33 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, trans
         start = time.perf_counter()
         with tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{config.epochs}", unit="img",
                   disable=not config.progress, dynamic_ncols=True) as bar:
-            for images, labels in batches:
-                logits = model(images)
-                loss = loss_fn(logits, labels)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+            iterator = iter(batches)
+            while True:
+                fetched = time.perf_counter()
+                try:
+                    images, labels = next(iterator)
+                except StopIteration:
+                    break
+                began = time.perf_counter()
+                tracker = None
+                if config.measure_memory and not result.step_seconds:
+                    try:
+                        tracker = _memory_tracker(model, optimiser)
+                    except Exception as exc:  # no tracker in this torch build: say so, never fail the run
+                        result.peak_memory = {"error": f"{type(exc).__name__}: {exc}"}
+                with tracker if tracker is not None else nullcontext():
+                    logits = model(images)
+                    loss = loss_fn(logits, labels)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
                 schedule.step()
+                ended = time.perf_counter()
+                if tracker is not None:
+                    result.peak_memory = _peak(tracker, len(labels))
+                result.data_seconds.append(began - fetched)
+                result.step_seconds.append(ended - began)
+                result.step_images.append(len(labels))
                 losses.append(loss.item() * len(labels))
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)

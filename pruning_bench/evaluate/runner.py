@@ -6,7 +6,10 @@ Tasks:
   agreement, raw and centred feature cosine;
 - `fidelity`: the label-free part of that on any image set (agreement by the model's own head when it
   has one, else by nearest neighbours);
-- `finetune`: train with the strategy active, report test accuracy, GMACs and seconds per epoch.
+- `finetune`: train with the strategy active, report test accuracy, GMACs and the training timing;
+  with `--rounds N` (a structured strategy) prune and fine-tune N times, each round from the last
+  one's weights (`rounds.py`).
+`--save_model PATH` writes the model as evaluated (sliced, fine-tuned) with `pb.save_pruned`.
 `auto` picks `probe` when the data set has labelled train and test splits, else `fidelity`.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..clip_benchmark_ext import flags
-from . import data, fidelity, finetune, results
+from . import data, fidelity, finetune, results, rounds
 from .features import FeatureCache, Features, extract
 from .models import load_model
 from .probe import fit_probe
@@ -72,13 +75,17 @@ def noting_warnings(notes: list[str]):
                     print(f"pruning-bench eval: {message}", file=sys.stderr)
 
 
-def attach(model, config: flags.PruningConfig, calibration) -> Pruned:
-    """Patch the strategy in (with calibration batches when it needs them); its warnings become notes."""
+def attach(model, config: flags.PruningConfig, calibration, seed: int | None = None) -> Pruned:
+    """Patch the strategy in (with calibration batches when it needs them); its warnings become notes.
+
+    A strategy with its own `seed` parameter takes `seed` (the run's `--seed`) unless one was given."""
     if not config.enabled:
         return Pruned(None, [])
     import pruning_bench as pb
 
     params = dict(config.params)
+    if seed is not None and "seed" not in params and "seed" in pb.get_strategy(config.strategy).defaults:
+        params["seed"] = seed
     if calibration is not None:
         params["calibration"] = calibration
     notes: list[str] = []
@@ -223,11 +230,12 @@ def _compare(args, config, loaded, test, train, calibration):
     if train is not None:
         reference_train = cached(train)
         probe = fit_probe(reference_train.features, reference_train.labels, C=args.C, seed=args.seed)
-    pruned = attach(model, config, calibration)
+    pruned = attach(model, config, calibration, args.seed)
     with active(pruned):
         output = _features(model, test, loaded.transform, args, "pruned test") if config.enabled else reference
         efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
         extra = _attention(args, model, test, loaded, pruned.handle, config)
+        extra.update(save_model(args, model))
     if probe is not None:
         metrics = probe_metrics(probe, reference, output)
     else:
@@ -256,21 +264,62 @@ def probe_metrics(probe, reference: Features, output: Features) -> dict:
     return metrics
 
 
+def save_model(args, model) -> dict:
+    """Write the model as it runs now to --save_model (nothing without the flag)."""
+    path = getattr(args, "save_model", None)
+    if not path:
+        return {}
+    from ..saved import save_pruned
+
+    architecture = save_pruned(model, path, model_args=flags.parse_prune_params(getattr(args, "model_arg", None) or []))
+    return {"saved_model": {"path": path, "heads_per_block": architecture["heads_per_block"],
+                            "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
+                            "blocks_kept": architecture["blocks_kept"],
+                            "token_strategy_not_saved": architecture["token_strategy"]}}
+
+
 def _finetune(args, config, loaded, test, train, calibration):
     model = loaded.model
     num_classes = len(test.classnames) if test.classnames else int(max(train.labels.max(), test.labels.max())) + 1
+    n_rounds = getattr(args, "rounds", 1) or 1
+    if n_rounds > 1 and (not config.enabled or config.strategy not in rounds.STRUCTURED):
+        raise EvalError(f"--rounds={n_rounds} prunes again from each round's weights; it needs --prune_strategy "
+                        f"{' or '.join(rounds.STRUCTURED)}, got {config.strategy if config.enabled else 'no pruning'}")
     finetune.new_head(model, num_classes, args.seed)
-    finetune.seed_everything(args.seed)
-    pruned = attach(model, config, calibration)
-    with active(pruned):
-        outcome = finetune.train(model, train, test, loaded.transform, finetune.FinetuneConfig(
-            epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-            seed=args.seed, progress=args.progress))
-        efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
+    original = rounds.widths(model) if n_rounds > 1 else None
+    rows = []
+    for number in range(1, n_rounds + 1):
+        finetune.seed_everything(args.seed)
+        pruned = attach(model, config, calibration, args.seed)
+        with active(pruned):
+            outcome = finetune.train(model, train, test, loaded.transform, finetune.FinetuneConfig(
+                epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                seed=args.seed + number - 1, progress=args.progress, warmup_steps=args.warmup_steps))
+            efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
+            if n_rounds > 1:
+                rows.append(rounds.round_row(number, model, outcome, efficiency_record, pruned.handle.stats(), original))
+                if number < n_rounds:
+                    model = _next_round_model(model, args)
+                    continue
+            saved = save_model(args, model)
+        loaded.model = model
     metrics = outcome.metrics()
     if isinstance(efficiency_record, dict) and "gmacs" in efficiency_record:
         metrics["gmacs"] = efficiency_record["gmacs"]
     extra = {"training": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay,
                           "batch_size": args.batch_size, "optimizer": "AdamW", "schedule": "one-cycle cosine, 10% warm-up",
-                          "augmentation": "none", "head": f"new linear head, {num_classes} classes"}}
+                          "augmentation": "none", "head": f"new linear head, {num_classes} classes",
+                          "deterministic": "torch.use_deterministic_algorithms(True, warn_only=True)",
+                          "timing": outcome.timing()}, **saved}
+    if rows:
+        extra["rounds"] = rows
+        extra["training"]["rounds"] = {"count": n_rounds, "ratios": "compound: each round removes its ratio of "
+                                       "what the previous round left", "seed": "run seed + round - 1 for shuffling"}
     return metrics, pruned, efficiency_record, extra
+
+
+def _next_round_model(model, args):
+    """The fine-tuned, sliced model as a plain compact model (the live handle is restored on the old one)."""
+    from ..saved import compact_copy
+
+    return compact_copy(model, flags.parse_prune_params(getattr(args, "model_arg", None) or []))
