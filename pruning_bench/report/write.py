@@ -1,26 +1,116 @@
-"""Write a comparison table as NAME.csv (raw numbers), NAME.md (readable, with per-block sections) and the
-accuracy plots NAME_accuracy_vs_gmacs.png / NAME_accuracy_vs_throughput.png."""
+"""Write a comparison as NAME.csv (one row per run, raw numbers), NAME_configurations.csv (runs differing only
+in seed grouped: mean, std, n, intervals), NAME.md (readable) and the plots NAME_accuracy_vs_{gmacs,throughput}.png.
+
+The Markdown shows, per task, what that task measures: accuracy for classification and probes,
+image and text recall@k for retrieval, cosine / centred cosine / MSE / agreement for fidelity, and
+training time when the results carry it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
+from ..record.atomic import write_text
+from .aggregate import aggregate
 from .compare import __doc__ as DEFINITIONS
 from .layers import layer_sections
 from .plots import write_plots
+from .uncertainty import __doc__ as UNCERTAINTY
 
 MARKDOWN_COLUMNS = [
-    "model", "pretrained", "dataset", "task", "strategy", "params", "acc1", "acc1_baseline", "acc1_delta",
+    "model", "pretrained", "dataset", "task", "strategy", "params", "seed", "acc1", "acc1_baseline", "acc1_delta",
     "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency", "memory_ratio",
 ]
+LOAD_RULE = "1-minute load average before or after the timed runs above the machine's logical CPU count"
 
 
 def _fmt(value, pattern: str) -> str:
-    return "" if pd.isna(value) else pattern.format(value)
+    return "" if value is None or pd.isna(value) else pattern.format(value)
 
 
-def markdown(table: pd.DataFrame, title: str) -> str:
+def _pm(mean, std, scale=1.0, pattern="{:.2f}", unit="") -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    text = pattern.format(mean * scale)
+    return text + (f" ± {pattern.format(std * scale)}" if not pd.isna(std) else "") + unit
+
+
+def _interval(low, high, scale, pattern) -> str:
+    return "" if pd.isna(low) or pd.isna(high) else f"[{pattern.format(low * scale)}, {pattern.format(high * scale)}]"
+
+
+def _kind(task: str, metric: str) -> str:
+    if "retrieval" in task:
+        return "retrieval"
+    if task == "fidelity" or (not metric and task != "finetune"):
+        return "fidelity"
+    return "accuracy"
+
+
+def _delta_cell(row) -> str:
+    if row["strategy"] == "baseline" or pd.isna(row["acc1_delta_mean"]):
+        return ""
+    text = _pm(row["acc1_delta_mean"], row["acc1_delta_std"], 100, "{:+.2f}", " pp")
+    interval = _interval(row["acc1_delta_low"], row["acc1_delta_high"], 100, "{:+.2f}")
+    verdict = "**significant**" if row["delta_significant"] else ("within noise" if interval else "undecided")
+    return " ".join(t for t in (text, interval, f"({row['delta_method']}; {verdict})") if t)
+
+
+def _speed_cell(row) -> str:
+    median = _fmt(row["images_per_second_median"], "{:.1f}") or _fmt(row["images_per_second_mean"], "{:.1f}")
+    spread = _interval(row["images_per_second_min"], row["images_per_second_max"], 1, "{:.1f}").replace(", ", "–")
+    return " ".join(t for t in (median, spread, "⚠ load" if row["under_load"] else "") if t)
+
+
+def _speedup_cell(row) -> str:
+    if row["strategy"] == "baseline":
+        return _fmt(row["speedup_mean"], "{:.2f}x")
+    text = _pm(row["speedup_mean"], row["speedup_std"], 1, "{:.2f}", "x")
+    interval = _interval(row["speedup_low"], row["speedup_high"], 1, "{:.2f}")
+    return " ".join(t for t in (text, interval) if t)
+
+
+def configuration_tables(configs: pd.DataFrame) -> list[str]:
+    """One Markdown table per task: the columns that task measures, mean ± std (n) where seeds repeat."""
+    lines = []
+    for task, part in configs.groupby("task", sort=True):
+        kind = _kind(task, part["metric"].iloc[0])
+        shown = pd.DataFrame({"model": part["model"], "dataset": part["dataset"], "strategy": part["strategy"],
+                              "params": part["params"], "n": part["n"].astype(str)})
+        metric = part["metric"].iloc[0] or "acc1"
+        if kind == "accuracy":
+            shown[f"{metric} (%)"] = [_pm(m, s, 100) for m, s in zip(part["acc1_mean"], part["acc1_std"])]
+            shown["Δ vs baseline [95% interval]"] = [_delta_cell(r) for _, r in part.iterrows()]
+            shown["above chance"] = part["above_chance"].map(lambda v: "" if pd.isna(v) else ("yes" if v else "**no**"))
+            shown["agreement (%)"] = [_pm(m, s, 100) for m, s in zip(part["agreement_mean"], part["agreement_std"])]
+        elif kind == "retrieval":
+            k = part["metric"].iloc[0].rsplit("@", 1)[-1]
+            for column, name in (("image_retrieval_recall", f"image recall@{k} (%)"),
+                                 ("text_retrieval_recall", f"text recall@{k} (%)")):
+                shown[name] = [_pm(m, s, 100) for m, s in zip(part[f"{column}_mean"], part[f"{column}_std"])]
+            shown["Δ image recall [95% interval]"] = [_delta_cell(r) for _, r in part.iterrows()]
+        else:
+            for column in ("cosine", "cosine_centred", "relative_mse"):
+                shown[column] = [_pm(m, s, 1, "{:.4f}") for m, s in zip(part[f"{column}_mean"], part[f"{column}_std"])]
+            shown["agreement (%)"] = [_pm(m, s, 100) for m, s in zip(part["agreement_mean"], part["agreement_std"])]
+        shown["GMACs ratio"] = part["gmacs_ratio_mean"].map(lambda v: _fmt(v, "{:.3f}"))
+        shown["images/s median [min–max]"] = [_speed_cell(r) for _, r in part.iterrows()]
+        shown["speedup [interval]"] = [_speedup_cell(r) for _, r in part.iterrows()]
+        shown["efficiency"] = [_pm(m, s, 1, "{:.3f}") for m, s in zip(part["efficiency_mean"], part["efficiency_std"])]
+        if part["train_step_seconds_median_mean"].notna().any():
+            shown["train s/step median [min–max]"] = [
+                " ".join(t for t in (_fmt(r["train_step_seconds_median_mean"], "{:.3f}"),
+                                     _interval(r["train_step_seconds_min"], r["train_step_seconds_max"], 1, "{:.3f}")
+                                     .replace(", ", "–")) if t) for _, r in part.iterrows()]
+            shown["train images/s"] = [_pm(m, s, 1, "{:.1f}") for m, s in
+                                       zip(part["train_images_per_second_mean"], part["train_images_per_second_std"])]
+        shown = shown.loc[:, [c for c in shown.columns if (shown[c] != "").any()]]
+        lines += [f"### {task}", "", shown.to_markdown(index=False, disable_numparse=True), ""]
+    return lines
+
+
+def _run_table(table: pd.DataFrame) -> str:
     shown = table[MARKDOWN_COLUMNS].copy()
     for column in ("acc1", "acc1_baseline"):
         shown[column] = table[column].map(lambda v: _fmt(v * 100, "{:.2f}%"))
@@ -32,15 +122,38 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     shown["efficiency"] = table["efficiency"].map(lambda v: _fmt(v, "{:.3f}"))
     shown["memory_ratio"] = table["memory_ratio"].map(lambda v: _fmt(v, "{:.3f}"))
     shown["pretrained"] = shown["pretrained"].replace("", "(random init)")
-    lines = [f"# {title}", "", shown.to_markdown(index=False, disable_numparse=True), ""]
+    shown["seed"] = table["seed"].fillna("")
+    return shown.fillna("").to_markdown(index=False, disable_numparse=True)
+
+
+def markdown(table: pd.DataFrame, title: str, configs: pd.DataFrame | None = None) -> str:
+    configs = aggregate(table) if configs is None else configs
+    lines = [f"# {title}", "",
+             "How differences are decided: " + " ".join(UNCERTAINTY.split("\n\n")[0].split()), "",
+             f"Timings: images/s is the median timed repeat, with the slowest and fastest repeat in brackets; "
+             f"⚠ load marks timings taken with the {LOAD_RULE}.", "",
+             "## Configurations (runs differing only in seed grouped: mean ± std, n runs)", "",
+             "The same numbers, unrounded, with every interval: the `_configurations.csv` beside this file.", ""]
+    lines += configuration_tables(configs)
+    lines += ["## Runs", "", _run_table(table), ""]
     metrics = sorted(set(table["metric"].dropna()) - {""})
     if metrics:
-        lines.append(f"`acc1` is the task's headline metric: {', '.join(f'`{m}`' for m in metrics)}.")
-    orphans = table[~table["has_baseline"]]
+        lines.append(f"`acc1` in the run table is the task's headline metric: {', '.join(f'`{m}`' for m in metrics)}.")
+    orphans = table[~table["has_baseline"] & (table["strategy"] != "baseline")]
     if len(orphans):
-        lines += ["", "Runs without a baseline of the same model, checkpoint, dataset, task and language "
-                  "(reported with their own numbers only):", ""]
-        lines += [f"- `{row.file}` ({row.strategy} {row.params})".rstrip() for row in orphans.itertuples()]
+        lines += ["", "Runs without a baseline matching them like for like (reported with their own numbers only, derived columns "
+                  "empty):", ""]
+        lines += [f"- `{row.file}` ({row.strategy} {row.params}): {row.pairing_note}" for row in orphans.itertuples()]
+    chosen = table[table["has_baseline"] & table["pairing_note"].fillna("").ne("")]
+    if len(chosen):
+        lines += ["", "Runs with more than one matching baseline:", ""]
+        lines += [f"- `{row.file}`: {row.pairing_note}" for row in chosen.itertuples()]
+    loaded = table[table["under_load"].fillna(False).astype(bool)]
+    if len(loaded):
+        lines += ["", f"Timings taken under load ({LOAD_RULE}): the images/s of these runs measure the machine as "
+                  "much as the model:", ""]
+        lines += [f"- `{row.file}`: load {_fmt(row.load_before, '{:.2f}')} before, {_fmt(row.load_after, '{:.2f}')} "
+                  f"after, {_fmt(row.cpus, '{:.0f}')} CPUs" for row in loaded.itertuples()]
     missing = table[table["gmacs"].isna()]
     if len(missing):
         lines += ["", "Runs without an `efficiency` record (run with --measure_efficiency to measure them):", ""]
@@ -48,19 +161,24 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     layers = layer_sections(table)
     if layers:
         lines += ["", layers.rstrip()]
-    lines += ["", "## Definitions", "", DEFINITIONS.strip(), ""]
-    lines += ["Measured settings per run (batch size, dtype, device, tokens per layer) are in the CSV.", ""]
+    lines += ["", "## Definitions", "", DEFINITIONS.strip(), "", UNCERTAINTY.strip(), ""]
+    lines += ["Measured settings per run (batch size, dtype, device, threads, tokens per layer, every timing) are "
+              "in the CSV.", ""]
     return "\n".join(lines)
 
 
 def write_report(table: pd.DataFrame, output: str | Path, *, title: str | None = None, with_plot: bool = True) -> list[Path]:
-    """Write OUTPUT.csv, OUTPUT.md (and the plots); returns the paths written."""
+    """Write OUTPUT.csv, OUTPUT.md (and the plots), returning their paths; OUTPUT_configurations.csv (the
+    grouped table, named in OUTPUT.md) is written beside them."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = output.with_name(output.name + ".csv"), output.with_name(output.name + ".md")
-    table.to_csv(csv_path, index=False)
-    md_path.write_text(markdown(table, title or f"Pruning comparison: {output.name}"))
+    configs_path = output.with_name(output.name + "_configurations.csv")
+    configs = aggregate(table)
+    write_text(csv_path, table.drop(columns=["per_image_correct", "acc1_baseline_per_image_correct"],
+                                    errors="ignore").to_csv(index=False))
+    write_text(md_path, markdown(table, title or f"Pruning comparison: {output.name}", configs))
+    write_text(configs_path, configs.to_csv(index=False))
     written = [csv_path, md_path]
     if with_plot:
-        written += write_plots(table, output)
+        written += write_plots(table, output, configs)
     return written
