@@ -11,6 +11,13 @@ Budgets:
   spending at most that share of its baseline's GMACs (the baseline itself qualifies at >= 1);
 - absolute (`--gmacs_budget 2.0`): within each dataset/task, the most accurate run of any model
   spending at most that many GMACs per image.
+
+Runs differing only in seed count as one configuration (its mean score; `n` runs). "Best" is never
+given to a configuration whose accuracy is not above chance (1 / the dataset's classes, by more
+than the binomial 95% margin; `above_chance`); a configuration whose score is within noise of the
+best one (difference inside 1.96 x the combined standard error: std over seeds / sqrt(n), else the
+binomial error over the test images) is listed as tied with it (`tied_with`, `verdict`), and its
+score_delta against the baseline is marked when its 95% interval includes zero.
 """
 from __future__ import annotations
 
@@ -21,7 +28,10 @@ from typing import Iterable
 
 import pandas as pd
 
+from ..record.atomic import write_text
+from .aggregate import CONFIG_KEYS, aggregate
 from .compare import compare
+from .uncertainty import Z95, binomial_se
 from .build_csv import BUILD_KEYS, build_csv_records  # noqa: F401  (re-exported)
 from .load import GROUP_KEYS, load_results
 
@@ -30,8 +40,12 @@ TASK_KEYS = ["dataset", "task", "language"]
 LEADERBOARD_COLUMNS = [
     "rank", "model_fullname", "model", "pretrained", "dataset", "task", "language", "strategy", "params", "metric",
     "score", "score_baseline", "score_delta", "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency",
-    "file",
+    "file", "n", "score_mean", "score_std", "score_delta_low", "score_delta_high", "delta_significant", "above_chance",
+    "classes",
 ]
+_FROM_CONFIG = {"n": "n", "acc1_mean": "score_mean", "acc1_std": "score_std", "acc1_delta_low": "score_delta_low",
+                "acc1_delta_high": "score_delta_high", "delta_significant": "delta_significant",
+                "above_chance": "above_chance", "classes": "classes", "images": "images_evaluated"}
 
 
 def load_inputs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -44,8 +58,19 @@ def load_inputs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 def leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     """Every run with its baseline comparison, ranked by score within each dataset/task/language."""
-    table = compare(results).rename(columns={"acc1": "score", "acc1_baseline": "score_baseline",
-                                             "acc1_delta": "score_delta"})
+    compared = compare(results)
+    configs = aggregate(compared)
+    configs["images"] = [compared.loc[compared["file"].isin(f.split(" ")), "images"].astype(float).mean()
+                         for f in configs["files"]]
+    keyed = compared.copy()
+    for key in CONFIG_KEYS:
+        keyed[key] = keyed[key].astype(object).where(keyed[key].notna(), "")
+    keyed = keyed.rename(columns={"params": "_params", "config_params": "params"})
+    extra = configs[CONFIG_KEYS[:5] + ["strategy", "params"] + CONFIG_KEYS[7:] + list(_FROM_CONFIG)].rename(
+        columns=_FROM_CONFIG).drop(columns=["classes"])
+    compared = keyed.merge(extra, on=CONFIG_KEYS[:5] + ["strategy", "params"] + CONFIG_KEYS[7:], how="left") \
+        .drop(columns=["params"]).rename(columns={"_params": "params"})
+    table = compared.rename(columns={"acc1": "score", "acc1_baseline": "score_baseline", "acc1_delta": "score_delta"})
     table["model_fullname"] = (table["model"] + " " + table["pretrained"].fillna("")).str.strip()
     table = table.sort_values(TASK_KEYS + ["score", "gmacs"], ascending=[True, True, True, False, True],
                               na_position="last")
@@ -53,16 +78,46 @@ def leaderboard(results: pd.DataFrame) -> pd.DataFrame:
     metrics = sorted(set(table["metric"].dropna()) - {""})
     for metric in metrics:  # the headline metric under clip_benchmark's own column name
         table[metric] = table["score"].where(table["metric"] == metric)
-    return table[LEADERBOARD_COLUMNS + metrics].reset_index(drop=True)
+    return table[LEADERBOARD_COLUMNS + metrics + ["images_evaluated"]].reset_index(drop=True)
+
+
+def _score_se(row) -> float:
+    """Standard error of a configuration's mean score: over seeds when repeated, else binomial over images."""
+    if row["n"] >= 2 and not pd.isna(row["score_std"]):
+        return row["score_std"] / math.sqrt(row["n"])
+    return binomial_se(row["score_mean"], row["images_evaluated"] * row["n"] if not pd.isna(row["images_evaluated"]) else math.nan)
+
+
+def _verdicts(ordered: pd.DataFrame) -> pd.Series:
+    """Per candidate list (best first): `clear`, `tied within noise with ...` or `uncertainty unknown`."""
+    best, others = ordered.iloc[0], ordered.iloc[1:]
+    se_best = _score_se(best)
+    tied, unknown = [], False
+    for _, other in others.iterrows():
+        se = math.sqrt(se_best ** 2 + _score_se(other) ** 2)
+        if math.isnan(se):
+            unknown = True
+        elif best["score_mean"] - other["score_mean"] <= Z95 * se:
+            tied.append(f"{other['model']} {other['strategy']} {other['params']}".strip())
+    verdict = ("tied within noise" if tied else ("uncertainty unknown" if unknown and len(others) else "clear"))
+    return pd.Series({"verdict": verdict, "tied_with": "; ".join(tied)})
 
 
 def _best(candidates: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per group, the most accurate candidate (ties: fewer GMACs, then name), with how many qualified."""
-    ordered = candidates.sort_values(keys + ["score", "gmacs", "strategy", "params"],
-                                     ascending=[True] * len(keys) + [False, True, True, True])
+    """Per group, the most accurate configuration above chance (ties: fewer GMACs, then name), how many
+    qualified, how many were set aside at chance level, and whether the lead is outside the noise."""
+    configs = candidates.drop_duplicates(subset=keys + ["model", "pretrained", "strategy", "params"])
+    chance = configs["above_chance"].eq(False).fillna(False).astype(bool)
+    eligible = configs[~chance].assign(score=lambda t: t["score_mean"].fillna(t["score"]))
+    ordered = eligible.sort_values(keys + ["score", "gmacs", "strategy", "params"],
+                                   ascending=[True] * len(keys) + [False, True, True, True])
     best = ordered.groupby(keys, dropna=False).head(1).copy()
-    counts = candidates.groupby(keys, dropna=False).size().rename("candidates").reset_index()
-    return best.merge(counts, on=keys, how="left")
+    verdicts = [_verdicts(part) for _, part in ordered.groupby(keys, dropna=False, sort=False)]
+    if len(best):
+        best[["verdict", "tied_with"]] = pd.DataFrame(verdicts, index=best.index)
+    counts = configs.groupby(keys, dropna=False).size().rename("candidates").reset_index()
+    at_chance = configs[chance].groupby(keys, dropna=False).size().rename("at_chance").reset_index()
+    return best.merge(counts, on=keys, how="left").merge(at_chance, on=keys, how="left")
 
 
 def best_within_budget(board: pd.DataFrame, budgets: Iterable[float] = (), gmacs_budgets: Iterable[float] = ()) -> pd.DataFrame:
@@ -82,9 +137,13 @@ def best_within_budget(board: pd.DataFrame, budgets: Iterable[float] = (), gmacs
     unnamed = table["model_fullname"].isna() & table["model"].notna()
     table.loc[unnamed, "model_fullname"] = (table["model"] + " " + table["pretrained"].fillna("")).str.strip()[unnamed]
     table["candidates"] = table["candidates"].fillna(0).astype(int)
+    table["at_chance"] = table.get("at_chance", pd.Series(0, index=table.index)).fillna(0).astype(int)
+    for column in ("verdict", "tied_with"):
+        table[column] = table[column].fillna("") if column in table else ""
     columns = ["budget", "budget_kind", "budget_value", "model_fullname", "model", "pretrained", "dataset", "task",
-               "language", "strategy", "params", "metric", "score", "score_delta", "gmacs", "gmacs_ratio", "speedup",
-               "candidates", "file"]
+               "language", "strategy", "params", "metric", "score", "score_delta", "score_delta_low", "score_delta_high",
+               "delta_significant", "n", "gmacs", "gmacs_ratio", "speedup", "candidates", "at_chance", "verdict",
+               "tied_with", "file"]
     return table[columns]
 
 
@@ -114,17 +173,34 @@ def _shown(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return shown.fillna("")
 
 
+def _noise_marked(table: pd.DataFrame) -> pd.DataFrame:
+    """score as mean ± std (n) where seeds repeat; score_delta marked when its 95% interval includes zero."""
+    shown = _shown(table, list(table.columns))
+    if "score_std" in table:
+        shown["score"] = [s + (f" ± {sd * 100:.2f} (n={int(n)})" if not pd.isna(sd) else "")
+                          for s, sd, n in zip(shown["score"], table["score_std"], table["n"].fillna(1))]
+    if "score_delta_low" in table:
+        shown["score_delta"] = [d + (" (within noise)" if d and not pd.isna(lo) and not sig else "")
+                                for d, lo, sig in zip(shown["score_delta"], table["score_delta_low"],
+                                                      table["delta_significant"].fillna(False))]
+    return shown
+
+
 def markdown(board: pd.DataFrame, best: pd.DataFrame, title: str, top: int | None = None) -> str:
     lines = [f"# {title}", "", f"{len(board)} runs, {board['model_fullname'].nunique()} model(s), "
              f"{board['dataset'].nunique()} dataset(s), {board['strategy'].nunique()} strategies (baseline included).", ""]
     if not best.empty:
-        lines += ["## Best run within a MACs budget", ""]
+        lines += ["## Best run within a MACs budget", "",
+                  "Configurations at chance level (accuracy not above 1 / classes by its binomial 95% margin) are "
+                  "never best (`at_chance` counts those set aside); `verdict` says whether the best one's lead over "
+                  "the others is outside the noise (1.96 x the combined standard error).", ""]
         for _, part in best.groupby("budget", sort=False):
             lines += [f"### {part['budget'].iloc[0]}", ""]
             part = part.assign(strategy=part["strategy"].fillna("(none fits)"))
             cols = ["model_fullname", "dataset", "task", "strategy", "params", "score", "score_delta", "gmacs",
-                    "gmacs_ratio", "speedup", "candidates"]
-            lines += [_shown(part, cols).to_markdown(index=False, disable_numparse=True), ""]
+                    "gmacs_ratio", "speedup", "candidates", "at_chance", "verdict", "tied_with"]
+            shown = _noise_marked(part.assign(score_std=math.nan))[cols]
+            lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
         wins = strategy_wins(best)
         if not wins.empty:
             lines += ["### Wins per strategy", "", "How many model/dataset cells (or datasets, for absolute budgets) "
@@ -136,7 +212,7 @@ def markdown(board: pd.DataFrame, best: pd.DataFrame, title: str, top: int | Non
         part = part.head(top) if top else part
         cols = ["rank", "model_fullname", "strategy", "params", "score", "score_delta", "gmacs", "gmacs_ratio",
                 "images_per_second", "speedup", "efficiency"]
-        lines += [_shown(part, cols).to_markdown(index=False, disable_numparse=True), ""]
+        lines += [_noise_marked(part)[cols].to_markdown(index=False, disable_numparse=True), ""]
     metrics = sorted(set(board["metric"].dropna()) - {""})
     lines += [f"`score` is the task's headline metric ({', '.join(f'`{m}`' for m in metrics)}); `score_delta` is "
               "against the baseline of the same model, checkpoint, dataset, task and language; `gmacs_ratio` and "
@@ -151,11 +227,11 @@ def write_leaderboard(board: pd.DataFrame, output, *, budgets=(0.25, 0.5, 0.75),
     output.parent.mkdir(parents=True, exist_ok=True)
     best = best_within_budget(board, budgets, gmacs_budgets)
     paths = [output.with_name(output.name + ".csv")]
-    board.to_csv(paths[0], index=False)
+    write_text(paths[0], board.to_csv(index=False))
     if not best.empty:
         paths.append(output.with_name(output.name + "_budget.csv"))
-        best.to_csv(paths[-1], index=False)
+        write_text(paths[-1], best.to_csv(index=False))
     paths.append(output.with_name(output.name + ".md"))
-    paths[-1].write_text(markdown(board, best, title or f"Leaderboard: {output.name}", top))
+    write_text(paths[-1], markdown(board, best, title or f"Leaderboard: {output.name}", top))
     return paths
 
