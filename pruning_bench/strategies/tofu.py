@@ -1,0 +1,109 @@
+"""tofu: Token Fusion (Kim et al., WACV 2024), pruning in early blocks, MLERP merging later.
+
+Averaging two tokens is only harmless where a block responds almost linearly to its input; early
+blocks do not, so there ToFu drops the matched token instead of averaging it in (pruning). In later
+blocks it merges, but with MLERP instead of a plain average: an average of dissimilar vectors is
+shorter than any of them, which shifts the feature-norm distribution the next blocks expect, so the
+average is rescaled to the largest norm among the merged tokens.
+
+Matching is ToMe's bipartite soft matching on the block's keys averaged over heads, r tokens per
+block (an int or a per-block list). Blocks before `merge_start_layer` prune, the others merge; the
+default switch, n_layers // 2 + 1 (blocks 0-6 prune and 7-11 merge on a 12-block ViT), is the one of
+the authors' timm configuration as reproduced in Westlake-AI/OpenToMe and hchautran/PiToMe.
+Merged tokens are unweighted means, as there; token sizes are still counted (for `avg` pooling and
+for `prop_attn`, which is off by default because those implementations never apply it).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import register_strategy
+from .base import TokenStrategy, check_bool, check_int
+from .bipartite import BipartitePlan, cosine_scores, max_moves
+
+
+class Fusion:
+    """One ToFu step: drop (`prune`) or MLERP-merge the moving A tokens into their B tokens."""
+
+    def __init__(self, plan: BipartitePlan, prune: bool):
+        self.plan, self.prune = plan, prune
+
+    def apply(self, t: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        kept, moving, b = self.plan.split(t)
+        if not self.prune:
+            b = b.scatter_reduce(1, self.plan.index(t.shape[-1]), moving, reduce=mode)
+        return self.plan.join(kept, b)
+
+    def reduce_features(self, x, size):
+        if size is None:
+            size = torch.ones_like(x[..., :1])
+        new_size = self.apply(size, "sum")
+        if self.prune:
+            return self.apply(x), new_size
+        kept, moving, b = self.plan.split(x)
+        return self.plan.join(kept, mlerp(b, moving, self.plan.into_b)), new_size
+
+
+def mlerp(b: torch.Tensor, moving: torch.Tensor, into_b: torch.Tensor) -> torch.Tensor:
+    """Each B token and the tokens moving into it: their mean, rescaled to the largest of their norms."""
+    C = b.shape[-1]
+    mean = b.scatter_reduce(1, into_b.expand(-1, -1, C), moving, reduce="mean")
+    largest = b.norm(dim=-1).scatter_reduce(1, into_b[..., 0], moving.norm(dim=-1), reduce="amax")
+    merged = mean / mean.norm(dim=-1, keepdim=True) * largest[..., None]
+    into = into_b[..., 0]
+    received = torch.zeros_like(b[..., 0]).scatter_add(1, into, torch.ones_like(into, dtype=b.dtype)) > 0
+    return torch.where(received[..., None], merged, b)
+
+
+@register_strategy("tofu")
+class ToFu(TokenStrategy):
+    defaults = {"r": 8, "merge_start_layer": None, "prop_attn": False}
+    example_params = {"r": 6, "merge_start_layer": 2}
+    keep_all_params = {"r": 0}
+    compute_knob = "r"
+
+    def _check(self):
+        p = self.params
+        if isinstance(p["r"], (list, tuple)):
+            p["r"] = [check_int(f"r[{i}]", v, 0, None, self.name) for i, v in enumerate(p["r"])]
+        else:
+            p["r"] = check_int("r", p["r"], 0, None, self.name)
+        if p["merge_start_layer"] is not None:
+            p["merge_start_layer"] = check_int("merge_start_layer", p["merge_start_layer"], 0, None, self.name)
+        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
+
+    def check_model(self, n_layers, n_prefix):
+        r, start = self.params["r"], self.params["merge_start_layer"]
+        if isinstance(r, list) and len(r) > n_layers:
+            raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        if start is not None and start > n_layers:
+            raise ValueError(f"{self.name}: merge_start_layer={start} is out of range [0, {n_layers}] for a {n_layers}-block model")
+
+    def r_at(self, layer: int) -> int:
+        r = self.params["r"]
+        return (r[layer] if layer < len(r) else 0) if isinstance(r, list) else r
+
+    def merges_at(self, layer: int, n_layers: int) -> bool:
+        start = self.params["merge_start_layer"]
+        return layer >= (n_layers // 2 + 1 if start is None else start)
+
+    def plan_block(self, layer, n_tokens, n_prefix, n_layers):
+        self._n_layers = n_layers
+        r = self.r_at(layer)
+        if r == 0:
+            if self.params["r"] == 0 or (isinstance(self.params["r"], list) and not any(self.params["r"])):
+                return n_tokens, "r=0 in every block removes nothing; the model runs unchanged"
+            return n_tokens, None
+        limit = max_moves(n_tokens, n_prefix)
+        if r > limit:
+            return n_tokens - limit, f"r={r} at block {layer} exceeds the {limit} tokens one step can remove; clamped to {limit}"
+        return n_tokens - r, None
+
+    def reduce(self, layer, x, probe, n_prefix, n_out):
+        with torch.no_grad():
+            plan = BipartitePlan(cosine_scores(probe.k.mean(dim=1), n_prefix), int(x.shape[1]) - n_out, n_prefix)
+        return Fusion(plan, prune=not self.merges_at(layer, self._n_layers))
+
+    def uses_size_bias(self):
+        return self.params["prop_attn"]
+
