@@ -117,7 +117,7 @@ def _best(candidates: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         best[["verdict", "tied_with"]] = pd.DataFrame(verdicts, index=best.index)
     counts = configs.groupby(keys, dropna=False).size().rename("candidates").reset_index()
     at_chance = configs[chance].groupby(keys, dropna=False).size().rename("at_chance").reset_index()
-    return best.merge(counts, on=keys, how="left").merge(at_chance, on=keys, how="left")
+    return best, counts.merge(at_chance, on=keys, how="left")
 
 
 def best_within_budget(board: pd.DataFrame, budgets: Iterable[float] = (), gmacs_budgets: Iterable[float] = ()) -> pd.DataFrame:
@@ -127,8 +127,8 @@ def best_within_budget(board: pd.DataFrame, budgets: Iterable[float] = (), gmacs
     specs += [("absolute", b, f"<= {b:g} GMACs", TASK_KEYS, measured["gmacs"]) for b in gmacs_budgets]
     parts = []
     for kind, value, name, keys, spent in specs:
-        best = _best(measured[spent <= value * (1 + 1e-9)], keys)
-        every_group = measured[keys].drop_duplicates()
+        best, counts = _best(measured[spent <= value * (1 + 1e-9)], keys)
+        every_group = measured[keys].drop_duplicates().merge(counts, on=keys, how="left")
         parts.append(every_group.merge(best, on=keys, how="left").assign(budget=name, budget_kind=kind,
                                                                           budget_value=value))
     if not parts:
