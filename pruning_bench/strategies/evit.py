@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import check_bool
+from .base import Selection, check_bool
 from .cls_topk import cls_attention
 from .prune_once import PruneOnceStrategy
 
@@ -57,12 +57,10 @@ def evit_reduction(attention: torch.Tensor, n_prefix: int, keep: int, fuse: bool
     prefix = torch.arange(n_prefix, device=attention.device).expand(B, n_prefix)
     kept = torch.cat([prefix, top.sort(dim=1).values + n_prefix], dim=1)
     if not fuse:
-        from .base import Selection
-
         return Selection(kept)
-    is_kept = torch.zeros_like(patch_attention, dtype=torch.bool).scatter(1, top, True)
+    is_kept = torch.zeros_like(top[:, :1]).expand_as(patch_attention).scatter(1, top, torch.ones_like(top))
     # positions of the dropped tokens, ascending: sort puts kept ones (key 1) after dropped ones (key 0)
-    dropped = is_kept.to(torch.int8).argsort(dim=1, stable=True)[:, : N - n_prefix - keep]
+    dropped = is_kept.argsort(dim=1, stable=True)[:, : N - n_prefix - keep]
     return FusedSelection(kept, dropped + n_prefix, patch_attention.gather(1, dropped))
 
 

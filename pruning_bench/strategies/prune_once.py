@@ -91,6 +91,10 @@ class PruneOnceStrategy(TokenStrategy):
         if self.params["keep_rate"] >= 1.0:
             warnings.warn(f"{self.name}: keep_rate=1.0 keeps every token; the model runs unchanged", UserWarning, stacklevel=4)
 
+    def check_pooling(self, reads_patch_tokens: bool) -> None:
+        if not self.multi_stage:  # keep_rate > 0 always keeps at least one patch-side token
+            super().check_pooling(reads_patch_tokens)
+
     # ------------------------------------------------------------ schedule
 
     def budget(self) -> int:
