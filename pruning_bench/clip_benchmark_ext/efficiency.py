@@ -27,7 +27,7 @@ def encode_images(model, images: torch.Tensor) -> torch.Tensor:
 
 def block_token_counts(model: torch.nn.Module, images: torch.Tensor) -> list[int]:
     """Tokens entering each transformer block on one forward of `images` (for unpruned runs)."""
-    from ..patches.families import locate_vit
+    from ..families import locate_vit
 
     counts: list[int] = []
     blocks = locate_vit(model).blocks

@@ -16,216 +16,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
-
-SUPPORTED_FAMILIES = (
-    "timm VisionTransformer, open_clip VisionTransformer, open_clip CLIP (model.visual), "
-    "open_clip model with a timm ViT trunk"
-)
-
-
-# ------------------------------------------------------------------ locating the image tower
-
-
-def image_tower(model: nn.Module) -> nn.Module:
-    """The module that encodes images: `model.visual` for open_clip CLIP-like models, else `model`.
-
-    Counting and timing go through this, so the text tower of a CLIP model is never touched.
-    """
-    visual = getattr(model, "visual", None)
-    return visual if isinstance(visual, nn.Module) else model
-
-
-def vit_core(tower: nn.Module) -> tuple[str, nn.Module, str]:
-    """(prefix, core, family) for the transformer inside an image tower.
-
-    `prefix` is the core's dotted name inside `tower` ('' or 'trunk'); family is 'timm' or 'open_clip'.
-    """
-    trunk = getattr(tower, "trunk", None)
-    if isinstance(trunk, nn.Module) and _is_timm_vit(trunk):
-        return "trunk", trunk, "timm"
-    if _is_timm_vit(tower):
-        return "", tower, "timm"
-    if _is_open_clip_vit(tower):
-        return "", tower, "open_clip"
-    raise UnsupportedModelError(
-        f"cannot find a ViT in {type(tower).__name__}; supported: {SUPPORTED_FAMILIES}"
-    )
-
-
-def _is_timm_vit(m: nn.Module) -> bool:
-    return isinstance(getattr(m, "blocks", None), nn.Sequential | nn.ModuleList) and hasattr(m, "patch_embed")
-
-
-def _is_open_clip_vit(m: nn.Module) -> bool:
-    transformer = getattr(m, "transformer", None)
-    return hasattr(m, "conv1") and isinstance(getattr(transformer, "resblocks", None), nn.ModuleList)
+from ..families import image_tower, locate
+from ..families.dims import BlockDims, VitDims  # noqa: F401  (re-exported: part of this module's API)
 
 
 def find_blocks(model: nn.Module) -> tuple[str, list[nn.Module]]:
-    """(dotted name inside the image tower, blocks) of the transformer blocks, in order."""
-    prefix, core, family = vit_core(image_tower(model))
-    name = "blocks" if family == "timm" else "transformer.resblocks"
-    blocks = core.blocks if family == "timm" else core.transformer.resblocks
-    return (f"{prefix}.{name}" if prefix else name), list(blocks)
-
-
-# ------------------------------------------------------------------ dimensions
-
-
-@dataclass(frozen=True)
-class BlockDims:
-    """What a block's cost depends on: width d, attention width a = heads*head_dim, MLP hidden width h."""
-
-    embed_dim: int
-    attn_dim: int
-    mlp_hidden: int
-    mlp_fc1_out: int | None = None  # differs from mlp_hidden only for gated MLPs (fc1 emits 2h)
-
-    def macs(self, n_tokens, mlp_tokens):
-        """MAC terms of one block for N entering tokens and M tokens reaching the MLP."""
-        d, a, h = self.embed_dim, self.attn_dim, self.mlp_hidden
-        fc1 = self.mlp_fc1_out or h
-        return {
-            "attn_linear": 4 * n_tokens * d * a,
-            "attn_matmul": 2 * n_tokens**2 * a,
-            "mlp": mlp_tokens * d * (fc1 + h),
-        }
-
-
-@dataclass(frozen=True)
-class VitDims:
-    """The dimensions of one ViT image tower, read from its modules (so sliced heads/MLPs show up)."""
-
-    family: str
-    embed_dim: int
-    in_chans: int
-    patch_size: tuple[int, int]
-    image_size: tuple[int, int]
-    num_prefix_tokens: int
-    blocks: tuple[BlockDims, ...]
-    head_linear_macs: int = 0  # linear maps applied to the single pooled token
-    attn_pool: BlockDims | None = None  # attention-pooling head (SigLIP), one latent query
-    notes: tuple[str, ...] = ()
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    def num_patches(self, image_size: Sequence[int] | None = None) -> int:
-        h, w = image_size or self.image_size
-        return (h // self.patch_size[0]) * (w // self.patch_size[1])
-
-    def num_tokens(self, image_size: Sequence[int] | None = None) -> int:
-        return self.num_patches(image_size) + self.num_prefix_tokens
-
-    def patch_embed_macs(self, image_size: Sequence[int] | None = None) -> int:
-        p0, p1 = self.patch_size
-        return self.num_patches(image_size) * self.in_chans * p0 * p1 * self.embed_dim
-
-    def head_macs(self, n_tokens_out) -> float:
-        """Pooling head on the tokens leaving the last block (an attention pool reads all of them)."""
-        macs = self.head_linear_macs
-        if self.attn_pool is not None:
-            d, a, h = self.attn_pool.embed_dim, self.attn_pool.attn_dim, self.attn_pool.mlp_hidden
-            # q and proj on one latent, k and v on every token, QK^T and AV for one query, MLP on one token
-            macs = macs + 2 * d * a + 2 * n_tokens_out * d * a + 2 * n_tokens_out * a + 2 * d * h
-        return macs
-
-    def with_overrides(self, attn_dims=None, mlp_hidden=None) -> "VitDims":
-        """Same tower with per-block attention widths / MLP widths replaced (what structured pruning does)."""
-        blocks = list(self.blocks)
-        for name, values in (("attn_dim", attn_dims), ("mlp_hidden", mlp_hidden)):
-            if values is None:
-                continue
-            values = _per_block(values, len(blocks), name)
-            blocks = [replace(b, **{name: int(v)}, **({"mlp_fc1_out": None} if name == "mlp_hidden" else {}))
-                      for b, v in zip(blocks, values)]
-        return replace(self, blocks=tuple(blocks))
-
-
-def _per_block(values, depth: int, name: str) -> list:
-    if np.isscalar(values):
-        return [values] * depth
-    values = list(values)
-    if len(values) != depth:
-        raise ValueError(f"{name} has {len(values)} entries but the model has {depth} blocks")
-    return values
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
-
-
-def _linear_macs(module: nn.Module) -> int:
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
-
-
-def _timm_block_dims(block: nn.Module, d: int) -> BlockDims:
-    attn, mlp = block.attn, block.mlp
-    if hasattr(attn, "qkv"):
-        a = attn.qkv.out_features // 3
-    else:  # separate q / k / v projections
-        a = attn.q.out_features if hasattr(attn, "q") else attn.q_proj.out_features
-    fc1, fc2 = mlp.fc1, mlp.fc2
-    return BlockDims(d, a, fc2.in_features, fc1.out_features if fc1.out_features != fc2.in_features else None)
-
-
-def _open_clip_block_dims(block: nn.Module, d: int) -> BlockDims:
-    attn = block.attn
-    if getattr(attn, "in_proj_weight", None) is not None:
-        a = attn.in_proj_weight.shape[0] // 3
-    else:
-        a = attn.out_proj.in_features
-    c_fc, c_proj = block.mlp.c_fc, block.mlp.c_proj
-    return BlockDims(d, a, c_proj.in_features, c_fc.out_features if c_fc.out_features != c_proj.in_features else None)
+    """(dotted name inside the module `image_tower(model)` runs, blocks) of the transformer blocks."""
+    family = locate(model)
+    container = family.blocks_container
+    for name, module in family.encoder.named_modules():
+        if module is container:
+            return name, list(container)
+    raise ValueError("the blocks are not inside the image encoder")  # pragma: no cover - adapters guarantee it
 
 
 def vit_dims(model: nn.Module) -> VitDims:
     """Read the dimensions of the ViT inside `model` (any supported family)."""
-    tower = image_tower(model)
-    prefix, core, family = vit_core(tower)
-    notes = []
-    if family == "timm":
-        conv = core.patch_embed.proj
-        d = conv.out_channels
-        blocks = tuple(_timm_block_dims(b, d) for b in core.blocks)
-        image_size = _pair(core.patch_embed.img_size)
-        prefix_tokens = int(getattr(core, "num_prefix_tokens", 1))
-        head_linear = _linear_macs(core.head) if isinstance(core.head, nn.Module) else 0
-        attn_pool = None
-        pool = getattr(core, "attn_pool", None)
-        if pool is not None:
-            attn_pool = BlockDims(d, pool.q.out_features, pool.mlp.fc2.in_features)
-            if getattr(pool, "latent_len", 1) != 1:
-                notes.append("attention pool with several latents counted as one")
-        if tower is not core:  # open_clip TimmModel: projection head after the trunk
-            head_linear += _linear_macs(getattr(tower, "head", nn.Identity()))
-    else:
-        conv = core.conv1
-        d = conv.out_channels
-        blocks = tuple(_open_clip_block_dims(b, d) for b in core.transformer.resblocks)
-        image_size = _pair(core.image_size)
-        prefix_tokens = 1 if getattr(core, "class_embedding", None) is not None else 0
-        proj = getattr(core, "proj", None)
-        head_linear = int(proj.shape[0] * proj.shape[1]) if isinstance(proj, torch.Tensor) else 0
-        attn_pool = None
-        if getattr(core, "attn_pool", None) is not None:
-            notes.append("open_clip attentional pooler not included in the analytic head")
-    if conv.stride != conv.kernel_size:
-        notes.append("patch embedding with overlapping windows: patch count assumes stride == kernel")
-    return VitDims(
-        family=family,
-        embed_dim=d,
-        in_chans=conv.in_channels,
-        patch_size=_pair(conv.kernel_size),
-        image_size=image_size,
-        num_prefix_tokens=prefix_tokens,
-        blocks=blocks,
-        head_linear_macs=int(head_linear),
-        attn_pool=attn_pool,
-        notes=tuple(notes),
-    )
+    return locate(model).dims()
 
 
 # ------------------------------------------------------------------ token schedules

@@ -240,7 +240,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
             "add a handle in pruning_bench.measure.flops.EXTRA_HANDLES"
         )
     try:
-        prefix, blocks = find_blocks(tower)
+        prefix, blocks = find_blocks(model)
     except UnsupportedModelError:  # not a ViT: totals only
         prefix, blocks = "", []
     per_block = [by_module.get(f"{prefix}.{i}", 0) / batch / 1e9 for i in range(len(blocks))]

@@ -2,11 +2,15 @@
 
 One function per attention layout, selected by duck typing so that sliced (head-pruned) modules
 with the same attributes work too:
-- timm `Attention`: fused `qkv` Linear, optional `q_norm`/`k_norm`, `norm`, `gate`, `proj`;
+- fused `qkv` Linear (timm `Attention`, timm `EvaAttention` with its separate `q_bias`/`v_bias`),
+  optional `q_norm`/`k_norm`, `norm`, `gate`, `proj`;
+- separate `q_proj`/`k_proj`/`v_proj` (timm `EvaAttention` unfused, transformers CLIP / SigLIP
+  attention), output through `proj` or `out_proj`;
 - in-projection attention: `nn.MultiheadAttention` and open_clip's `Attention` (`in_proj_weight`,
   `out_proj`, optional `ln_q`/`ln_k`, scaled-cosine `logit_scale`, `head_scale`, `ln_inner`).
-Both run fused SDPA unless the module uses scaled-cosine logits. `bias` is an additive (B, 1, 1, N)
-key bias (ToMe's log-size term) or None.
+All run fused SDPA unless the module uses scaled-cosine logits. `bias` is an additive (B, 1, 1, N)
+key bias (ToMe's log-size term) or None; `rotate` applies a rotary embedding to the patch rows of q
+and k (the first `n_prefix` rows are never rotated), or is None.
 """
 from __future__ import annotations
 
@@ -17,12 +21,33 @@ from ..errors import UnsupportedModelError
 from ..strategies.base import AttentionProbe
 
 
-def attention_with_probe(attn, h: torch.Tensor, bias: torch.Tensor | None):
-    if hasattr(attn, "qkv"):
-        return _timm_attention(attn, h, bias)
+def attention_with_probe(attn, h: torch.Tensor, bias: torch.Tensor | None, rotate=None, n_prefix: int = 0):
+    if getattr(attn, "qkv", None) is not None or getattr(attn, "q_proj", None) is not None:
+        return _qkv_attention(attn, h, bias, rotate, n_prefix)
+    if rotate is not None:
+        raise UnsupportedModelError(f"rotary embeddings with attention module {type(attn).__name__} are not supported")
     if hasattr(attn, "in_proj_weight"):
         return _in_proj_attention(attn, h, bias)
     raise UnsupportedModelError(f"no token-reduction support for attention module {type(attn).__name__}")
+
+
+def _rotated(t: torch.Tensor, rotate, n_prefix: int) -> torch.Tensor:
+    if rotate is None:
+        return t
+    return torch.cat([t[:, :, :n_prefix], rotate(t[:, :, n_prefix:])], dim=2).type_as(t)
+
+
+def _project_qkv(attn, h, heads):
+    """q, k, v as (B, heads, N, head_dim) from a fused or a separate in-projection."""
+    B, N, _ = h.shape
+    if getattr(attn, "qkv", None) is not None:
+        q_bias = getattr(attn, "q_bias", None)
+        if q_bias is not None:  # timm Eva: bias kept apart from the fused weight, k's bias is zero
+            qkv = F.linear(h, attn.qkv.weight, torch.cat((q_bias, attn.k_bias, attn.v_bias)))
+        else:
+            qkv = attn.qkv(h)
+        return qkv.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return tuple(p(h).reshape(B, N, heads, -1).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
 
 def _dropout_p(attn) -> float:
@@ -39,22 +64,28 @@ def _scaled_logits(scale: float, bias):
     return logit_fn
 
 
-def _timm_attention(attn, h, bias):
+def _qkv_attention(attn, h, bias, rotate, n_prefix):
     B, N, _ = h.shape
     heads = attn.num_heads
-    head_dim = getattr(attn, "head_dim", None) or attn.qkv.out_features // (3 * heads)
     gate = attn.gate(h).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, k, v = attn.qkv(h).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = _project_qkv(attn, h, heads)
+    head_dim = q.shape[-1]
+    if getattr(attn, "q_norm", None) is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = _rotated(q, rotate, n_prefix), _rotated(k, rotate, n_prefix)
     if bias is not None:
         bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=_dropout_p(attn))
+    scale = float(getattr(attn, "scale", head_dim ** -0.5))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=_dropout_p(attn), scale=scale)
     out = out.transpose(1, 2).reshape(B, N, heads * head_dim)
-    out = attn.norm(out) if hasattr(attn, "norm") else out
+    out = attn.norm(out) if getattr(attn, "norm", None) is not None else out
     if gate is not None:
         out = out * gate
-    out = attn.proj_drop(attn.proj(out))
-    return out, AttentionProbe(q, k, _scaled_logits(head_dim ** -0.5, bias))
+    proj = attn.proj if getattr(attn, "proj", None) is not None else attn.out_proj
+    out = proj(out)
+    if getattr(attn, "proj_drop", None) is not None:
+        out = attn.proj_drop(out)
+    return out, AttentionProbe(q, k, _scaled_logits(scale, bias))
 
 
 def _in_proj_attention(attn, h, bias):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .families import VitTarget, locate_vit
+from ..families import Family, attn_of, locate_vit, mlp_of, part_name
 
 # ---------------------------------------------------------------- new modules from kept rows / columns
 
@@ -367,9 +367,9 @@ def block_widths(blocks) -> tuple[list[int], list[int]]:
     """(heads, MLP hidden width) of each block, read from the modules."""
     heads, hidden = [], []
     for b in blocks:
-        heads.append(int(getattr(b.attn, "num_heads", 0)))
+        heads.append(int(getattr(attn_of(b), "num_heads", 0)))
         try:
-            hidden.append(int(mlp_output_linear(b.mlp).in_features))
+            hidden.append(int(mlp_output_linear(mlp_of(b)).in_features))
         except UnsupportedModelError:  # a block type only layer_drop handles
             hidden.append(0)
     return heads, hidden
@@ -382,7 +382,7 @@ def parameter_count(module: nn.Module) -> int:
 class StructuredAttachment:
     """Undo record of a structured strategy: every (owner, attribute, original) replaced, in order."""
 
-    def __init__(self, target: VitTarget, swaps: list, stats: dict, counter: _TokenCounter):
+    def __init__(self, target: Family, swaps: list, stats: dict, counter: _TokenCounter):
         self.target = target
         self._swaps = swaps
         self._stats = stats
@@ -407,19 +407,13 @@ class StructuredAttachment:
             self._swaps.pop()
 
 
-def _container_owner(target: VitTarget) -> tuple[nn.Module, str]:
-    if target.family == "timm":
-        return target.vit, "blocks"
-    return target.vit.transformer, "resblocks"
-
-
-def original_block_indices(target: VitTarget) -> list[int]:
+def original_block_indices(target: Family) -> list[int]:
     """Indices of the current blocks in the unpruned model (blocks left by an earlier layer drop)."""
     kept = getattr(target.blocks_container, "pb_kept_indices", None)
     return list(kept) if kept is not None else list(range(len(target.blocks)))
 
 
-def attach_structured(model: nn.Module, plan: StructuredPlan, target: VitTarget | None = None) -> StructuredAttachment:
+def attach_structured(model: nn.Module, plan: StructuredPlan, target: Family | None = None) -> StructuredAttachment:
     """Apply `plan` to `model` in place and return the undo record."""
     target = target or locate_vit(model)
     blocks = target.blocks
@@ -431,26 +425,28 @@ def attach_structured(model: nn.Module, plan: StructuredPlan, target: VitTarget 
     try:
         for i, block in enumerate(blocks):
             heads = plan.heads[i] if plan.heads is not None else None
-            if heads is not None and len(heads) < block.attn.num_heads:
+            attn, attn_name = attn_of(block), part_name(block, "attn")
+            if heads is not None and len(heads) < attn.num_heads:
                 if len(heads) == 0:
                     raise ValueError(f"block {i}: every head would be removed; keep at least one")
-                new = equivalent_attention(block.attn, heads.sort().values)
-                swaps.append((block, "attn", block.attn, new))
-                block.attn = new
+                new = equivalent_attention(attn, heads.sort().values)
+                swaps.append((block, attn_name, attn, new))
+                setattr(block, attn_name, new)
             neurons = plan.neurons[i] if plan.neurons is not None else None
-            if neurons is not None and len(neurons) < mlp_output_linear(block.mlp).in_features:
+            mlp, mlp_name = mlp_of(block), part_name(block, "mlp")
+            if neurons is not None and len(neurons) < mlp_output_linear(mlp).in_features:
                 if len(neurons) == 0:
                     raise ValueError(f"block {i}: every MLP neuron would be removed; keep at least one")
-                new = sliced_mlp(block.mlp, neurons.sort().values)
-                swaps.append((block, "mlp", block.mlp, new))
-                block.mlp = new
+                new = sliced_mlp(mlp, neurons.sort().values)
+                swaps.append((block, mlp_name, mlp, new))
+                setattr(block, mlp_name, new)
         running = blocks
         layers = original_block_indices(target)
         if plan.kept_blocks is not None and len(plan.kept_blocks) < n:
             kept = sorted(set(plan.kept_blocks))
             if not kept:
                 raise ValueError("every block would be dropped; keep at least one")
-            owner, name = _container_owner(target)
+            owner, name = target.blocks_owner
             original = getattr(owner, name)
             running = [blocks[i] for i in kept]
             container = type(original)(running) if isinstance(original, nn.ModuleList) else nn.Sequential(*running)

@@ -13,10 +13,10 @@ import warnings
 
 import torch
 
-from .attention import attention_with_probe
-from .families import block_layout, locate_vit
-from .pooling import patched_vit_class
+from ..families import Family, locate
 from ..strategies.base import Selection, TokenStrategy
+from .attention import attention_with_probe
+from .pooling import patched_vit_class
 
 _BLOCK_CLASSES: dict[type, type] = {}
 _ATTRS = ("_pb_run", "_pb_layer", "_pb_layout")
@@ -25,8 +25,9 @@ _ATTRS = ("_pb_run", "_pb_layer", "_pb_layout")
 class TokenRun:
     """A token strategy on one model: what it was told and what the last forward did."""
 
-    def __init__(self, strategy: TokenStrategy, n_prefix: int, n_layers: int):
+    def __init__(self, strategy: TokenStrategy, n_prefix: int, n_layers: int, family: Family | None = None):
         self.strategy = strategy
+        self.family = family
         self.n_prefix = n_prefix
         self.n_layers = n_layers
         self.trace_source = False  # keep a (B, tokens, patches) map of which patches each token holds
@@ -37,6 +38,7 @@ class TokenRun:
 
     def begin(self, x: torch.Tensor | None) -> None:
         self.size = None  # (B, N, 1) patches per token, once tokens have been merged
+        self.rope = None  # (B, N, R) rotary table per token (prefix rows unused), once tokens were reduced
         self.source = None
         self.tokens_in: list[int] = []
         self.tokens_mlp: list[int] = []
@@ -45,11 +47,14 @@ class TokenRun:
             B, N, _ = x.shape
             self.source = torch.eye(N, device=x.device, dtype=x.dtype).expand(B, N, N)
 
-    def block_forward(self, block, x: torch.Tensor, original, extra_args) -> torch.Tensor:
+    def block_forward(self, block, x: torch.Tensor, original, args: tuple, kwargs: dict) -> torch.Tensor:
         layer = block._pb_layer
         if layer <= self._last_layer:  # a new forward pass started (whatever the entry point)
             self.begin(x)
         self._last_layer = layer
+        rope, extra_args = self.family.split_block_args(args, kwargs)
+        if self.rope is not None:  # tokens were reduced earlier: the block's own table no longer fits
+            rope = self.rope[:, None, self.n_prefix:]
         N = int(x.shape[1])  # a 0-d tensor while tracing (fvcore): keep schedules plain ints
         n_out, message = self.strategy.plan_block(layer, N, self.n_prefix, self.n_layers)
         if message and message not in self._warned:
@@ -59,18 +64,21 @@ class TokenRun:
         bias_needed = self.size is not None and self.strategy.uses_size_bias()
         if n_out == N and not bias_needed and not self.record_attention:
             self.tokens_mlp.append(N)
-            return original()
+            return original() if self.rope is None else original(**self.family.block_call(rope))
         if any(a is not None and a is not False for a in extra_args):
             raise ValueError("token reduction cannot be combined with an attention mask")
 
         layout = block._pb_layout
         norm1, attn, norm2, mlp = layout.parts(block)
         bias = self.size.log()[:, None, None, :, 0] if bias_needed else None
-        out, probe = attention_with_probe(attn, norm1(x), bias)
+        rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
+        out, probe = attention_with_probe(attn, norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
         kept = None
         if n_out < N:
             reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
+            if rope is not None:
+                self.rope = reduction.reduce_features(self._rope_rows(rope, x), self.size)[0]
             x, self.size = reduction.reduce_features(x, self.size)
             if self.source is not None:
                 self.source = reduction.apply(self.source, "sum")
@@ -83,6 +91,16 @@ class TokenRun:
         del out, probe  # q and k must not stay alive through the MLP: they would raise peak memory
         self.tokens_mlp.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
+
+    def _rope_rows(self, rope: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The rotary table as one row per token (B, N, R), prefix rows zero, to reduce with the tokens."""
+        if self.rope is not None:
+            return self.rope
+        B, N, _ = x.shape
+        table = rope.reshape(-1, rope.shape[-2], rope.shape[-1])  # (1 or B, patches, R)
+        table = table.expand(B, -1, -1).to(x.dtype)
+        prefix = table.new_zeros(B, self.n_prefix, table.shape[-1])
+        return torch.cat([prefix, table], dim=1)
 
     def stats(self) -> dict:
         return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
@@ -102,9 +120,10 @@ def _patched_block_class(cls: type) -> type:
     if cls not in _BLOCK_CLASSES:
 
         def forward(self, x, *args, **kwargs):
-            return self._pb_run.block_forward(
-                self, x, lambda: cls.forward(self, x, *args, **kwargs), tuple(args) + tuple(kwargs.values())
-            )
+            def original(**replace):
+                return cls.forward(self, x, *args, **{**kwargs, **replace})
+
+            return self._pb_run.block_forward(self, x, original, args, kwargs)
 
         _BLOCK_CLASSES[cls] = type(f"TokenReduced{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
     return _BLOCK_CLASSES[cls]
@@ -129,15 +148,16 @@ class TokenAttachment:
 
 
 def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy) -> TokenAttachment:
-    target = locate_vit(model)
+    target = locate(model)
     if strategy.needs_class_token and target.n_prefix == 0:
         raise ValueError(f"{strategy.name} ranks tokens by the class token's attention; this model has no class token")
     strategy.check_model(len(target.blocks), target.n_prefix)
+    target.check_tokens()
     modules = [target.vit, *target.blocks]
     if any(hasattr(m, "_pb_run") for m in modules):
         raise ValueError("this model already carries a token strategy; restore it before adding another")
-    layouts = [block_layout(b) for b in target.blocks]  # refuse unknown blocks before touching anything
-    run = TokenRun(strategy, target.n_prefix, len(target.blocks))
+    layouts = [target.block_layout(b) for b in target.blocks]  # refuse unknown blocks before touching anything
+    run = TokenRun(strategy, target.n_prefix, len(target.blocks), target)
     swapped = []
     try:
         for layer, (block, layout) in enumerate(zip(target.blocks, layouts)):
@@ -145,7 +165,7 @@ def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy) -> To
             block.__class__ = _patched_block_class(type(block))
             block._pb_run, block._pb_layer, block._pb_layout = run, layer, layout
         swapped.append((target.vit, type(target.vit)))
-        target.vit.__class__ = patched_vit_class(type(target.vit), target.family)
+        target.vit.__class__ = patched_vit_class(type(target.vit), target)
         target.vit._pb_run = run
     except BaseException:
         TokenAttachment(run, swapped).restore()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..patches.families import locate_vit
+from ..families import locate_vit
 from ..patches.structured import StructuredPlan, attach_structured, parameter_count, warn_noop
 from ..registry import register_strategy
 from .base import Strategy, check_choice, check_float

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..patches.families import locate_vit
+from ..families import attn_of, locate_vit, mlp_of, part_name
 from ..patches.structured import (
     attention_kind,
     attention_output_linear,
@@ -73,9 +73,9 @@ def neuron_magnitude(inputs: list[torch.Tensor], out: torch.Tensor) -> torch.Ten
 def magnitude_scores(blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     heads, neurons = [], []
     for b in blocks:
-        w = head_weights(b.attn)
+        w = head_weights(attn_of(b))
         heads.append(head_magnitude(w.q, w.k, w.v, w.out, w.num_heads))
-        neurons.append(neuron_magnitude(*mlp_weights(b.mlp)))
+        neurons.append(neuron_magnitude(*mlp_weights(mlp_of(b))))
     return heads, neurons
 
 
@@ -137,16 +137,18 @@ def label_free_loss(output: torch.Tensor, classifier: bool) -> torch.Tensor:
 
 
 def _encoder(model: nn.Module):
-    """(function image -> output, whether the output is class logits)."""
-    from timm.models.vision_transformer import VisionTransformer
+    """(function image -> output, whether the output is class logits): a classifier's logits, else features."""
+    from ..families import encode
 
-    if hasattr(model, "encode_image"):
-        return model.encode_image, False
-    classifier = isinstance(model, VisionTransformer) and getattr(model, "num_classes", 0) > 0
+    with torch.no_grad():
+        probe = next(model.parameters())
+        dims = locate_vit(model).dims()
+        blank = torch.zeros(1, dims.in_chans, *dims.image_size, device=probe.device, dtype=probe.dtype)
+        classifier = encode(model, blank)[1] is not None
 
     def run(x):
-        out = model(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        features, logits = encode(model, x)
+        return logits if classifier else features
 
     return run, classifier
 
@@ -169,15 +171,15 @@ def scoring_session(model: nn.Module, shared_mha: bool):
         model.eval()
         if shared_mha:
             for b in blocks:
-                if attention_kind(b.attn) == "mha":
-                    swaps.append((b, b.attn))
-                    b.attn = equivalent_attention(b.attn)
+                if attention_kind(attn_of(b)) == "mha":
+                    swaps.append((b, part_name(b, "attn"), attn_of(b)))
+                    setattr(b, part_name(b, "attn"), equivalent_attention(attn_of(b)))
         run, classifier = _encoder(model)
         with torch.inference_mode(False), torch.enable_grad():
             yield model, blocks, run, classifier
     finally:
-        for b, attn in reversed(swaps):
-            b.attn = attn
+        for b, name, attn in reversed(swaps):
+            setattr(b, name, attn)
         for p, flag in flags:
             p.requires_grad_(flag)
         for m, mode in modes:
@@ -198,8 +200,8 @@ def unit_scores(model: nn.Module, importance: str, calibration: Iterable | None 
         return magnitude_scores(locate_vit(model).blocks)
     batches = calibration_batches(calibration, owner, importance)
     with scoring_session(model, shared_mha=True) as (model, blocks, run, classifier):
-        n_heads = [int(b.attn.num_heads) for b in blocks]
-        n_hidden = [int(mlp_output_linear(b.mlp).in_features) for b in blocks]
+        n_heads = [int(attn_of(b).num_heads) for b in blocks]
+        n_hidden = [int(mlp_output_linear(mlp_of(b)).in_features) for b in blocks]
         head_acc = [torch.zeros(h) for h in n_heads]
         neuron_acc = [torch.zeros(h) for h in n_hidden]
         masks: dict[tuple[str, int], torch.Tensor] = {}
@@ -228,8 +230,8 @@ def unit_scores(model: nn.Module, importance: str, calibration: Iterable | None 
         handles = []
         try:
             for i, b in enumerate(blocks):
-                handles.append(attention_output_linear(b.attn).register_forward_pre_hook(head_hook(i)))
-                handles.append(mlp_output_linear(b.mlp).register_forward_pre_hook(neuron_hook(i)))
+                handles.append(attention_output_linear(attn_of(b)).register_forward_pre_hook(head_hook(i)))
+                handles.append(mlp_output_linear(mlp_of(b)).register_forward_pre_hook(neuron_hook(i)))
             images = 0
             for x in batches:
                 x = _images(x, model)

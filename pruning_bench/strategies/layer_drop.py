@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..patches.families import locate_vit
+from ..families import locate_vit
 from ..patches.structured import StructuredPlan, attach_structured, parameter_count, warn_noop
 from ..registry import register_strategy
 from .base import Strategy, check_bool, check_choice, check_int

@@ -82,7 +82,7 @@ def maps_from_kept_indices(kept_index: list, tokens_per_layer: list[int], n_pref
 
 def patch_grid(model) -> tuple[int, int]:
     """The patch grid of a supported ViT (timm patch_embed.grid_size, open_clip grid_size)."""
-    from ..patches.families import locate_vit
+    from ..families import locate_vit
 
     vit = locate_vit(model).vit
     grid = getattr(getattr(vit, "patch_embed", None), "grid_size", None) or getattr(vit, "grid_size", None)
@@ -108,7 +108,7 @@ def live_token_maps(model, images: torch.Tensor, strategy: str, params: dict | N
     """Patch `model` with a token strategy, run `images` once with source tracing, and read the maps."""
     import pruning_bench as pb
     from ..clip_benchmark_ext.efficiency import encode_images
-    from ..patches.families import locate_vit
+    from ..families import locate_vit
 
     params = dict(params or {})
     target = locate_vit(model)

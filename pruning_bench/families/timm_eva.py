@@ -1,0 +1,82 @@
+"""timm `Eva` (EVA02: rotary position embeddings, SwiGLU MLP, optional layer scale), alone or as the
+trunk of an open_clip tower (open_clip's `EVA02-*` configs).
+
+Token reduction keeps the rotary embedding with the tokens: the hook holds a per-image copy of the
+(cos, sin) table, reduced exactly like the features. A kept token keeps its own rotation; a merged
+token gets the size-weighted mean of its patches' (cos, sin) entries. Rotation is linear in q and k,
+so that mean rotation applied to the merged query equals the mean of the patches' rotated queries
+whenever the merged tokens are equal, which is what merging assumes; it is no longer a pure
+rotation, and says so by its smaller norm.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .base import BlockLayout, register_family
+from .dims import BlockDims
+from .timm_vit import TimmFamily, attention_width, mlp_dims, weighted_mean
+
+EVA_BLOCK = BlockLayout("norm1", "attn", ("gamma_1", "drop_path1"), "norm2", "mlp", ("gamma_2", "drop_path2"))
+
+
+@register_family
+class EvaFamily(TimmFamily):
+    name = "eva"
+    label = "timm Eva (EVA02, rotary embeddings), also as an open_clip timm trunk (EVA02-*)"
+    rope = True
+
+    @classmethod
+    def _core_class(cls):
+        from timm.models.eva import Eva
+
+        return Eva
+
+    @classmethod
+    def block_layout(cls, block):
+        from timm.models.eva import EvaBlock
+
+        if not isinstance(block, EvaBlock):
+            raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__} "
+                                        f"(post-norm Eva blocks are not supported); supported: {cls.label}")
+        return EVA_BLOCK
+
+    def check_tokens(self):
+        if getattr(self.core, "rope_mixed", False):
+            raise UnsupportedModelError("token reduction on Eva with depth-dependent ('mixed') rotary embeddings is not supported")
+
+    def split_block_args(self, args, kwargs):
+        kwargs = dict(kwargs)
+        if "rope" in kwargs:
+            return kwargs.pop("rope"), tuple(args) + tuple(kwargs.values())
+        return (args[0] if args else None), tuple(args[1:]) + tuple(kwargs.values())
+
+    def block_call(self, rope):
+        return {"rope": rope}
+
+    def rotate(self, t, rope):
+        from timm.layers.pos_embed_sincos import apply_rot_embed_cat
+
+        half = getattr(self.blocks[0].attn, "rotate_half", False)
+        return apply_rot_embed_cat(t, rope, half=half)
+
+    def pooling_methods(self, cls):
+        def pool(vit, x, pool_type=None):
+            size = vit._pb_run.size
+            kind = vit.global_pool if pool_type is None else pool_type
+            if size is None or kind != "avg" or vit.attn_pool is not None:
+                return cls.pool(vit, x, pool_type)
+            p = vit.num_prefix_tokens
+            return weighted_mean(x[:, p:], size[:, p:])
+
+        return {"pool": pool}
+
+    def dims(self):
+        d = self.core.patch_embed.proj.out_channels
+        blocks = [mlp_dims(d, attention_width(b.attn), b.mlp) for b in self.core.blocks]
+        attn_pool = None
+        pool = getattr(self.core, "attn_pool", None)
+        if pool is not None:
+            attn_pool = BlockDims(d, pool.q.out_features, pool.mlp.fc2.in_features)
+        return self._dims(blocks, attn_pool)

@@ -1,0 +1,140 @@
+"""timm `VisionTransformer` (DeiT distilled included: two prefix tokens), alone or as the trunk of
+an open_clip tower (`TimmModel`)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .base import BlockLayout, Family, candidate_towers, linear_macs, pair, register_family
+from .dims import BlockDims, VitDims
+
+TIMM_BLOCK = BlockLayout("norm1", "attn", ("ls1", "drop_path1"), "norm2", "mlp", ("ls2", "drop_path2"))
+
+
+def weighted_mean(tokens: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens, each weighted by the patches it holds (a merged token counts for all of them)."""
+    size = size.to(tokens.dtype)
+    return (tokens * size).sum(dim=1) / size.sum(dim=1)
+
+
+def attention_width(attn: nn.Module) -> int:
+    """heads * head_dim of a fused-qkv or separate-projection attention."""
+    if isinstance(getattr(attn, "qkv", None), nn.Linear):
+        return attn.qkv.out_features // 3
+    for name in ("q_proj", "q"):
+        if isinstance(getattr(attn, name, None), nn.Linear):
+            return getattr(attn, name).out_features
+    raise UnsupportedModelError(f"cannot read the attention width of {type(attn).__name__}")
+
+
+def mlp_dims(d: int, a: int, mlp: nn.Module) -> BlockDims:
+    """Block dims from a timm MLP (Mlp, GluMlp: fc1 emits 2h, SwiGLU: fc1_g and fc1_x)."""
+    fc2 = mlp.fc2
+    if isinstance(getattr(mlp, "fc1_g", None), nn.Linear):
+        return BlockDims(d, a, fc2.in_features, mlp.fc1_g.out_features + mlp.fc1_x.out_features)
+    fc1 = mlp.fc1
+    return BlockDims(d, a, fc2.in_features, fc1.out_features if fc1.out_features != fc2.in_features else None)
+
+
+class TimmFamily(Family):
+    """Shared by timm towers: the tower may be the timm model itself or an open_clip TimmModel."""
+
+    core_class: type | None = None
+
+    @classmethod
+    def _core_class(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def locate(cls, model):
+        core_class = cls._core_class()
+        for tower, core in candidate_towers(model):
+            if isinstance(core, core_class):
+                return cls(model, tower, core)
+        return None
+
+    @property
+    def blocks_owner(self):
+        return self.core, "blocks"
+
+    @property
+    def n_prefix(self) -> int:
+        return int(self.core.num_prefix_tokens)
+
+    def features(self, images):
+        if self.tower is not self.core:  # open_clip TimmModel: its forward is the image embedding
+            return self.tower(images), None
+        core = self.core
+        features = core.forward_head(core.forward_features(images), pre_logits=True)
+        head = core.get_classifier() if hasattr(core, "get_classifier") else None
+        has_head = isinstance(head, nn.Module) and not isinstance(head, nn.Identity)
+        return features, (head(features) if has_head else None)
+
+    def patch_grid(self):
+        return pair(self.core.patch_embed.grid_size)
+
+    def _head_linear(self) -> int:
+        head = getattr(self.core, "head", None)
+        macs = linear_macs(head)
+        if self.tower is not self.core:  # open_clip TimmModel: projection head after the trunk
+            macs += linear_macs(getattr(self.tower, "head", None))
+        return macs
+
+    def _dims(self, blocks, attn_pool=None, notes=()):
+        conv = self.core.patch_embed.proj
+        notes = list(notes)
+        if conv.stride != conv.kernel_size:
+            notes.append("patch embedding with overlapping windows: patch count assumes stride == kernel")
+        return VitDims(family=self.name, embed_dim=conv.out_channels, in_chans=conv.in_channels,
+                       patch_size=pair(conv.kernel_size), image_size=pair(self.core.patch_embed.img_size),
+                       num_prefix_tokens=self.n_prefix, blocks=tuple(blocks), head_linear_macs=self._head_linear(),
+                       attn_pool=attn_pool, notes=tuple(notes))
+
+
+@register_family
+class TimmVitFamily(TimmFamily):
+    name = "timm"
+    label = "timm VisionTransformer (incl. DeiT distilled, registers), also as an open_clip timm trunk"
+
+    @classmethod
+    def _core_class(cls):
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer
+
+    @classmethod
+    def block_layout(cls, block):
+        from timm.models.vision_transformer import Block
+
+        if isinstance(block, Block):
+            return TIMM_BLOCK
+        raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__}; supported: {cls.label}")
+
+    def pooling_methods(self, cls):
+        def pool(vit, x, pool_type=None):
+            size = vit._pb_run.size
+            kind = vit.global_pool if pool_type is None else pool_type
+            if size is None or kind != "avg" or vit.attn_pool is not None or vit.pool_include_prefix:
+                return cls.pool(vit, x, pool_type)
+            p = vit.num_prefix_tokens
+            return weighted_mean(x[:, p:], size[:, p:])
+
+        return {"pool": pool}
+
+    def dims(self):
+        d = self.core.patch_embed.proj.out_channels
+        blocks = [mlp_dims(d, attention_width(b.attn), b.mlp) for b in self.core.blocks]
+        attn_pool, notes = None, []
+        pool = getattr(self.core, "attn_pool", None)
+        if pool is not None:
+            attn_pool = BlockDims(d, pool.q.out_features, pool.mlp.fc2.in_features)
+            if getattr(pool, "latent_len", 1) != 1:
+                notes.append("attention pool with several latents counted as one")
+        head_dist = getattr(self.core, "head_dist", None)  # DeiT distilled: a second classifier
+        dims = self._dims(blocks, attn_pool, notes)
+        if isinstance(head_dist, nn.Module):
+            from dataclasses import replace
+
+            dims = replace(dims, head_linear_macs=dims.head_linear_macs + linear_macs(head_dist))
+        return dims
