@@ -86,7 +86,43 @@ def add_parser(subparsers):
     return parser
 
 
+def _error(message: str) -> int:
+    print(f"pruning-bench eval: error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_model_args(items: list[str]) -> dict:
+    """`--model_arg KEY=VALUE` items, each key once (values read like --prune_param values)."""
+    from ..clip_benchmark_ext.flags import parse_value
+
+    parsed: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model_arg {item!r} is not KEY=VALUE")
+        if key in parsed:
+            raise ValueError(f"--model_arg {key} is given twice ({key}={parsed[key]!r} and {item!r})")
+        parsed[key] = parse_value(value)
+    return parsed
+
+
 def run(args) -> int:
+    """Bad input (an unknown model, a model argument or strategy that does not fit) is one line, exit 2."""
+    from ..errors import UnsupportedModelError
+
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        return _error(f"--seed={args.seed} is out of range [0, {2**63 - 1}]")
+    try:
+        check_model_args(args.model_arg or [])
+        return _run_checked(args)
+    except UnsupportedModelError as exc:  # a family pruning cannot patch: its message names the supported ones
+        return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except ValueError as exc:  # found while loading the model or fitting the strategy to it
+        return _error(str(exc).splitlines()[0])
+
+
+def _run_checked(args) -> int:
     from ..evaluate.runner import run as run_eval
 
     for name in ("train_samples", "test_samples", "batch_size", "epochs", "efficiency_batch_size", "rounds"):

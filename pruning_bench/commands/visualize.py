@@ -64,8 +64,10 @@ def _load_live_model(args):
     if args.model.startswith("open_clip:"):
         import open_clip
 
-        model, _, transform = open_clip.create_model_and_transforms(args.model.split(":", 1)[1],
-                                                                    pretrained=args.pretrained or None)
+        name = args.model.split(":", 1)[1]
+        if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
+            raise ValueError(f"--model {args.model}: {name!r} is not an open_clip model (open_clip.list_models())")
+        model, _, transform = open_clip.create_model_and_transforms(name, pretrained=args.pretrained or None)
         return model.eval(), transform
     from ..evaluate.models import load_model
 
@@ -106,7 +108,15 @@ def _live(args):
 def _recorded(args):
     from ..visualize import display_images, load_record, maps_from_record, recorded_images
 
-    record = load_record(args.attention_file)
+    try:
+        record = load_record(args.attention_file)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as exc:  # junk, a foreign pickle, a truncated file: torch.load's own errors vary
+        raise ValueError(f"--attention_file {args.attention_file} is not an attention file written by "
+                         f"--extract_attention (torch.load: {type(exc).__name__})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"--attention_file {args.attention_file} holds a {type(record).__name__}, not an attention record")
     maps = maps_from_record(record, args.blocks, args.prefix_tokens)
     images = recorded_images(record)
     if images is not None:
@@ -124,9 +134,13 @@ def run(args) -> int:
 
     if (args.model is None) == (args.attention_file is None):
         return _error("give either --model (live) or --attention_file")
+    if args.n_images < 1:
+        return _error(f"--n_images={args.n_images} must be at least 1")
+    if args.display_size < 1:
+        return _error(f"--display_size={args.display_size} must be at least 1")
     try:
         maps, images = _live(args) if args.model is not None else _recorded(args)
     except (ValueError, FileNotFoundError) as exc:
-        return _error(str(exc))
+        return _error(str(exc).splitlines()[0])
     print(render_token_maps(maps, images, args.output, title=args.title))
     return 0

@@ -40,7 +40,8 @@ class LoadedModel:
         digest = hashlib.sha1()
         for key, tensor in sorted(self.model.state_dict().items()):
             digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # reshape: 0-d buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
 
@@ -55,21 +56,57 @@ def _state_dict(path: str) -> dict:
 def _timm_model(name: str, pretrained: str, image_size: int | None, model_args: dict):
     import timm
 
+    if not timm.is_model(name):
+        raise ValueError(f"--model {name!r} is neither `reference` nor a timm model name "
+                         f"(timm.list_models() lists them)")
     kwargs = dict(model_args)
     if image_size is not None:
         kwargs["img_size"] = image_size
     if pretrained.lower() in RANDOM_INIT or pretrained.lower() == "timm":
-        return timm.create_model(name, pretrained=pretrained.lower() == "timm", **kwargs)
+        return _create(timm, name, pretrained.lower() == "timm", kwargs)
     state = _state_dict(pretrained)
     head = state.get("head.weight")
     if head is not None and "num_classes" not in kwargs:
         kwargs["num_classes"] = int(head.shape[0])
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    model = _create(timm, name, False, kwargs)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         print(f"pruning-bench eval: checkpoint {pretrained}: missing {missing[:5]}, unexpected {unexpected[:5]}",
               file=sys.stderr)
     return model
+
+
+def _create(timm, name: str, pretrained: bool, kwargs: dict):
+    """timm.create_model; arguments it rejects are named as the --model_arg / --img_size they came from."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (TypeError, ValueError, AssertionError, ZeroDivisionError) as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "num_classes") or "none"
+        raise ValueError(f"--model {name} does not accept the arguments given (--model_arg / --img_size: {given}): "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def preflight(model, config) -> None:
+    """Before any feature is computed: does the strategy fit this model? Token strategies are attached and
+    taken out again (their model checks run: depth, class token, pooling); any strategy needs a supported family."""
+    if not getattr(config, "enabled", False):
+        return
+    import pruning_bench as pb
+    from ..api import make_strategy
+
+    params = {k: v for k, v in dict(config.params).items() if k != "calibration"}
+    try:
+        strategy = make_strategy(config.strategy, params)
+    except ValueError:
+        return  # parameters that need calibration images: checked when attached
+    if strategy.kind == "token":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pb.prune(model, strategy).restore()
+    else:
+        from ..measure.analytic import find_blocks
+
+        find_blocks(model)
 
 
 def _timm_transform(model):

@@ -25,7 +25,7 @@ import torch
 from ..clip_benchmark_ext import flags
 from . import data, fidelity, finetune, results, rounds
 from .features import FeatureCache, Features, extract
-from .models import load_model
+from .models import load_model, preflight
 from .probe import fit_probe
 
 TASKS = ("auto", "probe", "fidelity", "finetune")
@@ -156,6 +156,7 @@ def _run(args) -> int:
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.pretrained, image_size=args.img_size,
                         model_args=flags.parse_prune_params(args.model_arg or []))
+    preflight(loaded.model, config)  # a strategy that cannot fit the model fails now, not after the features
     output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
                                  dataset=args.dataset, task=task)
     if args.skip_existing and os.path.exists(output):

@@ -28,7 +28,16 @@ class Strategy(abc.ABC):
                 f"accepted: {', '.join(sorted(self.defaults)) or 'none'}"
             )
         self.params = {**self.defaults, **params}
+        if "seed" in self.defaults:  # torch generators take seeds below 2**63; larger ones fail at the first forward
+            self.params["seed"] = check_int("seed", self.params["seed"], 0, MAX_SEED, self.name)
+        if "calibration" in self.defaults and self.params["calibration"] is not None:
+            self.params["calibration"] = CalibrationBatches(check_calibration(self.params["calibration"], self.name))
         self._check()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "attach" in cls.__dict__:
+            cls.attach = _naming_calibration_failures(cls.__dict__["attach"])
 
     def _check(self) -> None:  # pragma: no cover - overridden
         pass
@@ -47,6 +56,64 @@ class Strategy(abc.ABC):
 
 
 # ---------------------------------------------------------------- parameter checks
+
+MAX_SEED = 2**63 - 1
+
+
+def check_calibration(value, owner: str = ""):
+    """`calibration` must be an iterable of image batches; an int, a string or a single image is not."""
+    where = f"{owner}: " if owner else ""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__") or (
+            isinstance(value, torch.Tensor) and value.ndim != 5):
+        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+        raise ValueError(f"{where}calibration must be an iterable of image batches (tensors (B, C, H, W)), "
+                         f"got {type(value).__name__}{shape} {str(value)[:40] if not shape else ''}".rstrip())
+    return value
+
+
+class CalibrationBatches:
+    """Passes calibration batches through, remembering which one is being used, so that a model that
+    fails on them (wrong image size...) is reported as failing on the calibration batches."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.current: tuple[int, tuple] | None = None
+
+    def __iter__(self):
+        try:
+            for i, batch in enumerate(self.batches):
+                images = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+                self.current = (i, tuple(getattr(images, "shape", ())))
+                yield batch
+        finally:
+            self.current = None
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __repr__(self):
+        return f"CalibrationBatches({self.batches!r})"
+
+
+def _naming_calibration_failures(attach):
+    """Wrap a strategy's `attach`: an error raised by the model while it runs a calibration batch names that batch."""
+    import functools
+
+    @functools.wraps(attach)
+    def wrapper(self, model):
+        try:
+            return attach(self, model)
+        except (RuntimeError, AssertionError) as exc:
+            calibration = self.params.get("calibration") if isinstance(getattr(self, "params", None), dict) else None
+            current = getattr(calibration, "current", None)
+            if current is None:
+                raise
+            index, shape = current
+            raise ValueError(f"{self.name}: the model failed on calibration batch {index} (shape {shape}); "
+                             f"calibration images must be preprocessed like the evaluated ones: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
 
 def check_int(name: str, value, low: int | None = 0, high: int | None = None, owner: str = "") -> int:
     where = f"{owner}: " if owner else ""
@@ -150,10 +217,34 @@ class TokenStrategy(Strategy):
         """Whether attention adds log(token size) to its logits once tokens have merged (ToMe)."""
         return False
 
+    def check_pooling(self, reads_patch_tokens: bool) -> None:
+        """Refuse a budget that leaves no patch token when the output pools over patch tokens (avg pooling,
+        or no class token): the pooled output would be NaN."""
+        budget = getattr(self, "budget", None)
+        if reads_patch_tokens and callable(budget) and budget() == 0:
+            raise ValueError(f"{self.name}: keep=0 leaves no patch token, but this model pools its output over "
+                             "patch tokens (average pooling or no class token), which would be NaN; "
+                             "keep is out of range [1, inf] for this model")
+
     def attach(self, model):
         from ..patches.tokens import attach_token_strategy
 
+        self.check_pooling(pooling_reads_patch_tokens(model))
         return attach_token_strategy(model, self)
+
+
+def pooling_reads_patch_tokens(model) -> bool:
+    """Whether the image tower's output is pooled from patch tokens only (timm `global_pool` avg/max
+    without the prefix, open_clip `pool_type` avg), or the tower has no class token at all."""
+    tower = getattr(model, "visual", model)
+    tower = getattr(tower, "trunk", tower)
+    if getattr(tower, "num_prefix_tokens", None) == 0 or getattr(tower, "cls_token", True) is None:
+        return True
+    pool = getattr(tower, "global_pool", None)
+    if isinstance(pool, str):
+        return (pool in ("avg", "max", "avgmax") and getattr(tower, "attn_pool", None) is None
+                and not getattr(tower, "pool_include_prefix", False))
+    return getattr(tower, "pool_type", None) == "avg"
 
 
 class Selection:

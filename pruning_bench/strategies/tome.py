@@ -115,6 +115,9 @@ class ToMe(TokenStrategy):
         r = self.params["r"]
         if isinstance(r, list) and len(r) > n_layers:
             raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        if isinstance(r, list) and len(r) < n_layers:
+            warnings.warn(f"{self.name}: r has {len(r)} entries for a {n_layers}-block model; blocks "
+                          f"{len(r)}-{n_layers - 1} merge nothing (r=0)", UserWarning, stacklevel=4)
         if not any(self.r_at(layer) for layer in range(n_layers)):
             warnings.warn(f"{self.name}: r=0 in every block merges nothing; the model runs unchanged", UserWarning, stacklevel=4)
 
