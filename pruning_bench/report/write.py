@@ -22,6 +22,10 @@ MARKDOWN_COLUMNS = [
     "model", "pretrained", "dataset", "task", "strategy", "params", "seed", "acc1", "acc1_baseline", "acc1_delta",
     "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency", "memory_ratio",
 ]
+DECISION = ("How differences are decided: a difference is called out (**significant**) only when its 95% interval "
+            "excludes zero. The interval comes from a paired bootstrap over the test images when both results carry "
+            "per-image correctness, else from the spread over seeds (t interval, n >= 2), else from a bound given by "
+            "top-1 agreement; each row names its method, and \"undecided\" means none applied (see Definitions).")
 LOAD_RULE = "1-minute load average before or after the timed runs above the machine's logical CPU count"
 
 
@@ -33,7 +37,7 @@ def _pm(mean, std, scale=1.0, pattern="{:.2f}", unit="") -> str:
     if mean is None or pd.isna(mean):
         return ""
     text = pattern.format(mean * scale)
-    return text + (f" ± {pattern.format(std * scale)}" if not pd.isna(std) else "") + unit
+    return text + (f" ± {pattern.replace('+', '').format(std * scale)}" if not pd.isna(std) else "") + unit
 
 
 def _interval(low, high, scale, pattern) -> str:
@@ -129,7 +133,7 @@ def _run_table(table: pd.DataFrame) -> str:
 def markdown(table: pd.DataFrame, title: str, configs: pd.DataFrame | None = None) -> str:
     configs = aggregate(table) if configs is None else configs
     lines = [f"# {title}", "",
-             "How differences are decided: " + " ".join(UNCERTAINTY.split("\n\n")[0].split()), "",
+             DECISION, "",
              f"Timings: images/s is the median timed repeat, with the slowest and fastest repeat in brackets; "
              f"⚠ load marks timings taken with the {LOAD_RULE}.", "",
              "## Configurations (runs differing only in seed grouped: mean ± std, n runs)", "",
