@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["report", "eval", "visualize", "sweep", "leaderboard"]
+COMMANDS = ["report", "eval", "visualize", "sweep", "leaderboard", "strategies"]
 
 
 def available_commands() -> dict[str, object]:

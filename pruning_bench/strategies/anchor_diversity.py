@@ -75,6 +75,10 @@ def select_anchor_diversity(x, probe, n_prefix: int, k_anchors: int, top_m: int,
 
 @register_strategy("anchor_diversity")
 class AnchorDiversity(PruneOnceStrategy):
+    param_help = {"k_anchors": "int >= 1: anchors the class token attends to most",
+                  "top_m": "int >= 0: tokens kept beyond the anchors, by importance and diversity",
+                  "alpha": "float in [0, 1]: weight of importance (1) against diversity (0)",
+                  "importance_direction": "anchor_to_token | token_to_anchor: which attention reads importance"}
     defaults = {"k_anchors": 10, "top_m": 50, "alpha": 0.5, "start_layer": 1, "importance_direction": DIRECTIONS[0],
                 "prune_layers": None, "keep_rate": None}
     needs_class_token = True

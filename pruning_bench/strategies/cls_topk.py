@@ -25,6 +25,7 @@ def topk_by_cls_attention(probe: AttentionProbe, n_prefix: int, keep: int) -> to
 
 @register_strategy("cls_topk")
 class ClsTopK(PruneOnceStrategy):
+    param_help = {"keep": "int >= 0: patch tokens kept after start_layer (class token excluded)"}
     defaults = {"keep": 98, "start_layer": 1, "prune_layers": None, "keep_rate": None}
     needs_class_token = True
     compute_knob = "keep"

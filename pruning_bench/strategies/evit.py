@@ -66,6 +66,7 @@ def evit_reduction(attention: torch.Tensor, n_prefix: int, keep: int, fuse: bool
 
 @register_strategy("evit")
 class EViT(PruneOnceStrategy):
+    param_help = {"fuse": "bool: add one token, the class-attention-weighted sum of the dropped ones"}
     defaults = {"keep_rate": 0.7, "prune_layers": [3, 6, 9], "fuse": True}
     needs_class_token = True
     budget_params = ()

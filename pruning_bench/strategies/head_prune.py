@@ -72,6 +72,11 @@ def choose(scores: list[torch.Tensor], ratio: float, scope: str) -> tuple[list[t
 
 @register_strategy("head_prune")
 class HeadPrune(Strategy):
+    param_help = {"head_ratio": "float in [0, 1): share of attention heads removed",
+                  "mlp_ratio": "float in [0, 1): share of MLP neurons removed",
+                  "importance": "magnitude | taylor | fisher | activation (the last three need calibration)",
+                  "scope": "layerwise | global: rank within each block or across blocks",
+                  "calibration": "iterable of image batches, or None"}
     compute_knob = "head_ratio"
     kind = "structured"
     defaults = {"head_ratio": 0.3, "mlp_ratio": 0.0, "importance": "magnitude", "scope": "layerwise", "calibration": None}

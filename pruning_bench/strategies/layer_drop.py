@@ -48,6 +48,12 @@ def select_distributed(scores: torch.Tensor, keep: int, pinned: list[int]) -> li
 
 @register_strategy("layer_drop")
 class LayerDrop(Strategy):
+    param_help = {"keep_layers": "int >= 1: blocks kept, chosen by importance (or give drop)",
+                  "drop": "list of block indices >= 0 to skip (or give keep_layers)",
+                  "importance": "fisher | grad_norm | activation | cosine",
+                  "selection": "topk | distributed: best blocks overall, or the best of equal spans",
+                  "pin_first": "bool: never drop block 0", "pin_last": "bool: never drop the last block",
+                  "calibration": "iterable of image batches, or None (needed by data-driven importances)"}
     compute_knob = "keep_layers"
     kind = "structured"
     defaults = {

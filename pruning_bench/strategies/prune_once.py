@@ -44,6 +44,9 @@ class PruneOnceStrategy(TokenStrategy):
 
     budget_params: tuple[str, ...] = ("keep",)
     extra_tokens = 0
+    param_help = {"start_layer": "int >= 0: the block that prunes (absolute budget)",
+                  "prune_layers": "list of block indices (increasing, >= 0), with keep_rate: the blocks that prune",
+                  "keep_rate": "float in (0, 1]: each listed block keeps ceil(keep_rate x (N - 1)) patch tokens"}
     keep_all_params: dict | None = {"prune_layers": [1, 2], "keep_rate": 1.0}
 
     def __init__(self, **params):

@@ -9,18 +9,25 @@ import torch
 
 from ..registry import register_strategy
 from .base import check_int
+from .constants import schedule_constant
 from .prune_once import PruneOnceStrategy
 
 
 def random_positions(n_patches: int, keep: int, seed: int, layer: int, n_prefix: int, batch: int, device) -> torch.Tensor:
-    """(batch, keep) positions of `keep` random patch tokens, identical for every image."""
+    """(batch, keep) positions of `keep` random patch tokens, identical for every image (drawn once)."""
+    chosen = schedule_constant(_draw, (n_patches, keep, seed, layer, n_prefix), device)
+    return chosen.expand(batch, keep)
+
+
+def _draw(n_patches: int, keep: int, seed: int, layer: int, n_prefix: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
-    chosen = torch.randperm(n_patches, generator=generator)[:keep] + n_prefix
-    return chosen.to(device).expand(batch, keep)
+    return torch.randperm(n_patches, generator=generator)[:keep] + n_prefix
 
 
 @register_strategy("random_drop")
 class RandomDrop(PruneOnceStrategy):
+    param_help = {"keep": "int >= 0: patch tokens kept after start_layer (class token excluded)",
+                  "seed": "int >= 0: the draw, shared by every image"}
     defaults = {"keep": 98, "start_layer": 1, "seed": 0, "prune_layers": None, "keep_rate": None}
     compute_knob = "keep"
     example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
