@@ -12,7 +12,6 @@ when that share cannot supply r merges, and `h.stats()["merges_per_layer"]` hold
 """
 from __future__ import annotations
 
-import functools
 import warnings
 
 import torch
@@ -20,9 +19,9 @@ import torch
 from ..registry import register_strategy
 from .base import Merge, TokenStrategy, check_bool, check_choice, check_float, check_int
 from .tome_cap import SHORT_MATCH, MergeCounting, short_match_note
+from .constants import schedule_constant
 
 
-@functools.lru_cache(maxsize=256)
 def _participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> torch.Tensor | None:
     """Bool mask (N,) of tokens allowed to match, or None when all are."""
     if fraction >= 1.0:
@@ -45,6 +44,13 @@ def max_merges(n_tokens: int, n_prefix: int, participants: torch.Tensor | None) 
     return min(limit, in_a) if in_b else 0
 
 
+@torch.compiler.assume_constant_result
+def _merge_limit(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> int:
+    """`max_merges` as a plain int the planner branches on: read on the CPU, a constant when compiled."""
+    participants = schedule_constant(_participants, (n_tokens, n_prefix, fraction, seed, layer), "cpu")
+    return max_merges(n_tokens, n_prefix, participants)
+
+
 def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, participants: torch.Tensor | None = None) -> Merge:
     """Plan merging r tokens of each image from `metric` (B, N, C); returns the `Merge` to apply."""
     B, N, _ = metric.shape
@@ -64,8 +70,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, partici
         kept_a = order[:, r:].sort(dim=1).values
         merged_a = order[:, :r]
         into_b = best_b[..., None].gather(1, merged_a)
-    front = _prefix_to_front(n_a - r, n_b, n_prefix)
-    front = None if front is None else front.to(metric.device)
+    front = schedule_constant(_prefix_to_front, (n_a - r, n_b, n_prefix), metric.device)
 
     def apply(t: torch.Tensor, mode: str = "sum") -> torch.Tensor:
         C = t.shape[-1]
@@ -79,7 +84,6 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, partici
     return Merge(apply)
 
 
-@functools.lru_cache(maxsize=256)
 def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor | None:
     """Permutation moving prefix tokens that sat in set B back to the front (None when there are none).
 
@@ -132,15 +136,16 @@ class ToMe(TokenStrategy):
             return r[layer] if layer < len(r) else 0
         return r
 
-    def _participants(self, layer, n_tokens, n_prefix):
-        return _participants(n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
+    def _participants(self, layer, n_tokens, n_prefix, device):
+        args = (n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
+        return schedule_constant(_participants, args, device)
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
         note = short_match_note(self, n_tokens, n_prefix, n_layers) if layer == 0 else None
         r = self.r_at(layer)
         if r == 0:
             return n_tokens, note
-        limit = max_merges(n_tokens, n_prefix, self._participants(layer, n_tokens, n_prefix))
+        limit = _merge_limit(n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
         return n_tokens - min(r, limit), note
 
     def attach(self, model):
@@ -149,7 +154,7 @@ class ToMe(TokenStrategy):
     def reduce(self, layer, x, probe, n_prefix, n_out):
         N = int(x.shape[1])
         metric = probe.k.mean(dim=1)
-        return bipartite_soft_matching(metric, N - n_out, n_prefix, self._participants(layer, N, n_prefix))
+        return bipartite_soft_matching(metric, N - n_out, n_prefix, self._participants(layer, N, n_prefix, x.device))
 
     def uses_size_bias(self):
         return self.params["prop_attn"]
