@@ -29,12 +29,34 @@ def run(args) -> int:
     if any(b <= 0 for b in args.budget + args.gmacs_budget):
         print("pruning-bench leaderboard: error: budgets must be positive", file=sys.stderr)
         return 2
+    import warnings
+
+    from ..report.load import ResultFileError
+    from .report import check_output_prefix
+
+    problem = check_output_prefix(args.output)
+    if problem:
+        print(f"pruning-bench leaderboard: error: {problem}", file=sys.stderr)
+        return 2
     try:
-        board = leaderboard(load_inputs(args.results))
-    except (FileNotFoundError, ValueError) as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            inputs = load_inputs(args.results)
+        for w in caught:
+            if str(w.message).startswith("skipped "):
+                print(f"pruning-bench leaderboard: warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        board = leaderboard(inputs)
+    except (FileNotFoundError, ResultFileError, ValueError) as exc:
         print(f"pruning-bench leaderboard: error: {exc}", file=sys.stderr)
         return 2
-    for path in write_leaderboard(board, args.output, budgets=args.budget, gmacs_budgets=args.gmacs_budget,
-                                  title=args.title, top=args.top):
+    try:
+        written = write_leaderboard(board, args.output, budgets=args.budget, gmacs_budgets=args.gmacs_budget,
+                                    title=args.title, top=args.top)
+    except OSError as exc:
+        print(f"pruning-bench leaderboard: error: writing {args.output}.*: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
     return 0

@@ -20,15 +20,46 @@ def add_parser(subparsers):
     return parser
 
 
+def check_output_prefix(prefix: str) -> str | None:
+    """Why files `PREFIX.csv`, `PREFIX.md`... cannot be written (None when they can): checked before any reading."""
+    import os
+    from pathlib import Path
+
+    path = Path(prefix)
+    if not path.name or prefix.endswith(os.sep):
+        return f"-o {prefix!r} names a folder; give a file prefix such as {os.path.join(prefix, 'report')!r}"
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"-o {prefix}: cannot create the folder {parent} ({exc.strerror or exc})"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"-o {prefix}: the folder {parent} is not writable"
+    return None
+
+
+def warn_skipped(command: str):
+    return lambda message: print(f"pruning-bench {command}: warning: {message}", file=sys.stderr)
+
+
 def run(args) -> int:
     from ..report import compare, load_results, write_report
 
+    problem = check_output_prefix(args.output)
+    if problem:
+        print(f"pruning-bench report: error: {problem}", file=sys.stderr)
+        return 2
     try:
-        table = compare(load_results(args.results))
+        table = compare(load_results(args.results, on_skip=warn_skipped("report")))
     except (FileNotFoundError, ValueError) as exc:
         print(f"pruning-bench report: error: {exc}", file=sys.stderr)
         return 2
-    for path in write_report(table, args.output, title=args.title, with_plot=args.plot):
+    try:
+        written = write_report(table, args.output, title=args.title, with_plot=args.plot)
+    except OSError as exc:
+        print(f"pruning-bench report: error: writing {args.output}.*: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
     unpaired = int((~table["has_baseline"]).sum())
     if unpaired:

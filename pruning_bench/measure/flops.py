@@ -214,6 +214,16 @@ class FlopCount:
         }
 
 
+def check_images(images) -> None:
+    """`images` must be one batch (B, C, H, W) of at least one image: a clear error, not one from inside a trace."""
+    first = images[0] if isinstance(images, (list, tuple)) and images else images
+    if not isinstance(first, torch.Tensor):
+        raise ValueError(f"images must be a tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if first.ndim != 4 or first.shape[0] < 1:
+        hint = " (one image: add the batch dimension, images[None])" if first.ndim == 3 else ""
+        raise ValueError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(first.shape)}{hint}")
+
+
 def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) -> FlopCount:
     """Count the MACs of one forward of `model`'s image tower on `images`, pruning included.
 
@@ -224,6 +234,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     work but has no handle raises `UncountedMatmulError`; otherwise it is listed in
     `matmul_like_skipped` and named in the note.
     """
+    check_images(images)
     tower = image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])

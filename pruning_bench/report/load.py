@@ -58,10 +58,47 @@ def _number(value) -> float:
     return value
 
 
+class ResultFileError(ValueError):
+    """A result file that cannot be reported: empty, truncated, foreign, or with a key of the wrong type."""
+
+
+_BLOCKS = ("pruning", "efficiency")
+_NUMBERS = ("gmacs", "gflops", "images_per_second")
+
+
+def read_result(path) -> dict[str, Any]:
+    """The parsed result at `path`, or `ResultFileError` naming the file and what is wrong with it."""
+    from ..result_check import data_problem
+
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ResultFileError(f"{path} is not a result file (not text)") from None
+    if not text.strip():
+        raise ResultFileError(f"{path} is empty (a run interrupted before writing it?)")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ResultFileError(f"{path} is not valid JSON ({exc}; truncated?)") from None
+    problem = data_problem(data)
+    if problem:
+        raise ResultFileError(f"{path} is not a clip_benchmark / pruning-bench result: it {problem}")
+    for block in _BLOCKS:
+        if data.get(block) is not None and not isinstance(data[block], dict):
+            raise ResultFileError(f"{path}: '{block}' is {type(data[block]).__name__} {str(data[block])[:40]!r}, "
+                                  "not an object")
+    params = (data.get("pruning") or {}).get("params")
+    if params is not None and not isinstance(params, dict):
+        raise ResultFileError(f"{path}: 'pruning.params' is {type(params).__name__}, not an object")
+    for key in _NUMBERS:
+        value = (data.get("efficiency") or {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ResultFileError(f"{path}: 'efficiency.{key}' is {type(value).__name__} {value!r}, not a number")
+    return data
+
+
 def result_row(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or "metrics" not in data:
-        raise ValueError(f"{path} is not a clip_benchmark result (no 'metrics')")
+    data = read_result(path)
     metrics = data.get("metrics") or {}
     pruning = data.get("pruning") or {}
     efficiency = data.get("efficiency") or {}
@@ -91,11 +128,28 @@ def result_row(path: Path) -> dict[str, Any]:
     }
 
 
-def load_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """One row per result file; a file that is not a clip_benchmark result raises ValueError."""
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def load_results(paths: Iterable[str | os.PathLike], on_skip=None) -> pd.DataFrame:
+    """One row per result file. A file that is not a complete result (empty, truncated, foreign, a key of the
+    wrong type) is skipped with a message to `on_skip` (default: a UserWarning) when other files are fine, and
+    raises `ResultFileError` naming it when none is."""
     from .build_csv import rows_of  # a `clip_benchmark build` CSV gives one row per line
 
-    rows = [row for p in result_files(paths) for row in rows_of(p)]
+    rows, skipped = [], []
+    for path in result_files(paths):
+        try:
+            rows += rows_of(path)
+        except (ResultFileError, UnicodeDecodeError) as exc:
+            skipped.append(str(exc) if isinstance(exc, ResultFileError) else f"{path} is not a result file (not text)")
+    if skipped and not rows:
+        raise ResultFileError(skipped[0] + (f" (and {len(skipped) - 1} other file(s) unusable)" if len(skipped) > 1 else ""))
+    for message in skipped:
+        (on_skip or _warn)(f"skipped {message}")
     if not rows:
         raise ValueError("no result JSON files found")
     table = pd.DataFrame(rows)
