@@ -128,6 +128,11 @@ class Family(abc.ABC):
     def block_layout(cls, block: nn.Module) -> BlockLayout:
         """The block's layout; raises `UnsupportedModelError` for a block this adapter does not know."""
 
+    @classmethod
+    def pruned_attention_forward(cls, attn: nn.Module):
+        """A forward for a head-sliced copy of `attn` when the module's own assumes the full width, else None."""
+        return None
+
     def check_tokens(self) -> None:
         """Raise `UnsupportedModelError` when token reduction cannot follow this model's tokens."""
 

@@ -16,23 +16,6 @@ from .dims import BlockDims, VitDims
 HF_BLOCK = BlockLayout("layer_norm1", "self_attn", (), "layer_norm2", "mlp", ())
 
 
-def _vision_classes():
-    classes = []
-    try:
-        from transformers.models.clip.modeling_clip import CLIPVisionTransformer
-
-        classes.append(CLIPVisionTransformer)
-    except ImportError:
-        pass
-    try:
-        from transformers.models.siglip.modeling_siglip import SiglipVisionTransformer
-
-        classes.append(SiglipVisionTransformer)
-    except ImportError:
-        pass
-    return tuple(classes)
-
-
 def _layer_classes():
     classes = []
     try:
@@ -64,15 +47,15 @@ class HfClipFamily(Family):
 
     @classmethod
     def locate(cls, model):
-        vision_classes = _vision_classes()
-        if not vision_classes:
-            return None
         core = getattr(model, "vision_model", None)
-        if isinstance(core, vision_classes):
-            return cls(model, model, core)
-        if isinstance(model, vision_classes):
-            return cls(model, model, model)
-        return None
+        core = core if isinstance(core, nn.Module) else model
+        layers = getattr(getattr(core, "encoder", None), "layers", None)
+        if not hasattr(core, "embeddings") or not isinstance(layers, nn.ModuleList) or not len(layers):
+            return None
+        classes = _layer_classes()
+        if not classes or not isinstance(layers[0], classes):
+            return None
+        return cls(model, model, core)
 
     def __init__(self, model, tower, core):
         super().__init__(model, tower, core)

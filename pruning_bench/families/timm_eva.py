@@ -42,6 +42,25 @@ class EvaFamily(TimmFamily):
                                         f"(post-norm Eva blocks are not supported); supported: {cls.label}")
         return EVA_BLOCK
 
+    @classmethod
+    def pruned_attention_forward(cls, attn):
+        from timm.models.eva import EvaAttention
+
+        if not isinstance(attn, EvaAttention):
+            return None
+
+        def forward(self, x, rope=None, attn_mask=None, is_causal=False):
+            """EvaAttention with fewer heads than the block is wide (its own forward reshapes to the width)."""
+            from timm.layers.pos_embed_sincos import apply_rot_embed_cat
+            from ..patches.attention import attention_with_probe
+
+            if attn_mask is not None or is_causal:
+                raise ValueError("a head-pruned EvaAttention does not take an attention mask")
+            rotate = None if rope is None else (lambda t: apply_rot_embed_cat(t, rope, half=getattr(self, "rotate_half", False)))
+            return attention_with_probe(self, x, None, rotate, self.num_prefix_tokens)[0]
+
+        return forward
+
     def check_tokens(self):
         if getattr(self.core, "rope_mixed", False):
             raise UnsupportedModelError("token reduction on Eva with depth-dependent ('mixed') rotary embeddings is not supported")

@@ -102,7 +102,14 @@ _SDPA_OPS = (
     "aten::_scaled_dot_product_cudnn_attention",
 )
 
+def convolution_mode_macs(inputs, outputs) -> int:
+    """`aten::_convolution_mode` (a convolution with padding given as a string, e.g. SigLIP's 'valid')."""
+    weight = _shape(inputs[1])
+    return prod(_shape(outputs[0])) * prod(weight[1:])
+
+
 EXTRA_HANDLES = {
+    "aten::_convolution_mode": convolution_mode_macs,
     **{op: sdpa_macs for op in _SDPA_OPS},
     "aten::_native_multi_head_attention": native_mha_macs,
     # fvcore's matmul handle asserts 2 operands of rank >= 2 and ignores broadcasting of the left one

@@ -91,13 +91,18 @@ def attention_kind(attn: nn.Module) -> str:
         if not attn.batch_first:
             raise UnsupportedModelError("sequence-first nn.MultiheadAttention is not supported")
         return "mha"
-    if isinstance(getattr(attn, "qkv", None), nn.Linear) and hasattr(attn, "attn_dim") and hasattr(attn, "proj"):
+    if isinstance(getattr(attn, "qkv", None), nn.Linear) and isinstance(getattr(attn, "proj", None), nn.Linear):
         return "timm"
+    if all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")) and isinstance(
+        getattr(attn, "proj", None) or getattr(attn, "out_proj", None), nn.Linear
+    ):
+        return "separate"
     if getattr(attn, "in_proj_weight", None) is not None and isinstance(getattr(attn, "out_proj", None), nn.Linear):
         return "in_proj"
     raise UnsupportedModelError(
-        f"no head pruning for attention module {type(attn).__name__}; supported: timm Attention, "
-        "open_clip Attention, nn.MultiheadAttention"
+        f"no head pruning for attention module {type(attn).__name__}; supported: fused qkv (timm Attention, "
+        "EvaAttention), separate q/k/v projections (EvaAttention, transformers CLIP/SigLIP), open_clip Attention, "
+        "nn.MultiheadAttention"
     )
 
 
@@ -118,28 +123,48 @@ def head_weights(attn: nn.Module) -> HeadWeights:
     heads = int(attn.num_heads)
     if kind == "timm":
         q, k, v = attn.qkv.weight.chunk(3, dim=0)
-        return HeadWeights(q, k, v, attn.proj.weight, heads, int(attn.head_dim))
+        return HeadWeights(q, k, v, attn.proj.weight, heads, q.shape[0] // heads)
+    if kind == "separate":
+        q, k, v = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+        return HeadWeights(q, k, v, _out_linear(attn).weight, heads, q.shape[0] // heads)
     q, k, v = attn.in_proj_weight.chunk(3, dim=0)
     return HeadWeights(q, k, v, attn.out_proj.weight, heads, q.shape[0] // heads)
 
 
+def _out_linear(attn: nn.Module) -> nn.Linear:
+    return attn.proj if isinstance(getattr(attn, "proj", None), nn.Linear) else attn.out_proj
+
+
 def attention_output_linear(attn: nn.Module) -> nn.Linear:
     """The projection whose input is the concatenated head outputs (B, N, heads*head_dim)."""
-    return attn.proj if attention_kind(attn) == "timm" else attn.out_proj
+    return _out_linear(attn) if attention_kind(attn) in ("timm", "separate") else attn.out_proj
 
 
 def _slice_timm_attention(attn: nn.Module, heads: torch.Tensor) -> nn.Module:
-    hd, width = attn.head_dim, attn.attn_dim
+    """Fused qkv (timm Attention, EvaAttention) or separate q/k/v projections, sliced to `heads`."""
+    w = head_weights(attn)
+    hd, width = w.head_dim, w.num_heads * w.head_dim
     ch = head_channels(heads, hd)
     new = _shell(attn)
-    new.qkv = sliced_linear(attn.qkv, rows=torch.cat([ch, ch + width, ch + 2 * width]))
-    new.proj = sliced_linear(attn.proj, cols=ch)
+    if getattr(attn, "qkv", None) is not None:
+        new.qkv = sliced_linear(attn.qkv, rows=torch.cat([ch, ch + width, ch + 2 * width]))
+    else:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            setattr(new, name, sliced_linear(getattr(attn, name), rows=ch))
+    for name in ("q_bias", "v_bias"):  # EvaAttention keeps the fused projection's biases apart
+        if isinstance(getattr(attn, name, None), torch.Tensor):
+            setattr(new, name, _parameter(getattr(attn, name), getattr(attn, name).index_select(0, ch)))
+    if isinstance(getattr(attn, "k_bias", None), torch.Tensor):
+        new._buffers["k_bias"] = attn.k_bias.index_select(0, ch)
+    out_name = "proj" if isinstance(getattr(attn, "proj", None), nn.Linear) else "out_proj"
+    setattr(new, out_name, sliced_linear(getattr(attn, out_name), cols=ch))
     if getattr(attn, "gate", None) is not None:
         new.gate = sliced_linear(attn.gate, rows=ch)
     if hasattr(attn, "norm"):
         new.norm = sliced_norm(attn.norm, ch)
     new.num_heads = len(heads)
-    new.attn_dim = len(heads) * hd
+    if hasattr(attn, "attn_dim"):
+        new.attn_dim = len(heads) * hd
     return new
 
 
@@ -260,10 +285,36 @@ class PrunedMultiheadAttention(InProjAttention):
 def equivalent_attention(attn: nn.Module, heads: torch.Tensor | None = None) -> nn.Module:
     """An attention module keeping `heads` (all of them, sharing parameters, when None)."""
     kind = attention_kind(attn)
-    if kind == "timm":
-        return attn if heads is None else _slice_timm_attention(attn, heads)
+    if kind in ("timm", "separate"):
+        if heads is None:
+            return attn
+        new = _slice_timm_attention(attn, heads)
+        forward = pruned_attention_forward(attn)
+        if forward is not None:  # the module's own forward assumes its width equals the block's
+            new.__class__ = _with_forward(type(attn), forward)
+        return new
     cls = PrunedMultiheadAttention if kind == "mha" else PrunedAttention
     return cls(attn, heads)
+
+
+_FORWARD_CLASSES: dict[type, type] = {}
+
+
+def _with_forward(cls: type, forward) -> type:
+    if cls not in _FORWARD_CLASSES:
+        _FORWARD_CLASSES[cls] = type(f"HeadPruned{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return _FORWARD_CLASSES[cls]
+
+
+def pruned_attention_forward(attn: nn.Module):
+    """The forward a head-sliced copy of `attn` needs, from its family's adapter (None: its own works)."""
+    from ..families import ADAPTERS
+
+    for adapter in ADAPTERS:
+        forward = adapter.pruned_attention_forward(attn)
+        if forward is not None:
+            return forward
+    return None
 
 
 # ---------------------------------------------------------------- MLP
