@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -43,7 +44,9 @@ from pruning_bench.evaluate.probe import fit_probe
 from pruning_bench.evaluate.runner import probe_metrics
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.measure.env import environment
+from pruning_bench.record.atomic import write_text
 from pruning_bench.reference import reference_transform
+from pruning_bench.report.uncertainty import Z95, agreement_se_bound, pack_correct, paired_bootstrap, unpack_correct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import round_robin  # noqa: E402  (same folder: one timing protocol for both tables)
@@ -155,8 +158,35 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
         "cifar10": probe_metrics(probe, reference["cifar_test"], cifar),
         "imagenet": None if imagenet is None else fidelity_metrics(reference["imagenet"], imagenet),
         "seconds_cifar_features": cifar.seconds, "notes": notes,
+        "per_image": correct_on(probe, cifar),
     }
     return record
+
+
+def correct_on(probe, features) -> dict:
+    """Per-image correctness of the probe (bit-packed): what a paired bootstrap over the test images needs."""
+    return pack_correct(probe.predict(features.features) == features.labels.numpy())
+
+
+def delta_interval(record: dict, base: dict, n: int) -> tuple[float, str]:
+    """(half-width of the 95% interval of acc1_delta, method): the paired bootstrap over the test images when both
+    records kept per-image correctness, else the bound from top-1 agreement (see the table header)."""
+    c = record["cifar10"]
+    delta = c["acc1"] - c["acc1_unpruned"]
+    if record.get("per_image") and base.get("per_image"):
+        pruned = unpack_correct(record["per_image"]["correct"], n)
+        unpruned = unpack_correct(base["per_image"]["correct"], n)
+        low, high = paired_bootstrap([(pruned, unpruned)])
+        return max(delta - low, high - delta), "bootstrap"
+    return Z95 * agreement_se_bound(delta, c["agreement"], n), "agreement bound"
+
+
+def difference_interval(a: dict, b: dict, n: int) -> float:
+    """Half-width of the 95% interval of acc1(a) - acc1(b) for two pruned rows: images where a and b disagree are at
+    most those where either disagrees with the unpruned model, so (1 - agr_a) + (1 - agr_b) bounds them."""
+    diff = a["cifar10"]["acc1"] - b["cifar10"]["acc1"]
+    disagree = (1 - a["cifar10"]["agreement"]) + (1 - b["cifar10"]["agreement"])
+    return Z95 * math.sqrt(max(min(disagree, 1.0) - diff * diff, 0.0) / n)
 
 
 # ---------------------------------------------------------------- the plan
@@ -221,12 +251,16 @@ def table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         c, i = r["cifar10"], r["imagenet"] or {}
+        n = c.get("images") or (r.get("per_image") or {}).get("n")
+        half, method = delta_interval(r, base, n) if r["id"] != "baseline" and n else (math.nan, "")
         rows.append({
             "group": r["group"], "strategy": r["strategy"],
             "params": ", ".join(f"{k}={v}" for k, v in r["params"].items()),
             "start_layer": r["start_layer"], "budget": r["budget"],
             "gmacs": r["gmacs"], "macs_ratio": r["gmacs"] / base["gmacs"],
-            "acc1": c["acc1"], "acc1_delta": c["acc1"] - c["acc1_unpruned"], "agreement": c["agreement"],
+            "acc1": c["acc1"], "acc1_delta": c["acc1"] - c["acc1_unpruned"], "acc1_delta_ci95": half,
+            "ci_method": method, "significant": bool(abs(c["acc1"] - c["acc1_unpruned"]) > half) if half == half else pd.NA,
+            "agreement": c["agreement"],
             "cosine": c["cosine"], "cosine_centred": c["cosine_centred"],
             "in1k_cosine_centred": i.get("cosine_centred"), "in1k_nn_agreement": i.get("nearest_neighbour_agreement"),
             "images_per_second": r["images_per_second"],
@@ -235,8 +269,17 @@ def table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """acc1_delta (points) of every pruned configuration, one column per budget: the figure to compare first."""
+def delta_text(delta: float, half: float, significant, with_interval: bool) -> str:
+    """`-2.1` or, with its interval, `-2.1 ±1.3` (`(ns)` when the interval includes zero)."""
+    text = f"{100 * delta:+.1f}"
+    if not with_interval or pd.isna(half):
+        return text
+    return f"{text} ±{100 * half:.1f}" + ("" if significant else " (ns)")
+
+
+def summary(frame: pd.DataFrame, with_interval: bool = False) -> pd.DataFrame:
+    """acc1_delta (points) of every pruned configuration, one column per budget: the figure to compare first
+    (with its 95% interval when asked)."""
     pruned = frame[frame["group"] != "baseline"].copy()
     variant = pruned["params"].str.extract(r"(alpha=[0-9.]+)", expand=False).where(pruned["group"] == "alpha", "")
     direction = pruned["params"].str.extract(r"(importance_direction=\w+)", expand=False)
@@ -248,20 +291,24 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                                   if "importance=" in r["params"] else "", axis=1)
     pruned["start_layer"] = pruned["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     pruned["budget"] = pruned["budget"].map(lambda v: f"{v:.0%} MACs")
-    pruned["acc1_delta"] = 100 * pruned["acc1_delta"]
+    pruned["acc1_delta"] = [delta_text(d, h, sig, with_interval) for d, h, sig in
+                            zip(pruned["acc1_delta"], pruned["acc1_delta_ci95"], pruned["significant"])]
     pivot = pruned.pivot_table(index=["group", "row", "start_layer"], columns="budget", values="acc1_delta",
                                aggfunc="first", sort=False)
-    pivot = pivot[sorted(pivot.columns, reverse=True)].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
+    pivot = pivot[sorted(pivot.columns, reverse=True)].fillna("")
     return pivot.reset_index()
 
 
 def markdown(frame: pd.DataFrame, header: str) -> str:
-    compact = summary(frame)
+    compact = summary(frame, with_interval=True)
     compact_text = compact.to_markdown(index=False, disable_numparse=True)
     shown = frame.copy()
     for column in ("acc1", "agreement", "in1k_nn_agreement"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%")
     shown["acc1_delta"] = shown["acc1_delta"].map(lambda v: f"{100 * v:+.1f}")
+    shown["acc1_delta_ci95"] = shown["acc1_delta_ci95"].map(lambda v: "" if pd.isna(v) else f"±{100 * v:.1f}")
+    shown["significant"] = shown["significant"].map(lambda v: "" if v is None or pd.isna(v) else ("yes" if v else "no"))
+    shown["ci_method"] = shown["ci_method"].fillna("")
     for column in ("cosine", "cosine_centred", "in1k_cosine_centred", "macs_ratio"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["gmacs"] = shown["gmacs"].map(lambda v: f"{v:.2f}")
@@ -269,14 +316,25 @@ def markdown(frame: pd.DataFrame, header: str) -> str:
     shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
     shown["budget"] = shown["budget"].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
     shown["start_layer"] = shown["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    return (header + "\n## acc1_delta (points against the unpruned model) by budget\n\n" + compact_text
+    return (header + UNCERTAINTY_NOTE + "\n## acc1_delta (points against the unpruned model, ± its 95% interval; "
+            "(ns): not significant) by budget\n\n" + compact_text
             + "\n\n## All measurements\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+
+
+UNCERTAINTY_NOTE = (
+    "- Uncertainty (`acc1_delta_ci95`, `ci_method`, `significant`): the half-width of a 95% interval of acc1_delta. "
+    "`bootstrap`: paired bootstrap over the test images (1,000 draws) from the per-image correctness the record "
+    "keeps. `agreement bound`: for records written before per-image correctness was kept, a bound derived from "
+    "numbers the record has: images whose correctness changes are at most the images whose prediction changes, so "
+    "the paired standard error is at most sqrt((1 - agreement - delta^2) / n), n the test images, and the interval "
+    "is 1.96 times that (conservative: the bootstrap interval is at most as wide). `significant`: the interval "
+    "excludes zero.\n")
 
 
 def write_table(records, out: Path, header: str) -> None:
     frame = table(records)
-    frame.to_csv(out.with_suffix(".csv"), index=False)
-    out.with_suffix(".md").write_text(markdown(frame, header))
+    write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
+    write_text(out.with_suffix(".md"), markdown(frame, header))
 
 
 # ---------------------------------------------------------------- main
@@ -310,7 +368,11 @@ def main(argv=None):
     parser.add_argument("--cache", default="features/accuracy", help="disk cache of the unpruned features")
     parser.add_argument("--out", default="reports/accuracy")
     parser.add_argument("--only", nargs="*", default=None, help="run only these configuration ids")
+    parser.add_argument("--table_only", action="store_true",
+                        help="rebuild <out>.csv / .md from <out>.jsonl (and the old header) without running anything")
     args = parser.parse_args(argv)
+    if args.table_only:
+        return rebuild_table(Path(args.out))
     torch.manual_seed(0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +430,19 @@ def main(argv=None):
     write_table(in_plan_order(done, configs), out, header(args, probe, configs, done))
 
 
+def rebuild_table(out: Path) -> None:
+    """The table from the records already measured, under the header of the run that measured them."""
+    records = list(done_ids(out.with_suffix(".jsonl")).values())
+    if out.with_suffix(".csv").is_file():  # keep the order of the table being rebuilt (the plan's)
+        old_rows = pd.read_csv(out.with_suffix(".csv")).astype(object).fillna("")
+        order = {(g, s_, p): i for i, (g, s_, p) in enumerate(zip(old_rows["group"], old_rows["strategy"], old_rows["params"]))}
+        key = lambda r: order.get((r["group"], r["strategy"], ", ".join(f"{k}={v}" for k, v in r["params"].items())), len(order))
+        records.sort(key=key)
+    old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else "# Accuracy\n\n"
+    header = old.split("- Uncertainty (")[0].split("\n## ")[0].rstrip("\n") + "\n"
+    write_table(records, out, header)
+
+
 def evaluate_baseline(base, sets, reference, probe, args) -> dict:
     flops = pb.count_flops(base, sets["timing_batch"][:2])
     seconds = round_robin({"baseline": base}, sets["timing_batch"], warmup=1, repeats=args.repeats)
@@ -378,7 +453,7 @@ def evaluate_baseline(base, sets, reference, probe, args) -> dict:
         "images_per_second": ips, "images_per_second_baseline_same_window": ips,
         "cifar10": probe_metrics(probe, reference["cifar_test"], reference["cifar_test"]),
         "imagenet": fidelity_metrics(reference["imagenet"], reference["imagenet"]) if "imagenet" in reference else None,
-        "notes": [],
+        "notes": [], "per_image": correct_on(probe, reference["cifar_test"]),
     }
 
 
