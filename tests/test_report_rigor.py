@@ -229,3 +229,19 @@ def test_progress_goes_to_stderr_and_can_be_switched_off(monkeypatch):
         monkeypatch.setattr(sys, "stderr", err)
         throughput.measure_throughput(lambda x: x, torch.zeros(1, 3, 4, 4), warmup=1, repeats=2, progress=progress)
         assert ("timing" in err.getvalue()) == expect
+
+
+def test_eval_per_image_record_round_trips_into_the_bootstrap(tmp_path):
+    from pruning_bench.evaluate.results import per_image
+
+    labels = np.arange(300) % 10
+    base_pred, pruned_pred = labels.copy(), labels.copy()
+    pruned_pred[:30] = (pruned_pred[:30] + 1) % 10  # 30 of 300 images now wrong
+    for name, pred, strategy in (("b", base_pred, None), ("p", pruned_pred, "tome")):
+        data = {"dataset": "d", "model": "m", "pretrained": "w", "task": "zeroshot_classification", "language": "en",
+                "metrics": {"acc1": float((pred == labels).mean())}, "per_image": per_image(pred, labels),
+                "pruning": {"strategy": strategy, "params": {}} if strategy else None}
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    row = aggregate(compare(load_results([tmp_path]))).set_index("strategy").loc["tome"]
+    assert row["delta_method"] == "bootstrap" and row["delta_significant"]
+    assert row["acc1_delta_low"] <= -0.1 <= row["acc1_delta_high"]

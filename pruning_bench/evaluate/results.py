@@ -56,6 +56,16 @@ def efficiency_block(model, images, *, handle, repeats: int, source: str) -> dic
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def per_image(predictions, labels) -> dict:
+    """Per-image correctness of the evaluated model, bit-packed (2,000 test images: 336 characters), stored as
+    the result's `per_image` so `pruning-bench report` can bootstrap a paired difference over the images."""
+    import numpy as np
+
+    from ..report.uncertainty import pack_correct
+
+    return pack_correct(np.asarray(predictions).reshape(-1) == np.asarray(labels).reshape(-1))
+
+
 def result(*, dataset: str, model: str, pretrained: str, task: str, metrics: dict, pruning: dict | None,
            efficiency_record: dict | None, language: str = "en", **extra) -> dict[str, Any]:
     dump = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
