@@ -1,0 +1,125 @@
+"""MCTF against its algorithm written one image and one token at a time (Lee et al., CVPR 2024), in the
+variant without one-step-ahead attention: pairing score = similarity x informativeness x size criteria,
+bidirectional bipartite matching (r // 2 A tokens into B, then the rest of r B tokens into the A
+tokens left), merges weighted by received attention x size, proportional attention; plus the contract."""
+import math
+
+import pytest
+import torch
+
+import pruning_bench as pb
+from pruning_bench.registry import get_strategy
+from strategy_contract import (
+    check_keep_all_is_exact_noop,
+    check_macs_follow_schedule,
+    check_reduces_restores_and_is_per_image,
+    family_models,
+    tiny_timm,
+)
+
+
+def paper_mctf_step(x, size, received, r, taus, merged_before, bidirection=True):
+    """One image: groups of original tokens that become one token each, then their weighted averages."""
+    tau_sim, tau_info, tau_size = taus
+    n = x.shape[0]
+    a_tokens, b_tokens = list(range(0, n, 2)), list(range(1, n, 2))
+    info = [1 / received[i].item() for i in range(n)]
+    info = [v / max(info) for v in info]
+    small = [1 / size[i].item() for i in range(n)]
+    small = [v / max(small) for v in small]
+
+    def score(a, b):
+        if a == 0:  # the class token never merges
+            return -math.inf
+        s = ((torch.cosine_similarity(x[a], x[b], dim=0).item() + 1) / 2) ** (1 / tau_sim)
+        s *= (info[a] * info[b]) ** (1 / tau_info)
+        if merged_before:
+            s *= (small[a] * small[b]) ** (1 / tau_size)
+        return s
+
+    r1 = r // 2 if bidirection else r
+    best_b = {a: max(b_tokens, key=lambda b: score(a, b)) for a in a_tokens}
+    edges = sorted(a_tokens, key=lambda a: -score(a, best_b[a]))
+    groups = {t: [t] for t in range(n)}
+    for a in edges[:r1]:
+        groups[best_b[a]] += groups.pop(a)
+    kept_a = sorted(edges[r1:])
+    if bidirection:
+        best_a = {b: max(kept_a, key=lambda a: score(a, b)) for b in b_tokens}
+        edges2 = sorted(b_tokens, key=lambda b: -score(best_a[b], b))
+        for b in edges2[: r - r1]:
+            groups[best_a[b]] += groups.pop(b)
+        kept_b = edges2[r - r1 :]
+    else:
+        kept_b = b_tokens
+    weight = [received[i] * size[i] / size.max() for i in range(n)]
+    order = kept_a + kept_b
+    x_new = torch.stack([sum(weight[i] * x[i] for i in groups[t]) / sum(weight[i] for i in groups[t]) for t in order])
+    size_new = torch.stack([sum(size[i] for i in groups[t]) for t in order])
+    return x_new, size_new
+
+
+def paper_mctf_forward(model, image, r_per_block, taus=(1.0, 20.0, 40.0), bidirection=True):
+    x = model.norm_pre(model._pos_embed(model.patch_embed(image[None])))[0]
+    size = torch.ones(x.shape[0])
+    merged_before = False
+    for block, r in zip(model.blocks, r_per_block):
+        attn = block.attn
+        n, heads = x.shape[0], attn.num_heads
+        q, k, v = attn.qkv(block.norm1(x)).reshape(n, 3, heads, -1).unbind(1)
+        logits = torch.einsum("nhd,mhd->hnm", q, k) * q.shape[-1] ** -0.5 + size.log()[None, None, :]
+        weights = logits.softmax(-1)
+        x = x + block.ls1(attn.proj(torch.einsum("hnm,mhd->nhd", weights, v).reshape(n, -1)))
+        if r:
+            received = weights.mean(dim=(0, 1))  # attention each token receives, over heads and queries
+            x, size = paper_mctf_step(x, size, received, r, taus, merged_before, bidirection)
+            merged_before = True
+        x = x + block.ls2(block.mlp(block.norm2(x)))
+    return model.forward_head(model.norm(x[None]))[0]
+
+
+@pytest.mark.parametrize("params", [{"r": 8}, {"r": [5, 0, 12]}, {"r": 7, "bidirection": False, "tau_info": 5.0}])
+def test_mctf_equals_the_papers_algorithm(params):
+    model = tiny_timm()
+    torch.manual_seed(4)
+    images = torch.randn(2, 3, 32, 32)
+    r = params["r"]
+    schedule = r + [0] * (4 - len(r)) if isinstance(r, list) else [r] * 4
+    taus = (1.0, params.get("tau_info", 20.0), 40.0)
+    with torch.no_grad():
+        expected = torch.stack([paper_mctf_forward(model, im, schedule, taus, params.get("bidirection", True)) for im in images])
+        with pb.prune(model, "mctf", **params) as h:
+            got = model(images)
+    assert h.stats()["tokens_per_layer"] == [65 - sum(schedule[:i]) for i in range(4)]
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_mctf_contract_on_every_family():
+    strategy = get_strategy("mctf")
+    for _, model, run in family_models():
+        check_keep_all_is_exact_noop("mctf", strategy.keep_all_params, model, run)
+        check_reduces_restores_and_is_per_image("mctf", strategy.example_params, model, run)
+
+
+def test_mctf_macs_are_the_schedule_plus_its_own_scoring():
+    """Beyond the formula, a merging block recomputes its attention map (N x N x width: the fused kernel
+    does not return it) and the A-B similarity on the tokens (N/2 x N/2 x width)."""
+    def scoring(dims, n):
+        width = dims.blocks[0].attn_dim
+        return n * n * width + ((n + 1) // 2) * (n // 2) * dims.embed_dim
+
+    stats = check_macs_follow_schedule("mctf", {"r": 16}, extra_per_block=scoring)
+    assert stats["tokens_per_layer"] == [197, 181, 165]
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"r": -3}, r"r=-3 is out of range \[0, inf\]"),
+    ({"tau_info": -1}, r"tau_info=-1.0 is out of range \[0.0, inf\)"),
+    ({"tau_sim": "x"}, "tau_sim must be a number"),
+    ({"bidirection": 2}, "bidirection must be a boolean"),
+    ({"one_step_ahead": True}, r"one_step_ahead=True is out of range \[False\]"),
+    ({"r": [1] * 6}, "r has 6 entries but the model has 4 blocks"),
+])
+def test_mctf_bad_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        pb.prune(tiny_timm(), "mctf", **params)
