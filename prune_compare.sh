@@ -15,12 +15,16 @@ Options:
   --out DIR        where results, logs and the report go (default: results/prune_compare)
   --config SPEC    a pruning configuration, repeatable: the strategy name then key=value parameters,
                    values without spaces, e.g. "anchor_diversity k_anchors=10 top_m=50 alpha=0.5",
-                   "tome r=8", "tome r=[4,4,8]". Default: the two configurations above.
+                   "tome r=8", "tome r=[4,4,8]". Default: "anchor_diversity k_anchors=10 prune_layers=[1]
+                   keep_rate=0.5 alpha=0.5" (half the patch tokens, whatever the model's token count: a
+                   fixed 10 + 50 keeps all 49 patches of ViT-B-32) and "tome r=8".
   -h, --help       this help
 
 Everything after -- goes to `clip_benchmark eval` unchanged (model, dataset, task, batch size...),
 except --output, which this script sets to DIR/results/<run>_<pruning>.json, and the pruning
-flags, which come from --config. --skip_existing keeps working: finished runs are not redone.
+flags, which come from --config. --skip_existing keeps working: finished runs are not redone; a
+result file that does not parse or lacks the keys a complete run writes is moved to NAME.incomplete
+(and said so) first, so its run is redone.
 
 Writes:
   DIR/results/*.json            one result per run (clip_benchmark keys + pruning + efficiency)
@@ -63,7 +67,8 @@ for arg in "${eval_args[@]}"; do
     esac
 done
 if [[ ${#configs[@]} -eq 0 ]]; then
-    configs=("anchor_diversity k_anchors=10 top_m=50 alpha=0.5" "tome r=8")
+    # budgets as a share of the patches, so the default prunes on every model (ViT-B-32 has 49 patches, B-16 196)
+    configs=("anchor_diversity k_anchors=10 prune_layers=[1] keep_rate=0.5 alpha=0.5" "tome r=8")
 fi
 
 # Turn each configuration into clip_benchmark flags now, so a malformed one stops before any run.
@@ -90,6 +95,36 @@ for command in "$clip_benchmark" "$pruning_bench"; do
         die "'$command' not found: activate the environment where pruning-bench is installed (or set \$CLIP_BENCHMARK / \$PRUNING_BENCH)"
 done
 mkdir -p "$out/results" "$out/logs" || exit 1
+
+# A result that does not parse or lacks the keys of a complete run (an interrupted or foreign file) must never
+# count as done: move it aside, say so, and let its run write it again.
+python_of_pruning_bench="$(dirname "$(command -v "$pruning_bench")")/python"
+[[ -x "$python_of_pruning_bench" ]] || python_of_pruning_bench=python3
+"$python_of_pruning_bench" - "$out/results" <<'PY' || die "cannot check the existing results in $out/results"
+import os
+import sys
+from pathlib import Path
+
+try:
+    from pruning_bench.result_check import file_problem
+except ImportError:  # the same rule, for an interpreter without the package
+    import json
+
+    def file_problem(path):
+        try:
+            data = json.loads(path.read_text() or "null")
+        except ValueError:
+            return "is not valid JSON (truncated?)"
+        if not isinstance(data, dict) or not all(k in data for k in ("dataset", "model", "task", "metrics")):
+            return "lacks the keys a complete run writes"
+        return None
+
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    problem = file_problem(path)
+    if problem:
+        os.replace(path, path.with_name(path.name + ".incomplete"))
+        print(f"prune_compare.sh: {path} {problem}: moved to {path.name}.incomplete, its run is redone")
+PY
 template="$out/results/{dataset}_{pretrained}_{model}_{language}_{task}_{pruning}.json"
 
 failed=()

@@ -54,7 +54,8 @@ def calls(tmp_path):
 def test_help_explains_usage():
     done = compare("--help")
     assert done.returncode == 0
-    for word in ("--out", "--config", "tome r=8", "anchor_diversity k_anchors=10 top_m=50 alpha=0.5", "Exit status"):
+    for word in ("--out", "--config", "tome r=8", "anchor_diversity k_anchors=10 top_m=50 alpha=0.5", "Exit status",
+                 "keep_rate=0.5"):
         assert word in done.stdout
 
 
@@ -97,7 +98,8 @@ def test_default_configurations(tmp_path, stand_in):
     strategies = [c[c.index("--prune_strategy") + 1] for c in calls(tmp_path) if "--prune_strategy" in c]
     assert strategies == ["anchor_diversity", "tome"]
     anchor = calls(tmp_path)[1]
-    assert " ".join(anchor).endswith("--prune_param k_anchors=10 --prune_param top_m=50 --prune_param alpha=0.5")
+    assert " ".join(anchor).endswith("--prune_param k_anchors=10 --prune_param prune_layers=[1] "
+                                     "--prune_param keep_rate=0.5 --prune_param alpha=0.5")
 
 
 def test_end_to_end_with_clip_benchmark(tmp_path):
