@@ -184,3 +184,26 @@ def test_visualize_bad_input_is_one_line(tmp_path, capsys, argv, message):
     assert main(["visualize", *argv, "-o", str(tmp_path / "maps.png")]) == 2
     assert message in one_error_line(capsys, "visualize")
     assert not (tmp_path / "maps.png").exists()
+
+
+def test_output_folders_checked_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["eval", "--model", "no_such_model", "--dataset", "sample_images",
+                 "--output", str(tmp_path / "file" / "sub" / "{pruning}.json")]) == 2
+    assert "cannot create the folder" in one_error_line(capsys, "eval")  # before the unknown model is noticed
+    assert main(["visualize", "--model", "vit_tiny_patch16_224", "--dataset", "sample_images",
+                 "-o", str(tmp_path / "file" / "maps.png")]) == 2
+    assert "cannot create the folder" in one_error_line(capsys, "visualize")
+
+
+def test_eval_skip_existing_reruns_an_incomplete_result(tmp_path, capsys):
+    out = tmp_path / "r_{pruning}.json"
+    argv = ["eval", "--model", "vit_tiny_patch16_224", "--model_arg", "depth=1", *TINY, "--output", str(out),
+            "--skip_existing"]
+    target = tmp_path / "r_baseline.json"
+    target.write_text('{"dataset": "sample_images", "metrics": {"cos')
+    assert main(argv) == 0
+    assert "not a finished run, running it again" in capsys.readouterr().err
+    data = json.loads(target.read_text())
+    assert data["metrics"] and not math.isnan(data["metrics"]["cosine"] if "cosine" in data["metrics"] else 0.0)
+    assert main(argv) == 0 and "exists, skipped" in capsys.readouterr().err

@@ -91,6 +91,22 @@ def _error(message: str) -> int:
     return 2
 
 
+def output_folder_problem(template: str) -> str | None:
+    """Why the result cannot be written under `--output` (its fixed folder part), found before any model loads."""
+    import os
+
+    fixed = os.path.dirname(template.split("{", 1)[0]) if "{" in template else os.path.dirname(template)
+    if not fixed:
+        return None
+    try:
+        os.makedirs(fixed, exist_ok=True)
+    except OSError as exc:
+        return f"--output {template}: cannot create the folder {fixed} ({exc.strerror or exc})"
+    if not os.access(fixed, os.W_OK | os.X_OK):
+        return f"--output {template}: the folder {fixed} is not writable"
+    return None
+
+
 def check_model_args(items: list[str]) -> dict:
     """`--model_arg KEY=VALUE` items, each key once (values read like --prune_param values)."""
     from ..clip_benchmark_ext.flags import parse_value
@@ -113,6 +129,9 @@ def run(args) -> int:
 
     if args.seed is not None and not 0 <= args.seed < 2**63:
         return _error(f"--seed={args.seed} is out of range [0, {2**63 - 1}]")
+    problem = output_folder_problem(args.output)
+    if problem:
+        return _error(problem)
     try:
         check_model_args(args.model_arg or [])
         return _run_checked(args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 EXAMPLES = """examples:
   # live: the offline reference ViT (real DINOv2 weights), ToMe r=8, 3 ImageNet images
@@ -136,6 +137,11 @@ def run(args) -> int:
         return _error("give either --model (live) or --attention_file")
     if args.n_images < 1:
         return _error(f"--n_images={args.n_images} must be at least 1")
+    from .eval import output_folder_problem
+
+    problem = output_folder_problem(args.output)
+    if problem or Path(args.output).is_dir():
+        return _error((problem or f"-o {args.output} is a folder; give a PNG file name").replace("--output", "-o"))
     if args.display_size < 1:
         return _error(f"--display_size={args.display_size} must be at least 1")
     try:

@@ -10,7 +10,6 @@ carrying just those).
 """
 from __future__ import annotations
 
-import json
 import os
 from types import SimpleNamespace
 from typing import Any
@@ -75,9 +74,8 @@ def result(*, dataset: str, model: str, pretrained: str, task: str, metrics: dic
 
 
 def write(path: str, dump: dict) -> str:
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(dump, f, indent=1, default=str)
+    """Atomically: an interrupted write never leaves a truncated file that would pass for a result."""
+    from ..record import atomic
+
+    atomic.write_json(path, dump, default=str)
     return path

@@ -160,8 +160,13 @@ def _run(args) -> int:
     output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
                                  dataset=args.dataset, task=task)
     if args.skip_existing and os.path.exists(output):
-        print(f"pruning-bench eval: {output} exists, skipped", file=sys.stderr)
-        return 0
+        from ..result_check import file_problem
+
+        problem = file_problem(output, pruned=config.enabled)
+        if problem is None:
+            print(f"pruning-bench eval: {output} exists, skipped", file=sys.stderr)
+            return 0
+        print(f"pruning-bench eval: {output} {problem}: not a finished run, running it again", file=sys.stderr)
     args.resolved_output, args.resolved_task = output, task
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     test = _load_split(args, "test", args.test_samples)
