@@ -32,7 +32,9 @@ else
   NAME=sample_images
 fi
 
-COMMON=(--model reference "${DATASET[@]}" --feature_cache "$RESULTS/features"
+# Five timed repeats per run: the report shows images/s as median [slowest-fastest repeat] and flags runs
+# timed while the machine's 1-minute load exceeded its CPU count.
+COMMON=(--model reference "${DATASET[@]}" --feature_cache "$RESULTS/features" --throughput_repeats 5
         --output "$RESULTS/{dataset}_{task}_{pruning}.json")
 # Baseline, ToMe r=8 (~80% of the MACs), anchor + diversity 10/50 (~32%), and random_drop keeping
 # the same 60 patch tokens from the same block: the floor a scoring rule must beat at that budget.
