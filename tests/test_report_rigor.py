@@ -245,3 +245,45 @@ def test_eval_per_image_record_round_trips_into_the_bootstrap(tmp_path):
     row = aggregate(compare(load_results([tmp_path]))).set_index("strategy").loc["tome"]
     assert row["delta_method"] == "bootstrap" and row["delta_significant"]
     assert row["acc1_delta_low"] <= -0.1 <= row["acc1_delta_high"]
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_a_line_joins_only_one_parameters_sweep():
+    from pruning_bench.report.plots import is_one_sweep
+
+    x = pd.Series([3.0, 2.0, 1.0])
+    assert is_one_sweep(pd.Series(["r=4", "r=8", "r=16"]), x)
+    assert is_one_sweep(pd.Series(["k=5, m=30", "k=10, m=50"]), pd.Series([1.0, 2.0]))  # knobs moved together
+    assert not is_one_sweep(pd.Series(["keep=90, start_layer=1", "keep=60, start_layer=3"]), pd.Series([2.0, 1.0]))
+    assert not is_one_sweep(pd.Series(["importance=fisher", "importance=magnitude"]), pd.Series([1.0, 2.0]))
+
+
+def test_seed_error_bars_shared_ranges_and_labels_apart(three_seeds, tmp_path):
+    import matplotlib.pyplot as plt
+    from pruning_bench.report.plots import accuracy_figure
+
+    root, accs = three_seeds
+    for path in root.glob("*.json"):  # the same runs under a second model: same dataset and task, same y range
+        data = json.loads(path.read_text())
+        data["model"] = "tiny2"
+        data["metrics"]["acc1"] -= 0.2
+        (root / f"m2_{path.name}").write_text(json.dumps(data))
+    for r, acc in ((4, 0.5), (5, 0.5005)):  # two labels on nearly the same point
+        finetune_result(root / f"tome_r{r}.json", seed=0, strategy="tome", correct=np.arange(IMAGES) < IMAGES * acc,
+                        ips=150.0, gmacs=2.0, times=[0.05], step_seconds=[0.1, 0.1, 0.1])
+        data = json.loads((root / f"tome_r{r}.json").read_text())
+        data["pruning"]["params"] = {"r": r}
+        (root / f"tome_r{r}.json").write_text(json.dumps(data))
+    fig = accuracy_figure(compare(load_results([root])), "gmacs")
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(axes) == 2 and axes[0].get_ylim() == axes[1].get_ylim()
+    bars = [c for ax in axes for c in ax.containers if c.has_yerr]
+    spreads = {round(float(seg[1][1] - seg[0][1]), 6) for bar in bars for col in bar.lines[2] for seg in col.get_segments()}
+    tome_std = np.std([accs[s][1] for s in SEEDS], ddof=1) * 100
+    assert any(abs(s - 2 * tome_std) < 1e-6 for s in spreads)  # ± one std over the three seeds
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for ax in axes for t in ax.texts]
+    assert len(boxes) >= 2 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)

@@ -86,14 +86,13 @@ def is_one_sweep(params: pd.Series, x: pd.Series) -> bool:
     if len(table) < 2 or not varying:
         return len(table) >= 2 and not varying
     order = x.sort_values(kind="stable").index
+    directions = set()
     for column in varying:
         values = [_as_number(v) for v in table.loc[order, column]]
         if any(v is None for v in values):
             return False
-        steps = np.sign(np.diff(values))
-        if (steps > 0).any() and (steps < 0).any():
-            return False
-    return True
+        directions |= set(np.sign(np.diff(values))) - {0}
+    return len(directions) <= 1
 
 
 def _strategy_colours(strategies) -> dict[str, tuple]:
