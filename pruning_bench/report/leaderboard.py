@@ -35,7 +35,6 @@ from .uncertainty import Z95, binomial_se
 from .build_csv import BUILD_KEYS, build_csv_records  # noqa: F401  (re-exported)
 from .load import GROUP_KEYS, load_results
 
-_NON_METRIC = set(BUILD_KEYS) | {"pruning", "efficiency", "classnames", "templates", "attention_output"}
 TASK_KEYS = ["dataset", "task", "language"]
 LEADERBOARD_COLUMNS = [
     "rank", "model_fullname", "model", "pretrained", "dataset", "task", "language", "strategy", "params", "metric",
