@@ -22,8 +22,12 @@ from .tome_cap import SHORT_MATCH, MergeCounting, short_match_note
 from .constants import schedule_constant
 
 
-def _participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> torch.Tensor | None:
-    """Bool mask (N,) of tokens allowed to match, or None when all are."""
+def _participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int, device="cpu") -> torch.Tensor | None:
+    """Bool mask (N,) of tokens allowed to match, or None when all are; drawn once per device."""
+    return schedule_constant(_draw_participants, (n_tokens, n_prefix, fraction, seed, layer), device)
+
+
+def _draw_participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> torch.Tensor | None:
     if fraction >= 1.0:
         return None
     patches = n_tokens - n_prefix
@@ -47,8 +51,7 @@ def max_merges(n_tokens: int, n_prefix: int, participants: torch.Tensor | None) 
 @torch.compiler.assume_constant_result
 def _merge_limit(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> int:
     """`max_merges` as a plain int the planner branches on: read on the CPU, a constant when compiled."""
-    participants = schedule_constant(_participants, (n_tokens, n_prefix, fraction, seed, layer), "cpu")
-    return max_merges(n_tokens, n_prefix, participants)
+    return max_merges(n_tokens, n_prefix, _participants(n_tokens, n_prefix, fraction, seed, layer))
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, participants: torch.Tensor | None = None) -> Merge:
@@ -101,6 +104,8 @@ def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor
 @register_strategy("tome")
 class ToMe(TokenStrategy):
     compute_knob = "r"
+    example_params = {"r": 8}
+    keep_all_params = {"r": 0}
     defaults = {"r": 8, "prop_attn": True, "match_fraction": 1.0, "seed": 0, "on_short_match": "cap"}
     param_help = {"r": "int >= 0, or a per-block list: tokens merged in each block",
                   "prop_attn": "bool: proportional attention (log of token sizes added to the logits)",
@@ -137,8 +142,7 @@ class ToMe(TokenStrategy):
         return r
 
     def _participants(self, layer, n_tokens, n_prefix, device):
-        args = (n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
-        return schedule_constant(_participants, args, device)
+        return _participants(n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer, device)
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
         note = short_match_note(self, n_tokens, n_prefix, n_layers) if layer == 0 else None

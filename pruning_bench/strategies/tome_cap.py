@@ -23,8 +23,7 @@ def merge_schedule(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> tup
         asked, done, n = [], [], n_tokens
         for layer in range(n_layers):
             r = strategy.r_at(layer)
-            participants = tome._participants(n, n_prefix, p["match_fraction"], p["seed"], layer) if r else None
-            merges = min(r, tome.max_merges(n, n_prefix, participants)) if r else 0
+            merges = min(r, tome._merge_limit(n, n_prefix, p["match_fraction"], p["seed"], layer)) if r else 0
             asked.append(r)
             done.append(merges)
             n -= merges
