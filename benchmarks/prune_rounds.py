@@ -1,0 +1,153 @@
+"""Structured pruning that is retrained: head_prune rounds (global vs layer-wise) and layer_drop + fine-tune.
+
+Part 1: head_prune with head_ratio 0.3 and mlp_ratio 0.3 (magnitude importance), scope global or
+layerwise, three rounds of prune + short fine-tune on the reference ViT; each round prunes the last
+round's fine-tuned compact model, so the ratios compound on what is left (0.7^3 of the heads after three
+rounds). Per round: accuracy, parameters, GMACs, training time, heads / MLP width per block, and the
+per-block sparsity table (`pruning_bench.evaluate.rounds`).
+Part 2: layer_drop keeping `--keep_layers` blocks chosen by fisher / grad_norm / activation importance
+(on calibration images from the training split), topk vs distributed, then a short fine-tune of the
+compact model.
+Every configuration runs for each seed (head init and shuffling); mean and spread over seeds.
+
+    python benchmarks/prune_rounds.py                   # writes reports/prune_rounds.md
+    python benchmarks/prune_rounds.py --model vit_tiny_patch16_224 --img_size 32 --train 16 --test 8 --out /tmp/pr
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as common  # noqa: E402
+
+import pruning_bench as pb  # noqa: E402
+from pruning_bench.evaluate import finetune, rounds  # noqa: E402
+from pruning_bench.evaluate.data import loader  # noqa: E402
+from pruning_bench.record.atomic import write_text  # noqa: E402
+from pruning_bench.saved import compact_copy  # noqa: E402
+
+
+def _fine_tune(args, model, loaded, train, test, seed):
+    return finetune.train(model, train, test, loaded.transform, finetune.FinetuneConfig(
+        epochs=1, lr=args.lr, batch_size=args.batch_size, seed=seed, progress=False, warmup_steps=args.warmup_steps))
+
+
+def _gmacs(model, loaded, test):
+    x = next(iter(loader(test.head(1), loaded.transform, 1)))[0]
+    return pb.count_flops(model, x).gmacs
+
+
+def head_rounds(args, scope, seed, train, test) -> list[dict]:
+    loaded = common.load_model(args.model, args.img_size)
+    model = loaded.model
+    finetune.new_head(model, 10, seed)
+    original = rounds.widths(model)
+    rows = []
+    for number in range(1, args.rounds + 1):
+        finetune.seed_everything(seed)
+        with pb.prune(model, "head_prune", head_ratio=0.3, mlp_ratio=0.3, scope=scope) as handle:
+            outcome = _fine_tune(args, model, loaded, train, test, seed + number - 1)
+            gmacs = _gmacs(model, loaded, test)
+            rows.append(rounds.round_row(number, model, outcome, {"gmacs": gmacs}, handle.stats(), original))
+            model = compact_copy(model)
+    return rows
+
+
+def layer_drop(args, importance, selection, seed, train, test) -> dict:
+    loaded = common.load_model(args.model, args.img_size)
+    model = loaded.model
+    finetune.new_head(model, 10, seed)
+    calibration = [x for x, _ in loader(train.head(args.calibration), loaded.transform, args.batch_size)]
+    finetune.seed_everything(seed)
+    with pb.prune(model, "layer_drop", keep_layers=args.keep_layers, importance=importance, selection=selection,
+                  calibration=calibration) as handle:
+        kept = handle.stats()["layers_kept"]
+        compact = compact_copy(model)
+    gmacs = _gmacs(compact, loaded, test)
+    outcome = _fine_tune(args, compact, loaded, train, test, seed)
+    return {"layers_kept": kept, "acc1": outcome.acc1, "gmacs": gmacs,
+            "parameters": sum(p.numel() for p in compact.parameters()),
+            "train_images_per_second": outcome.timing()["train_images_per_second"]}
+
+
+def report(args, records, started) -> str:
+    sizes = (f"{args.model} at {args.img_size} px; {args.train} CIFAR-10 training images per fine-tune (1 epoch, "
+             f"batch {args.batch_size}, AdamW lr {args.lr}), {args.test} test images, seeds {args.seeds}; "
+             f"layer_drop keeps {args.keep_layers} blocks scored on {args.calibration} calibration images.")
+    lines = common.header("Prune + fine-tune rounds; layer selection + fine-tune", started, sizes)
+    lines += ["## head_prune 0.3 heads / 0.3 MLP per round (compounding), global vs layer-wise", ""]
+    for scope in ("global", "layerwise"):
+        runs = [r for r in records.rows if r["key"].startswith(f"heads_{scope}_")]
+        if not runs:
+            continue
+        lines += [f"### scope={scope}", "", "| round | acc1 (%) | parameters (M) | GMACs | train images/s |",
+                  "| --- | --- | --- | --- | --- |"]
+        for number in range(1, args.rounds + 1):
+            rows = [r["rounds"][number - 1] for r in runs if len(r["rounds"]) >= number]
+            lines.append(f"| {number} | {common.spread([x['acc1'] * 100 for x in rows])} | "
+                         f"{common.spread([x['parameters'] / 1e6 for x in rows])} | {common.spread([x['gmacs'] for x in rows])} | "
+                         f"{common.spread([x['train_images_per_second'] for x in rows])} |")
+        lines += ["", f"Per round, seed {runs[0]['seed']} (widths do not depend on the seed: magnitude importance):", "",
+                  rounds.rounds_markdown(runs[0]["rounds"])]
+    drops = [r for r in records.rows if r["key"].startswith("drop_")]
+    if drops:
+        lines += ["## layer_drop, then a short fine-tune of the compact model", "",
+                  "| importance | selection | blocks kept (seed 0) | acc1 (%) | GMACs | parameters (M) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for importance in args.importances:
+            for selection in ("topk", "distributed"):
+                rows = [r for r in drops if r["importance"] == importance and r["selection"] == selection]
+                if rows:
+                    lines.append(f"| {importance} | {selection} | {rows[0]['layers_kept']} | "
+                                 f"{common.spread([x['acc1'] * 100 for x in rows])} | {common.spread([x['gmacs'] for x in rows])} | "
+                                 f"{common.spread([x['parameters'] / 1e6 for x in rows])} |")
+    lines += ["", f"Runs done: {len(records.rows)}.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="reference")
+    parser.add_argument("--img_size", type=int, default=112)
+    parser.add_argument("--train", type=int, default=32)
+    parser.add_argument("--test", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup_steps", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep_layers", type=int, default=8)
+    parser.add_argument("--calibration", type=int, default=16)
+    parser.add_argument("--importances", nargs="+", default=["fisher", "grad_norm", "activation"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="reports/prune_rounds")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started, out = time.time(), Path(args.out)
+    records = common.Records(out)
+    train, test = common.cifar("train", args.train), common.cifar("test", args.test)
+    for seed in args.seeds:
+        for scope in ("global", "layerwise"):
+            key = f"heads_{scope}_s{seed}"
+            if key not in records.done:
+                records.add({"key": key, "seed": seed, "rounds": head_rounds(args, scope, seed, train, test)})
+                write_text(out.with_suffix(".md"), report(args, records, started))
+                print(key, flush=True)
+        for importance in args.importances:
+            for selection in ("topk", "distributed"):
+                key = f"drop_{importance}_{selection}_s{seed}"
+                if key not in records.done:
+                    row = layer_drop(args, importance, selection, seed, train, test)
+                    records.add({"key": key, "seed": seed, "importance": importance, "selection": selection, **row})
+                    write_text(out.with_suffix(".md"), report(args, records, started))
+                    print(key, flush=True)
+    write_text(out.with_suffix(".md"), report(args, records, started))
+
+
+if __name__ == "__main__":
+    main()
