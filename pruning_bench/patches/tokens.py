@@ -49,7 +49,9 @@ class TokenRun:
 
     def block_forward(self, block, x: torch.Tensor, original, args: tuple, kwargs: dict) -> torch.Tensor:
         layer = block._pb_layer
-        if layer <= self._last_layer:  # a new forward pass started (whatever the entry point)
+        # a new forward pass started (whatever the entry point); block 0 decides without reading the last
+        # layer, so a compiled forward guards on no state left by the previous batch (no recompilation)
+        if layer == 0 or layer <= self._last_layer:
             self.begin(x)
         self._last_layer = layer
         rope, extra_args = self.family.split_block_args(args, kwargs)
