@@ -1,8 +1,13 @@
-"""What a timing or a count was measured with: library versions, threads, device, machine."""
+"""What a timing or a count was measured with: library versions, threads, device, machine.
+
+On a GPU also the driver, CUDA and cuDNN versions and the clocks (read from `nvidia-smi` when it is
+installed; a GPU timing means little without them, since boost clocks move with temperature)."""
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 from importlib import metadata
 
 import torch
@@ -50,10 +55,53 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SMI_FIELDS = ("driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "power.limit",
+              "temperature.gpu", "memory.total")
+
+
+def gpu_environment(device: torch.device | str) -> dict:
+    """GPU name, capability, memory, CUDA / cuDNN versions, and driver and clocks when readable."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    info = {"gpu_name": props.name, "gpu_capability": f"{props.major}.{props.minor}",
+            "gpu_memory_gb": round(props.total_memory / 2**30, 1), "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+    info.update(nvidia_smi(index))
+    return info
+
+
+def nvidia_smi(index: int) -> dict:
+    """Driver version and clocks of GPU `index` from `nvidia-smi` ({} when it is missing or fails)."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(SMI_FIELDS)}",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in out.strip().split(",")]
+    return dict(zip((f.replace(".", "_") for f in SMI_FIELDS), values)) if len(values) == len(SMI_FIELDS) else {}
+
+
+def describe(env: dict) -> str:
+    """One line for a report header: device, its versions and clocks, torch."""
+    keys = ("gpu_name", "gpu_capability", "driver_version", "cuda_runtime", "cudnn", "clocks_sm", "clocks_max_sm",
+            "clocks_mem", "power_limit", "tf32_matmul")
+    parts = [f"device {env.get('device')} ({env.get('device_name')})", f"torch {env['versions'].get('torch')}"]
+    parts += [f"{k} {env[k]}" for k in keys if env.get(k) not in (None, "")]
+    if not env.get("gpu_name"):
+        parts.append(f"CPU threads {env.get('threads')}")
+    return "; ".join(parts)
+
+
 def environment(device: torch.device | str = "cpu") -> dict:
     """Everything a reader needs to judge a timing: versions, threads, device, platform."""
     device = torch.device(device)
     return {
+        **gpu_environment(device),
         "versions": library_versions(),
         "device": str(device),
         "device_name": device_name(device),

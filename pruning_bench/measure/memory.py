@@ -5,7 +5,9 @@ sits in the blocks before it (full token count), so MAC savings do not carry ove
 measures it rather than inferring it. Counting uses torch's own tracker
 (`torch.distributed._tools.mem_tracker.MemTracker`), which follows tensor storages through a
 dispatch mode on any device: the numbers are bytes of live tensors, not of the allocator's cache
-or the process (no RSS noise), and they are exact, so one run suffices.
+or the process (no RSS noise), and they are exact, so one run suffices. On a GPU the allocator's own
+peak (`torch.cuda.max_memory_allocated`) is read beside it: what the device really had to hold,
+including kernels' workspaces and a compiled graph's buffers, which the tracker does not see.
 """
 from __future__ import annotations
 
@@ -51,3 +53,16 @@ def measure_memory(model: nn.Module, images: torch.Tensor) -> PeakMemory:
     return PeakMemory(activation_bytes=by_kind.get("ACT", 0) + by_kind.get("TEMP", 0),
                       parameter_bytes=by_kind.get("PARAM", 0), buffer_bytes=by_kind.get("BUFFER", 0),
                       total_bytes=by_kind.get("Total", 0), batch_size=len(images), device=str(device))
+
+
+def cuda_peak_bytes(model_fn, images: torch.Tensor) -> int | None:
+    """`torch.cuda.max_memory_allocated` over one no-gradient forward of `model_fn` (any callable, a
+    compiled model included) on CUDA `images`, weights included; None off CUDA."""
+    if images.device.type != "cuda":
+        return None
+    torch.cuda.synchronize(images.device)
+    torch.cuda.reset_peak_memory_stats(images.device)
+    with torch.inference_mode():
+        model_fn(images)
+    torch.cuda.synchronize(images.device)
+    return int(torch.cuda.max_memory_allocated(images.device))
