@@ -54,6 +54,7 @@ def run_cases(cases: list[Case], *, progress: bool = True) -> list[Row]:
                 column, detail = case.run(Path(tmp))
             except Exception as exc:  # noqa: BLE001 - a broken case is itself a traceback row
                 column, detail = "traceback", f"{type(exc).__name__}: {exc}"[:160]
+            detail = detail.replace(tmp, "TMP")  # the same table from run to run
         rows.append(Row(case.area, case.name, column, detail.replace("|", "/").replace("\n", " "),
                         time.perf_counter() - start))
         if progress:
