@@ -82,7 +82,7 @@ def read_result(path) -> dict[str, Any]:
         raise ResultFileError(f"{path} is not valid JSON ({exc}; truncated?)") from None
     problem = data_problem(data)
     if problem:
-        raise ResultFileError(f"{path} is not a clip_benchmark / pruning-bench result: it {problem}")
+        raise ResultFileError(f"{path} is not a clip_benchmark result: it {problem}")
     for block in _BLOCKS:
         if data.get(block) is not None and not isinstance(data[block], dict):
             raise ResultFileError(f"{path}: '{block}' is {type(data[block]).__name__} {str(data[block])[:40]!r}, "
