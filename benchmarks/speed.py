@@ -1,28 +1,44 @@
 """Speed table: GMACs, images/s, speedup and efficiency of each strategy against its baseline.
 
 Every configuration of a model is timed round-robin in one process (baseline, A, B, ..., baseline,
-A, B, ...) and the median of the repeats is taken, so drift on a shared machine hits all alike.
-efficiency = speedup x (pruned MACs / baseline MACs): 1.0 means the measured speedup is exactly
-what the removed multiply-accumulates predict.
+A, B, ...) and the median of the repeats is taken, so drift on a shared machine hits all alike; every
+repeat is kept (in the JSON written beside `--output`). Warm-up runs are excluded. On CUDA each run is
+timed with CUDA events (the host never waits inside the timed region); on the CPU with
+time.perf_counter. efficiency = speedup x (pruned MACs / baseline MACs): 1.0 means the measured
+speedup is exactly what the removed multiply-accumulates predict.
 
-    python benchmarks/speed.py                       # timm ViT-B/16 + open_clip ViT-B-16, batch 32
+--dtype casts the model and the images (`model.to(dtype)`), it does not use autocast: that is how the
+published ToMe timings run half precision (`model.half()`) and how inference is deployed, and autocast
+would re-cast every weight in every forward, timing the casts as well as the model. The strategies
+keep their own scores in float32 where it matters (softmax rows).
+
+--compile wraps each (patched) model in torch.compile(dynamic=False, fullgraph=True): one graph per
+token schedule, never one per batch. Dynamo's graph counter is read after the warm-up and again after
+the timed repeats; a recompilation while timing stops the run.
+
+    python benchmarks/speed.py                       # timm ViT-B/16 + open_clip ViT-B-16, batch 32, CPU fp32
     python benchmarks/speed.py --models timm --batch 8 --repeats 3
+    python benchmarks/speed.py --device cuda --dtype bfloat16 --batch 256 --compile
     TOME_REFERENCE_PATH=/path/to/ToMe python benchmarks/speed.py   # adds the reference ToMe rows
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
 import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 import pruning_bench as pb
-from pruning_bench.measure.env import environment
+from pruning_bench.measure.env import describe, environment
+from pruning_bench.record.atomic import write_text
 
 TOKEN_CONFIGS = [
     ("tome", {"r": 8}),
@@ -37,21 +53,46 @@ STRUCTURED_CONFIGS: list[tuple[str, dict]] = [
     ("layer_drop", {"keep_layers": 8, "importance": "cosine", "_calibrate": True}),
 ]
 REFERENCE_TOME_R = (8, 16)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# name -> (library, model name); the tiny ones are the CPU stand-ins the device check runs without a GPU
+MODELS = {
+    "timm": ("timm", "vit_base_patch16_224"),
+    "open_clip": ("open_clip", "ViT-B-16"),
+    "open_clip_l14": ("open_clip", "ViT-L-14"),
+    "tiny_timm": ("timm", "tiny"),
+    "tiny_open_clip": ("open_clip", "tiny"),
+}
 
 
 def build(name: str) -> torch.nn.Module:
+    """Random-initialised image tower (no download), eval mode, fp32 on the CPU."""
+    if name not in MODELS:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    library, arch = MODELS[name]
     torch.manual_seed(0)
-    if name == "timm":
+    if library == "timm":
         import timm
+        from timm.models.vision_transformer import VisionTransformer
 
-        return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).eval()
-    if name == "open_clip":
-        import open_clip
+        if arch == "tiny":
+            return VisionTransformer(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4, num_classes=0).eval()
+        return timm.create_model(arch, pretrained=False, num_classes=0).eval()
+    import open_clip
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return open_clip.create_model("ViT-B-16", pretrained="").visual.eval()
-    raise SystemExit(f"unknown model {name!r}; choose timm or open_clip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if arch == "tiny":
+            from open_clip.transformer import VisionTransformer
+
+            return VisionTransformer(image_size=64, patch_size=8, width=64, layers=4, heads=4, mlp_ratio=4.0,
+                                     output_dim=32).eval()
+        return open_clip.create_model(arch, pretrained="").visual.eval()
+
+
+def input_size(model) -> int:
+    """Side of the square images the tower takes (224 for the ViT-B models)."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or getattr(model, "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def pruned_copy(base, strategy: str, params: dict, calibration):
@@ -64,16 +105,22 @@ def pruned_copy(base, strategy: str, params: dict, calibration):
         return model, pb.prune(model, strategy, **full)
 
 
-def emit(header: str, table: pd.DataFrame, output: str | None) -> None:
-    """Print the table under its header, and write the same Markdown to `output` when given."""
+def emit(header: str, table: pd.DataFrame, output: str | None, records: dict | None = None) -> None:
+    """Print the table under its header; write the same Markdown to `output` when given, and
+    `records` (every repeat, the environment) as JSON beside it."""
     text = header + "\n" + table.to_markdown(index=False, floatfmt=".3f")
     print(text)
     if output:
-        with open(output, "w") as f:
-            f.write(text + "\n")
+        write_text(output, text + "\n")
+        if records is not None:
+            write_text(Path(output).with_suffix(".json"), json.dumps(records, indent=1, default=str) + "\n")
 
 
 def reference_tome(model, r):
+    """The authors' ToMe patched into a copy of a timm model (None when it is not importable)."""
+    path = os.environ.get("TOME_REFERENCE_PATH")
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
     try:
         import tome
     except ImportError:
@@ -84,76 +131,187 @@ def reference_tome(model, r):
     return patched
 
 
-def round_robin(fns: dict, images, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per batch of each callable, timed in interleaved rounds."""
+def _time_once(fn, images, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(images)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    begin = time.perf_counter()
+    fn(images)
+    return time.perf_counter() - begin
+
+
+def round_robin_repeats(fns: dict, images, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per batch of each callable for every timed repeat, in interleaved rounds (order
+    reversed every other round); `warmup` untimed rounds first."""
+    device = images.device
     times = {k: [] for k in fns}
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in fns.values():
                 fn(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         for i in range(repeats):
             order = list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]
             for key, fn in order:
-                start = time.perf_counter()
-                fn(images)
-                times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+                times[key].append(_time_once(fn, images, device))
+    return times
 
 
-def run_model(name: str, batch: int, warmup: int, repeats: int, configs) -> pd.DataFrame:
-    base = build(name)
-    images = torch.randn(batch, 3, 224, 224)
-    calibration = [torch.randn(4, 3, 224, 224) for _ in range(2)]
-    models, handles, macs, labels = {"baseline": base}, [], {}, {}
-    macs["baseline"] = pb.count_flops(base, images[:1]).gmacs
-    for strategy, params in configs:
-        model, handle = pruned_copy(base, strategy, params, calibration)
-        key = f"{strategy} {params}"
-        handles.append(handle)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            macs[key] = pb.count_flops(model, images[:1]).gmacs
-        models[key] = model
-        labels[key] = (strategy, params)
-    if name == "timm":
+def round_robin(fns: dict, images, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per batch of each callable, timed in interleaved rounds."""
+    return {k: statistics.median(v) for k, v in round_robin_repeats(fns, images, warmup, repeats).items()}
+
+
+def graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compiled(model, backend: str, fullgraph: bool = True):
+    """torch.compile with static shapes: a new token schedule may compile anew, a new batch may not."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
+    return torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph)
+
+
+def prepare(base, configs, with_reference: bool):
+    """(fp32 CPU models by key, (strategy, params) by key, GMACs by key) for the baseline, each config
+    and, on timm models, the authors' ToMe when importable."""
+    images = torch.randn(1, 3, input_size(base), input_size(base))
+    calibration = [torch.randn(4, *images.shape[1:]) for _ in range(2)]
+    models, labels, macs = {"baseline": base}, {"baseline": ("baseline", {})}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        macs["baseline"] = pb.count_flops(base, images).gmacs
+        for strategy, params in configs:
+            key = f"{strategy} {params}"
+            model, _handle = pruned_copy(base, strategy, dict(params), calibration)
+            models[key], labels[key] = model, (strategy, {k: v for k, v in params.items() if k != "_calibrate"})
+            macs[key] = pb.count_flops(model, images).gmacs
+    if with_reference:
         for r in REFERENCE_TOME_R:
             ref = reference_tome(base, r)
             if ref is not None:
                 key = f"reference ToMe r={r}"
                 models[key], labels[key] = ref, ("reference_tome", {"r": r})
                 macs[key] = macs.get(f"tome {{'r': {r}}}")
-    seconds = round_robin(models, images, warmup, repeats)
+    return models, labels, macs
+
+
+def time_group(models: dict, batch: int, warmup: int, repeats: int, device="cpu", dtype="float32",
+               compile=False, backend="inductor", deadline: float | None = None) -> tuple[dict, dict]:
+    """Time fp32 CPU `models` cast to `dtype` on `device`, eager or compiled, round-robin.
+
+    Returns (seconds of every repeat by key, graphs compiled by key). Compiled models are warmed one
+    by one (the first call compiles); with `deadline` (time.monotonic) a model whose turn comes after
+    it is left out."""
+    device, cast = torch.device(device), DTYPES[dtype]
+    side = input_size(models["baseline"])
+    images = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(1)).to(device, cast)
+    fns, graphs = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, model in models.items():
+            if deadline is not None and time.monotonic() > deadline and key != "baseline":
+                continue
+            placed = copy.deepcopy(model).to(device=device, dtype=cast)
+            fn = compiled(placed, backend, fullgraph=not key.startswith("reference")) if compile else placed
+            before = graphs_compiled()
+            with torch.inference_mode():
+                for _ in range(2 if compile else 0):
+                    fn(images)
+            fns[key], graphs[key] = fn, graphs_compiled() - before
+        before = graphs_compiled()
+        times = round_robin_repeats(fns, images, warmup, repeats)
+    if compile and graphs_compiled() != before:
+        raise RuntimeError(f"{graphs_compiled() - before} recompilation(s) while timing: the compiled forward "
+                           "depends on something that changes per batch")
+    del fns
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return times, graphs
+
+
+def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=False) -> pd.DataFrame:
+    base = statistics.median(times["baseline"])
     rows = []
-    for key, model in models.items():
-        strategy, params = labels.get(key, ("baseline", {}))
-        speedup = seconds["baseline"] / seconds[key]
-        ratio = macs[key] / macs["baseline"] if macs[key] else float("nan")
-        rows.append({
-            "model": name, "strategy": strategy, "params": params, "gmacs": macs[key],
-            "images_per_second": batch / seconds[key], "speedup": speedup, "macs_ratio": ratio,
-            "efficiency": speedup * ratio,
-        })
+    for key, repeats in times.items():
+        strategy, params = labels[key]
+        seconds = statistics.median(repeats)
+        speedup = base / seconds
+        ratio = macs[key] / macs["baseline"] if macs.get(key) else float("nan")
+        row = {"model": name, "strategy": strategy, "params": params, "gmacs": macs.get(key) or float("nan"),
+               "images_per_second": batch / seconds, "speedup": speedup, "macs_ratio": ratio,
+               "efficiency": speedup * ratio}
+        if extra_columns:
+            row.update({"ms_per_batch": 1000 * seconds, "ms_min": 1000 * min(repeats), "ms_max": 1000 * max(repeats),
+                        "graphs": graphs.get(key, 0)})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
+def run_model(name: str, batch: int, warmup: int, repeats: int, configs, device="cpu", dtype="float32",
+              compile=False, backend="inductor") -> tuple[pd.DataFrame, dict]:
+    """(table, every repeat by configuration) for one model."""
+    models, labels, macs = prepare(build(name), configs, with_reference=MODELS[name][0] == "timm")
+    times, graphs = time_group(models, batch, warmup, repeats, device, dtype, compile, backend)
+    extra = torch.device(device).type != "cpu" or dtype != "float32" or compile
+    return speed_table(name, models, labels, macs, times, graphs, batch, extra), times
+
+
+def header(args, env: dict) -> str:
+    mode = f"torch.compile(backend={args.compile_backend}, dynamic=False, fullgraph=True)" if args.compile else "eager"
+    timer = "CUDA events" if env["device"].startswith("cuda") else "time.perf_counter"
+    return (f"batch {args.batch}, {args.dtype} (model and images cast, no autocast), {mode}, median of {args.repeats} "
+            f"round-robin repeats after {args.warmup} warm-up (every repeat in the .json beside this file), {timer}; "
+            f"{describe(env)}\ncommand: python benchmarks/{' '.join(['speed.py', *sys.argv[1:]])}\n")
+
+
+def check_args(args) -> None:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={args.device!r} but CUDA is not available here; allowed: cpu")
+    for name in ("batch", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}={getattr(args, name)} is out of range [1, inf)")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup={args.warmup} is out of range [0, inf)")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["timm", "open_clip"], choices=sorted(MODELS))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--compile", action="store_true", help="torch.compile each patched model (static shapes)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; eager to test tracing)")
+    p.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--output", help="also write the table (Markdown) to this file, and every repeat as JSON beside it")
+    return p
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["timm", "open_clip"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--output", help="also write the table (Markdown) to this file")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    check_args(args)
     configs = TOKEN_CONFIGS + (STRUCTURED_CONFIGS if args.structured else [])
-    table = pd.concat([run_model(m, args.batch, args.warmup, args.repeats, [(s, dict(p)) for s, p in configs]) for m in args.models])
-    env = environment("cpu")
-    header = (
-        f"batch {args.batch}, fp32, CPU threads {torch.get_num_threads()}, median of {args.repeats} round-robin repeats "
-        f"after {args.warmup} warm-up; torch {torch.__version__}; {env.get('cpu', '')}\n"
-        f"command: python benchmarks/{' '.join(['speed.py', *sys.argv[1:]])}\n"
-    )
-    emit(header, table, args.output)
+    tables, records = [], {}
+    for m in args.models:
+        table, times = run_model(m, args.batch, args.warmup, args.repeats, [(s, dict(p)) for s, p in configs],
+                                 args.device, args.dtype, args.compile, args.compile_backend)
+        tables.append(table)
+        records[m] = times
+    env = environment(args.device)
+    emit(header(args, env), pd.concat(tables), args.output, {"environment": env, "seconds_per_repeat": records})
 
 
 if __name__ == "__main__":

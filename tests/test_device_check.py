@@ -1,0 +1,78 @@
+"""`bash scripts/device_check.sh` runs in CI on the CPU (the fallback path) and its report names every
+figure it would produce on a GPU: every (model, dtype, mode) group and every configuration, registered
+strategies included, each with a figure or the reason it was not run."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pruning_bench as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("device_check") / "speed_gpu.md"
+    env = {**os.environ, "PRUNING_BENCH_PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TOME_REFERENCE_PATH", None)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "device_check.sh"), "--output", str(out), "--budget-seconds", "45"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, out.read_text()
+
+
+def test_cpu_fallback_is_labelled_as_cpu(report):
+    stdout, text = report
+    assert text.startswith("# GPU speed check: CPU FALLBACK")
+    assert "measured on the CPU" in text and "device cpu" in text
+    assert "on a GPU the same command runs" in stdout and "ViT-B-16" in stdout and "vit_base_patch16_224" in stdout
+
+
+def test_report_names_every_figure_of_the_plan(report):
+    from device_check import config_names, configs_for
+
+    _, text = report
+    rows = [line for line in text.split("## Tables")[0].splitlines() if line.startswith("| tiny_")]
+    configs = config_names("tiny_timm")
+    assert configs == config_names("tiny_open_clip") and "layer_drop {'keep_layers': 3, 'importance': 'cosine'}" in configs
+    assert {s for s, _ in configs_for(4)} >= set(pb.list_strategies()) - {"baseline"}  # every registered strategy
+    for model in ("tiny_timm", "tiny_open_clip"):
+        for dtype in ("bfloat16", "float32"):
+            for mode in ("eager", "compiled"):
+                for config in configs:
+                    prefix = f"| {model} | {dtype} | {mode} | {config} |"
+                    found = [r for r in rows if r.startswith(prefix)]
+                    assert len(found) == 1, f"{prefix} appears {len(found)} times"
+                    assert re.search(r"img/s, speedup [\d.]+, efficiency [\d.]+ \|$", found[0]) or "not run" in found[0]
+    assert len(rows) == 2 * 2 * 2 * len(configs)
+
+
+def test_eager_groups_measured_and_compiled_path_ran(report):
+    _, text = report
+    rows = [line for line in text.split("## Tables")[0].splitlines() if line.startswith("| tiny_")]
+    eager = [r for r in rows if "| eager |" in r]
+    assert eager and all("img/s" in r for r in eager)
+    compiled = [r for r in rows if "| compiled |" in r and "img/s" in r]
+    assert any("baseline" in r for r in compiled) and any("tome" in r for r in compiled)
+    assert "graphs" in text and "recompil" in text
+
+
+def test_plan_estimate_fits_the_gpu_budget():
+    from device_check import ESTIMATE, plan
+
+    groups = plan(True, False, 16, 5, 2)
+    assert len(groups) == 8 and {g["mode"] for g in groups} == {"eager", "compiled"}
+    eager = sum(g["estimate_s"] for g in groups if g["mode"] == "eager")
+    assert eager < 450 - 2 * ESTIMATE["gpu"]["compile_s"]  # every eager figure fits, with room to compile
+
+
+def test_bad_budget_is_a_value_error():
+    from device_check import main
+
+    with pytest.raises(ValueError, match="budget-seconds=-1"):
+        main(["--budget-seconds", "-1"])
