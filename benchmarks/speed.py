@@ -278,9 +278,9 @@ def check_args(args) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device={args.device!r} but CUDA is not available here; allowed: cpu")
     for name in ("batch", "repeats"):
-        if getattr(args, name) < 1:
+        if getattr(args, name, 1) < 1:
             raise ValueError(f"--{name}={getattr(args, name)} is out of range [1, inf)")
-    if args.warmup < 0:
+    if getattr(args, "warmup", 0) < 0:
         raise ValueError(f"--warmup={args.warmup} is out of range [0, inf)")
 
 
