@@ -76,3 +76,29 @@ def test_bad_budget_is_a_value_error():
 
     with pytest.raises(ValueError, match="budget-seconds=-1"):
         main(["--budget-seconds", "-1"])
+
+
+def test_speed_keeps_every_repeat_and_memory_casts_the_model():
+    import torch
+    from memory import run_model as memory_rows
+    from speed import round_robin_repeats
+
+    times = round_robin_repeats({"a": lambda x: x + 1, "b": lambda x: x * 2}, torch.ones(2, 3), warmup=1, repeats=4)
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4} and all(t >= 0 for v in times.values() for t in v)
+    configs = [("tome", {"r": 8})]
+    fp32, bf16 = (memory_rows("tiny_timm", 2, [(s, dict(p)) for s, p in configs], dtype=d) for d in ("float32", "bfloat16"))
+    assert list(bf16["weights_mb"] * 2) == pytest.approx(list(fp32["weights_mb"]), rel=1e-3)
+    assert "cuda_peak_mb" not in fp32  # the allocator's peak exists on CUDA only; the exact count everywhere
+    assert fp32["activations_mb"].iloc[1] < fp32["activations_mb"].iloc[0]
+
+
+@pytest.mark.parametrize("argv,message", [(["--batch", "0"], "--batch=0"), (["--dtype", "int8"], None)])
+def test_speed_refuses_bad_arguments_before_building(argv, message):
+    from speed import main
+
+    if message is None:  # argparse refuses a dtype outside the choices
+        with pytest.raises(SystemExit):
+            main(argv)
+    else:
+        with pytest.raises(ValueError, match=message):
+            main(argv)
