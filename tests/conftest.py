@@ -60,6 +60,86 @@ FAMILIES = {
 }
 
 
+def tiny_eva(**overrides):
+    from timm.models.eva import Eva
+
+    torch.manual_seed(0)
+    cfg = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4 * 2 / 3, swiglu_mlp=True,
+               scale_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(8, 8), init_values=0.1, num_classes=10)
+    cfg.update(overrides)
+    return Eva(**cfg).eval()
+
+
+def tiny_deit_distilled():
+    from timm.models.deit import VisionTransformerDistilled
+
+    torch.manual_seed(0)
+    return VisionTransformerDistilled(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, num_classes=10).eval()
+
+
+def _hf_vision(**extra):
+    return dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, image_size=32,
+                patch_size=4, **extra)
+
+
+def tiny_hf_clip(kind="vision"):
+    import transformers
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "vision":
+            return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**_hf_vision())).eval()
+        if kind == "projection":
+            config = transformers.CLIPVisionConfig(**_hf_vision(projection_dim=16))
+            return transformers.CLIPVisionModelWithProjection(config).eval()
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100,
+                    bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        return transformers.CLIPModel(transformers.CLIPConfig(vision_config=_hf_vision(), text_config=text,
+                                                              projection_dim=16)).eval()
+
+
+def tiny_siglip(kind="vision"):
+    import transformers
+
+    torch.manual_seed(0)
+    if kind == "vision":
+        return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**_hf_vision())).eval()
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=100)
+    return transformers.SiglipModel(transformers.SiglipConfig(vision_config=_hf_vision(), text_config=text)).eval()
+
+
+def tiny_open_clip_eva():
+    """An open_clip CLIP whose image tower is a timm Eva trunk, as open_clip's EVA02-* configs build it."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    vision = dict(image_size=224, timm_model_name="eva02_tiny_patch14_224", timm_model_pretrained=False,
+                  timm_pool="token", timm_proj="linear")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CLIP(embed_dim=32, vision_cfg=vision, text_cfg=TEXT_CFG).eval()
+
+
+def _hf_image(model, x):
+    from pruning_bench.families import encode_images
+
+    return encode_images(model, x)
+
+
+# families beyond the four above: run by the strategy x family contract tests (tests/test_contract.py)
+MORE_FAMILIES = {
+    "timm_eva": (lambda: tiny_eva(), lambda m, x: m(x)),
+    "timm_deit_distilled": (lambda: tiny_deit_distilled(), lambda m, x: m(x)),
+    "hf_clip_vision": (lambda: tiny_hf_clip("vision"), _hf_image),
+    "hf_clip_projection": (lambda: tiny_hf_clip("projection"), _hf_image),
+    "hf_clip_model": (lambda: tiny_hf_clip("model"), lambda m, x: m.get_image_features(pixel_values=x).pooler_output),
+    "hf_siglip_vision": (lambda: tiny_siglip("vision"), _hf_image),
+    "hf_siglip_model": (lambda: tiny_siglip("model"), _hf_image),
+}
+ALL_FAMILIES = {**FAMILIES, **MORE_FAMILIES}
+
+
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request):
     build, run = FAMILIES[request.param]

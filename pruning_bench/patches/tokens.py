@@ -79,9 +79,11 @@ class TokenRun:
         kept = None
         if n_out < N:
             reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
-            if rope is not None:
-                self.rope = reduction.reduce_features(self._rope_rows(rope, x), self.size)[0]
-            x, self.size = reduction.reduce_features(x, self.size)
+            size = self.size
+            rows = None if rope is None else self._rope_rows(rope, x)
+            x, self.size = reduction.reduce_features(x, size)  # first: some strategies settle their plan here
+            if rows is not None:
+                self.rope = reduced_rope(reduction, rows, size)
             if self.source is not None:
                 self.source = reduction.apply(self.source, "sum")
             if isinstance(reduction, Selection):
@@ -106,6 +108,13 @@ class TokenRun:
 
     def stats(self) -> dict:
         return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+
+
+def reduced_rope(reduction, rows: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+    """The rotary rows after a reduction: each output token's size-weighted mean of the (cos, sin) rows
+    it absorbed, with the decision the reduction already made (a kept token keeps its own row)."""
+    weight = torch.ones_like(rows[..., :1]) if size is None else size.to(rows.dtype)
+    return reduction.apply(rows * weight, "sum") / reduction.apply(weight, "sum").clamp_min(1e-12)
 
 
 def owner_of_inputs(source: torch.Tensor) -> torch.Tensor:

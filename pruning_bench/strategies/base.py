@@ -165,6 +165,21 @@ def _range(low, high) -> str:
 
 # ---------------------------------------------------------------- token strategies
 
+@dataclass(frozen=True)
+class DecisionDims:
+    """Widths a strategy's own decision work depends on: tokens (width), keys averaged over heads
+    (head_dim), full attention (attn_dim)."""
+
+    width: int
+    head_dim: int
+    attn_dim: int
+
+
+def bipartite_macs(n_tokens: int, n_prefix: int, dim: int) -> float:
+    """Cosine similarity of the A half against the B half (ToMe's split, prefix included)."""
+    return ((n_tokens + 1) // 2) * (n_tokens // 2) * dim
+
+
 @dataclass
 class AttentionProbe:
     """What a block's attention exposes to a token strategy, already computed by the block.
@@ -216,6 +231,11 @@ class TokenStrategy(Strategy):
     def uses_size_bias(self) -> bool:
         """Whether attention adds log(token size) to its logits once tokens have merged (ToMe)."""
         return False
+
+    def decision_macs(self, layer: int, n_tokens: int, n_out: int, n_prefix: int, dims: "DecisionDims") -> float:
+        """MACs the decision itself costs in a reducing block, beyond the block's own attention and MLP
+        (similarity or distance matrices): what an honest MAC count adds to the analytic formula."""
+        return 0.0
 
     def check_pooling(self, reads_patch_tokens: bool) -> None:
         """Refuse a budget that leaves no patch token when the output pools over patch tokens (avg pooling,

@@ -48,8 +48,8 @@ class BipartitePlan:
         self.kept_a = order[:, r:].sort(dim=1).values
         self.moved_a = order[:, :r]
         self.into_b = best_b[..., None].gather(1, self.moved_a)
-        n_a, n_b = scores.shape[1], scores.shape[2]
-        front = prefix_to_front(n_a - r, n_b, n_prefix)
+        n_a, n_b = int(scores.shape[1]), int(scores.shape[2])  # plain ints, also while fvcore traces
+        front = prefix_to_front(n_a - int(r), n_b, int(n_prefix))
         self.front = None if front is None else front.to(scores.device)
 
     def split(self, t: torch.Tensor):
@@ -66,9 +66,13 @@ class BipartitePlan:
         return out if self.front is None else out.index_select(1, self.front)
 
 
-@functools.lru_cache(maxsize=256)
 def prefix_to_front(n_kept_a: int, n_b: int, n_prefix: int) -> torch.Tensor | None:
     """Permutation moving prefix tokens that sat in B back to the front (None when there are none)."""
+    return _prefix_to_front(int(n_kept_a), int(n_b), int(n_prefix))  # shapes are 0-d tensors while tracing
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_to_front(n_kept_a: int, n_b: int, n_prefix: int) -> torch.Tensor | None:
     if n_prefix // 2 == 0:
         return None
     head = [t // 2 if t % 2 == 0 else n_kept_a + t // 2 for t in range(n_prefix)]

@@ -55,6 +55,10 @@ class DpcKnn(PruneOnceStrategy):
         self.params["k_neighbors"] = check_int("k_neighbors", self.params["k_neighbors"], 1, None, self.name)
         self._check_start_layer()
 
+    def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
+        patches = n_tokens - n_prefix
+        return patches * patches * (dims.width + 2)  # pairwise distances as one matrix product
+
     def reduce(self, layer, x, probe, n_prefix, n_out):
         n_clusters = n_out - n_prefix
         assign = dpc_knn_assign(x[:, n_prefix:], n_clusters, self.params["k_neighbors"])

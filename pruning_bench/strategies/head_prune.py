@@ -79,6 +79,8 @@ class HeadPrune(Strategy):
                   "calibration": "iterable of image batches, or None"}
     compute_knob = "head_ratio"
     kind = "structured"
+    example_params = {"head_ratio": 0.5, "mlp_ratio": 0.5}
+    keep_all_params = {"head_ratio": 0.0, "mlp_ratio": 0.0}
     defaults = {"head_ratio": 0.3, "mlp_ratio": 0.0, "importance": "magnitude", "scope": "layerwise", "calibration": None}
 
     def _check(self):

@@ -58,6 +58,11 @@ class KMedoids(PruneOnceStrategy):
         self.params["cluster_iters"] = check_int("cluster_iters", self.params["cluster_iters"], 0, None, self.name)
         self._check_start_layer()
 
+    def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
+        patches = n_tokens - n_prefix
+        # pairwise distances, plus the full attention map for the attention each token receives
+        return patches * patches * (dims.width + 2) + n_tokens * n_tokens * dims.attn_dim
+
     def reduce(self, layer, x, probe, n_prefix, n_out):
         weight = attention_received(probe, n_prefix)
         medoids = kmedoids_fit(x[:, n_prefix:], weight, n_out - n_prefix, self.params["cluster_iters"])

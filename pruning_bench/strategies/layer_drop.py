@@ -56,6 +56,8 @@ class LayerDrop(Strategy):
                   "calibration": "iterable of image batches, or None (needed by data-driven importances)"}
     compute_knob = "keep_layers"
     kind = "structured"
+    example_params = {"drop": [1, 2]}
+    keep_all_params = {"drop": []}
     defaults = {
         "keep_layers": None,
         "drop": None,

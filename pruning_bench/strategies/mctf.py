@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, check_bool, check_float, check_int
+from .base import TokenStrategy, bipartite_macs, check_bool, check_float, check_int
 from .bipartite import max_moves, prefix_to_front
 
 
@@ -148,6 +148,10 @@ class MCTF(TokenStrategy):
         received = probe.attention_rows(slice(None)).mean(dim=1)
         return MultiCriteriaMerge(x, received, int(x.shape[1]) - n_out, n_prefix,
                                   (p["tau_sim"], p["tau_info"], p["tau_size"]), p["bidirection"])
+
+    def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
+        # the recomputed attention map (the fused kernel does not return it) and the A-B similarity
+        return n_tokens * n_tokens * dims.attn_dim + bipartite_macs(n_tokens, n_prefix, dims.width)
 
     def uses_size_bias(self):
         return self.params["prop_attn"]

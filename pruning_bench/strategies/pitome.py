@@ -102,5 +102,8 @@ class PiToMe(TokenStrategy):
         return pitome_merge(probe.k.mean(dim=1), int(x.shape[1]) - n_out, n_prefix,
                             self.margin_at(layer, n_layers), self.params["alpha"], self.protects(layer, n_layers))
 
+    def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
+        return (n_tokens - n_prefix) ** 2 * dims.head_dim  # every patch token's similarity to every other
+
     def uses_size_bias(self):
         return self.params["prop_attn"]

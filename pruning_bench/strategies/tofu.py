@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, check_bool, check_int
+from .base import TokenStrategy, bipartite_macs, check_bool, check_int
 from .bipartite import BipartitePlan, cosine_scores, max_moves
 
 
@@ -103,6 +103,9 @@ class ToFu(TokenStrategy):
         with torch.no_grad():
             plan = BipartitePlan(cosine_scores(probe.k.mean(dim=1), n_prefix), int(x.shape[1]) - n_out, n_prefix)
         return Fusion(plan, prune=not self.merges_at(layer, self._n_layers))
+
+    def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
+        return bipartite_macs(n_tokens, n_prefix, dims.head_dim)
 
     def uses_size_bias(self):
         return self.params["prop_attn"]

@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from ..registry import register_strategy
-from .base import Merge, TokenStrategy, check_bool, check_choice, check_float, check_int
+from .base import Merge, TokenStrategy, bipartite_macs, check_bool, check_choice, check_float, check_int
 from .tome_cap import SHORT_MATCH, MergeCounting, short_match_note
 from .constants import schedule_constant
 
@@ -90,7 +90,10 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, partici
 def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor | None:
     """Permutation moving prefix tokens that sat in set B back to the front (None when there are none).
 
-    With one prefix token (the class token) it sits first in A and stays first, as in the paper."""
+    With one prefix token (the class token) it sits first in A and stays first, as in the paper.
+    Sizes are made plain ints: while fvcore traces, shapes arrive as 0-d tensors, and a set of tensors
+    would never contain the positions it holds (the permutation then kept extra tokens)."""
+    n_unmerged_a, n_b, n_prefix = int(n_unmerged_a), int(n_b), int(n_prefix)
     b_prefix = n_prefix // 2
     if b_prefix == 0:
         return None
@@ -159,6 +162,9 @@ class ToMe(TokenStrategy):
         N = int(x.shape[1])
         metric = probe.k.mean(dim=1)
         return bipartite_soft_matching(metric, N - n_out, n_prefix, self._participants(layer, N, n_prefix, x.device))
+
+    def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
+        return bipartite_macs(n_tokens, n_prefix, dims.head_dim)
 
     def uses_size_bias(self):
         return self.params["prop_attn"]
