@@ -404,7 +404,7 @@ sys.exit(run_planned(runs, log_dir=out / "logs", progress=False))
 
 def _sweep_killed(signum: int):
     """A sweep stopped mid-point by `signum`, then resumed: every result once, valid, no process left."""
-    from pruning_bench import result_check
+    from pruning_bench.record import check as result_check
     from pruning_bench.sweep_control import pid_alive
 
     def run(tmp):
@@ -529,7 +529,7 @@ def _prune_compare_truncated(tmp):
     done = _prune_compare(tmp, "--out", str(tmp / "cmp"), "--config", "tome r=2", "--", "--dataset", "x", "--skip_existing")
     expect(done.returncode == 0, "silent wrong", f"exit {done.returncode}: {done.stderr[-200:]}")
     expect("its run is redone" in done.stdout, "silent wrong", "not said")
-    from pruning_bench import result_check
+    from pruning_bench.record import check as result_check
 
     expect(result_check.is_complete(bad), "lost data", "baseline result missing")
     return "moved to .incomplete, said so, baseline run again"
@@ -594,7 +594,7 @@ def _cb_attention_missing_folder(tmp):
     def check():
         for path in res.glob("*.json"):
             expect(path.stat().st_size > 0, "lost data", f"0-byte {path.name} left behind")
-        from pruning_bench import result_check
+        from pruning_bench.record import check as result_check
 
         files = list(res.glob("*.json"))
         expect(bool(files) and all(result_check.is_complete(p) for p in files) or done.returncode == 2,
@@ -609,7 +609,7 @@ def _cb_skip_existing_empty(tmp):
     done, res = _clip_benchmark(tmp, "--skip_existing")
 
     def check():
-        from pruning_bench import result_check
+        from pruning_bench.record import check as result_check
 
         expect(result_check.is_complete(res / "r_baseline.json"), "silent wrong",
                "a 0-byte result counted as done by --skip_existing")

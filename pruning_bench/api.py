@@ -43,6 +43,11 @@ class PruneHandle:
         return merged
 
     @property
+    def effective(self) -> bool:
+        """Whether anything was removed: a token in the last forward, or a head, neuron or block."""
+        return any(getattr(a, "removed", True) for a in self._attachments_for_stats())
+
+    @property
     def token_run(self):
         """The active token strategy's `TokenRun`, or None.
 
@@ -97,6 +102,27 @@ def _parse_spec(strategy, params) -> list[Strategy]:
     return [make_strategy(strategy, params)]
 
 
+def attach(strategy: Strategy, model):
+    """Wire a configured strategy to the model family's patch: a token strategy to the token hook, a
+    structured one's plan to the slicing patch. A strategy that overrides `attach` wires itself."""
+    if type(strategy).attach is not Strategy.attach:
+        return strategy.attach(model)
+    from .families import locate
+
+    family = locate(model)
+    if strategy.kind == "token":
+        from .patches.tokens import attach_token_strategy
+
+        strategy.check_pooling(family.pools_patch_tokens())
+        return attach_token_strategy(model, strategy)
+    from .patches.structured import attach_structured, parameter_count
+
+    before = parameter_count(family.vit)
+    attachment = attach_structured(model, strategy.plan(model, family), family)
+    attachment.add_stats(vit_parameters={"before": before, "after": parameter_count(family.vit)})
+    return attachment
+
+
 def prune(model, strategy: str | Strategy | Iterable, **params) -> PruneHandle:
     """Patch `model` in place with `strategy` (or a list of `(name, params)` applied in order).
 
@@ -109,7 +135,7 @@ def prune(model, strategy: str | Strategy | Iterable, **params) -> PruneHandle:
     attachments = []
     try:
         for s in strategies:
-            attachments.append(s.attach(model))
+            attachments.append(attach(s, model))
     except BaseException:
         for attachment in reversed(attachments):
             attachment.restore()

@@ -122,7 +122,7 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    from .patches.structured import equivalent_attention, mlp_output_linear, sliced_mlp
+    from .families.slicing import equivalent_attention, mlp_output_linear, sliced_mlp
 
     if architecture.get("format") != FORMAT:
         raise ValueError(f"not a pruning-bench saved model (format {architecture.get('format')!r}, expected {FORMAT})")

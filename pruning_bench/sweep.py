@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import result_check, sweep_outputs
-from .clip_benchmark_ext import flags, naming
+from . import sweep_outputs
+from .record import check as result_check
+from .clip_benchmark_ext import flags
+from .record import naming
 from .sweep_control import (OUTPUTS_ENV, SweepInterrupted, SweepSummary, log_path,  # noqa: F401  (re-exported)
                             run_sweep, subprocess_runner)
 

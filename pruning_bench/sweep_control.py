@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 if TYPE_CHECKING:
     from .sweep import PlannedRun
 
-from . import result_check
+from .record import check as result_check
 from .record import atomic
 
 HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))

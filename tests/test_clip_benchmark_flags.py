@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from pruning_bench.clip_benchmark_ext import flags, naming
+from pruning_bench.clip_benchmark_ext import flags
+from pruning_bench.record import naming
 
 
 def eval_args(**overrides):
@@ -38,7 +39,7 @@ def test_defaults_are_resolved_and_recorded():
     assert config.strategy == "anchor_diversity"
     assert config.params == {"top_m": 20}
     assert config.resolved == {"k_anchors": 10, "top_m": 20, "alpha": 0.5, "start_layer": 1,
-                               "importance_direction": "anchor_to_token"}
+                               "importance_direction": "anchor_to_token", "prune_layers": None, "keep_rate": None}
     assert config.measure_efficiency and config.active
 
 
@@ -108,7 +109,8 @@ def test_clip_benchmark_parser_has_the_flags(monkeypatch):
     _, args = parse(monkeypatch, ["eval", "--enable_pruning", "--k_anchors", "4", "--top_m", "6", "--alpha", "0.25",
                                   "--prune_param", "start_layer=2", "--extract_attention", "--attention_output", "a.pt"])
     assert args.pruning_config.resolved == {"k_anchors": 4, "top_m": 6, "alpha": 0.25, "start_layer": 2,
-                                            "importance_direction": "anchor_to_token"}
+                                            "importance_direction": "anchor_to_token", "prune_layers": None,
+                                            "keep_rate": None}
     assert args.pruning_config.attention_output == "a.pt"
     _, build = parse(monkeypatch, ["build", "x.json"])  # the other subcommand is left alone
     assert build.which == "build" and not hasattr(build, "pruning_config")

@@ -78,7 +78,7 @@ def test_pruned_run_records_pruning_and_efficiency(monkeypatch, tmp_path, data, 
     assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= set(result)
     assert metric in result["metrics"]
     assert result["pruning"]["strategy"] == "cls_topk"
-    assert result["pruning"]["params"] == {"keep": 4, "start_layer": 1}
+    assert result["pruning"]["params"] == {"keep": 4, "start_layer": 1, "prune_layers": None, "keep_rate": None}
     eff = result["efficiency"]
     assert eff["tokens_per_layer"] == [17, 17, 5, 5]  # 32x32 images, 8x8 patches: 16 + CLS, then CLS + 4
     assert eff["gmacs"] > 0 and eff["gflops"] == pytest.approx(2 * eff["gmacs"])
@@ -177,7 +177,7 @@ def test_attention_file_layout(monkeypatch, tmp_path, data):
     top = saved["cls_attention"][1][:, 1:].topk(4, dim=1).indices + 1
     assert torch.equal(top.sort(dim=1).values, kept[1][:, 1:])
     assert saved["tokens_per_layer"] == [17, 17, 5, 5]
-    assert saved["strategy"] == "cls_topk" and saved["params"] == {"keep": 4, "start_layer": 1}
+    assert saved["strategy"] == "cls_topk" and saved["params"] == {"keep": 4, "start_layer": 1, "prune_layers": None, "keep_rate": None}
     assert saved["images"].shape == (5, 32, 32, 3) and saved["images"].dtype == torch.uint8
     rng = np.random.default_rng(0)  # tiny.write_webdataset draws the test images first, in order
     written = torch.from_numpy(np.stack([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]))

@@ -5,7 +5,7 @@ import torch
 import pruning_bench as pb
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.families import locate_vit
-from pruning_bench.patches.structured import InProjAttention
+from pruning_bench.families.slicing import InProjAttention
 
 HEADS = ("head_prune", {"head_ratio": 0.5, "mlp_ratio": 0.3})
 TOME = ("tome", {"r": 4})

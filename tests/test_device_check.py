@@ -30,7 +30,7 @@ def test_cpu_fallback_is_labelled_as_cpu(report):
     stdout, text = report
     assert text.startswith("# GPU speed check: CPU FALLBACK")
     assert "measured on the CPU" in text and "device cpu" in text
-    assert "on a GPU the same command runs" in stdout and "ViT-B-16" in stdout and "vit_base_patch16_224" in stdout
+    assert "on a GPU the same command names the same figures" in stdout and "ViT-B-16" in stdout and "vit_base_patch16_224" in stdout
 
 
 def test_report_names_every_figure_of_the_plan(report):
@@ -62,13 +62,19 @@ def test_eager_groups_measured_and_compiled_path_ran(report):
     assert "graphs" in text and "recompil" in text
 
 
-def test_plan_estimate_fits_the_gpu_budget():
-    from device_check import ESTIMATE, plan
+def test_plan_fits_the_gpu_budget_and_names_every_group():
+    from device_check import plan
 
-    groups = plan(True, False, 16, 5, 2)
-    assert len(groups) == 8 and {g["mode"] for g in groups} == {"eager", "compiled"}
-    eager = sum(g["estimate_s"] for g in groups if g["mode"] == "eager")
-    assert eager < 450 - 2 * ESTIMATE["gpu"]["compile_s"]  # every eager figure fits, with room to compile
+    n = 16
+    groups = plan(True, True, n, 5, 2, 450.0)
+    assert len(groups) == 12 and {g["mode"] for g in groups} == {"eager", "compiled"}
+    assert sum(g["estimate_s"] for g in groups) <= 450.0
+    assert all(g["configs"] == n + 1 for g in groups if g["mode"] == "eager" and g["model"] != "open_clip_l14")
+    assert all(g["configs"] >= 2 for g in groups if g["mode"] == "compiled" and g["dtype"] == "bfloat16"
+               and g["model"] != "open_clip_l14")
+    assert all(g["configs"] in (0,) or g["configs"] >= 2 for g in groups)
+    more = plan(True, True, n, 5, 2, 3600.0)
+    assert sum(g["configs"] for g in more) > sum(g["configs"] for g in groups)  # a larger budget times more
 
 
 def test_bad_budget_is_a_value_error():

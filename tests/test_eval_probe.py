@@ -60,7 +60,7 @@ def test_pruned_run_records_blocks_like_clip_benchmark_path(tmp_path, colours):
     assert set(pruning) >= {"strategy", "params", "requested", "stages", "slug", "notes"}
     assert pruning["strategy"] == "anchor_diversity"
     assert pruning["params"] == {"k_anchors": 2, "top_m": 3, "alpha": 0.5, "start_layer": 1,
-                                 "importance_direction": "anchor_to_token"}
+                                 "importance_direction": "anchor_to_token", "prune_layers": None, "keep_rate": None}
     assert eff["tokens_per_layer"] == [17, 17, 6]
     assert set(eff) >= {"gmacs", "gflops", "images_per_second", "batch_size", "device", "versions"}
     assert 0 <= result["metrics"]["agreement"] <= 1 and result["metrics"]["cosine_centred"] < 1

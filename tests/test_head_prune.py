@@ -7,7 +7,7 @@ import pruning_bench as pb
 from conftest import FAMILIES
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.families import locate_vit
-from pruning_bench.patches.structured import head_weights, mlp_output_linear, mlp_weights
+from pruning_bench.families.slicing import head_weights, mlp_output_linear, mlp_weights
 from pruning_bench.strategies.head_prune import count_to_remove, keep_global, keep_layerwise
 
 IMPORTANCES = ["magnitude", "taylor", "fisher", "activation"]

@@ -8,7 +8,7 @@ import pruning_bench as pb
 from conftest import FAMILIES
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.families import locate_vit
-from pruning_bench.patches.structured import attention_output_linear, mlp_output_linear
+from pruning_bench.families.slicing import attention_output_linear, mlp_output_linear
 from pruning_bench.strategies.layer_drop import pinned_blocks, select_distributed, select_topk
 
 IMPORTANCES = ["fisher", "grad_norm", "activation", "cosine"]

@@ -125,7 +125,8 @@ def test_end_to_end_with_clip_benchmark(tmp_path):
     assert base["efficiency"]["tokens_per_layer"] == [50] * 12  # ViT-B/32 at 224: 7x7 patches + CLS
     assert anchor["efficiency"]["tokens_per_layer"] == [50, 50] + [15] * 10
     assert anchor["pruning"]["params"] == {"k_anchors": 4, "top_m": 10, "alpha": 0.5, "start_layer": 1,
-                                           "importance_direction": "anchor_to_token"}
+                                           "importance_direction": "anchor_to_token", "prune_layers": None,
+                                           "keep_rate": None}
 
     report = pd.read_csv(out / "report.csv")
     required = ["model", "pretrained", "dataset", "task", "strategy", "params", "acc1", "acc1_baseline", "acc1_delta",

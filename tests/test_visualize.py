@@ -10,7 +10,8 @@ from PIL import Image
 import pruning_bench as pb
 from conftest import tiny_open_clip, tiny_timm
 from pruning_bench.cli import build_parser
-from pruning_bench.clip_benchmark_ext import attention, tiny
+from pruning_bench.clip_benchmark_ext import tiny
+from pruning_bench.record import attention
 from pruning_bench.commands import visualize as visualize_command
 from pruning_bench.visualize import (display_images, figure_pixels, live_token_maps, load_record,
                                      maps_from_kept_indices, maps_from_record, maps_from_source, recorded_images,

@@ -21,14 +21,13 @@ import functools
 import os
 import sys
 import types
-import warnings
 from typing import Any
 
-from . import flags, naming
+from . import flags
+from ..record import atomic, naming, notes as noting, result as record
+from ..record.check import file_problem
 
 # Per-unit importances (12 x 3072 floats on ViT-B): kept in `handle.stats()`, left out of result files.
-PER_UNIT_STATS = ("mlp_importance",)
-
 _TASK_MODULES = {"zeroshot_classification": "zeroshot_classification",
                  "zeroshot_retrieval": "zeroshot_retrieval",
                  "linear_probe": "linear_probe"}
@@ -147,7 +146,7 @@ class PruningSession:
         if split == getattr(args, "split", "test"):
             fail(f"--prune_calibration reads the training split, but --train_split {split} is the evaluated split")
         name = args.dataset
-        root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+        root = dataset_root(args)
         try:
             dataset = build_dataset(dataset_name=name, root=root, transform=transform, split=split, download=True,
                                     annotation_file=getattr(args, "annotation_file", ""), language=args.language,
@@ -174,15 +173,13 @@ class PruningSession:
         params = dict(self.config.params)
         if calibration is not None:
             params["calibration"] = calibration
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
+        for note in self.notes:  # the calibration note, said once
+            print(f"pruning-bench: {note}", file=sys.stderr)
+        with noting.noting_warnings(self.notes):
             try:
                 self.handle = pb.prune(model, self.config.strategy, **params)
             except (ValueError, pb.UnsupportedModelError) as exc:
                 fail(str(exc))
-        self.notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-        for note in self.notes:
-            print(f"pruning-bench: {note}", file=sys.stderr)
 
     def _start_capture(self, model) -> None:
         """Keep the first evaluation batches seen by the image encoder (for efficiency and attention)."""
@@ -208,10 +205,11 @@ class PruningSession:
             if task == "linear_probe":
                 a, kw = self._key_feature_cache(original, a, kw)
             try:
-                metrics = original(*a, **kw)
-                self._stop_capture()
-                if self.model is not None:
-                    self._after_evaluation()
+                with noting.noting_warnings(self.notes):  # clamps found during the forward passes are notes too
+                    metrics = original(*a, **kw)
+                    self._stop_capture()
+                    if self.model is not None:
+                        self._after_evaluation()
                 return metrics
             finally:
                 self._stop_capture()
@@ -241,7 +239,7 @@ class PruningSession:
         return batch, "random images"
 
     def _after_evaluation(self) -> None:
-        from . import attention, efficiency
+        from ..record import attention, efficiency
 
         images, source = self._evaluation_images()
         device, amp = self.args.device, self.args.amp
@@ -259,37 +257,25 @@ class PruningSession:
 
     # -- result file
     def pruning_record(self) -> dict[str, Any] | None:
-        if not self.config.enabled:
-            return None
-        described = self.handle.describe() if self.handle is not None else [
-            {"strategy": self.config.strategy, "params": self.config.resolved}]
-        record = {
-            "strategy": self.config.strategy,
-            "params": described[0]["params"] if len(described) == 1 else self.config.resolved,
-            "requested": self.config.params,
-            "stages": described,
-            "slug": self.slug,
-            "notes": list(self.notes),
-        }
-        if self.handle is not None:
-            stats = self.handle.stats()
-            for key in PER_UNIT_STATS:  # tens of thousands of floats per run; `handle.stats()` keeps them
-                stats.pop(key, None)
-            record["stats"] = json_safe(stats)
-        if self.feature_cache is not None:
-            record["feature_cache"] = self.feature_cache
-        if self.model is None:
-            record["notes"].append("model not loaded (--skip_load): metrics come from the cached features of this configuration")
-        return record
+        return record.pruning_block(self.config, self.handle, self.notes, self.slug,
+                                    feature_cache=self.feature_cache, model_loaded=self.model is not None)
 
     def json_module(self, real):
         session = self
 
         class _Json(types.ModuleType):
             def dump(self, obj, fp, *a, **kw):
-                if isinstance(obj, dict) and "metrics" in obj:
-                    obj = session.complete(obj, getattr(fp, "name", None))
-                return real.dump(obj, fp, *a, **kw)
+                name = getattr(fp, "name", None)
+                if not (isinstance(obj, dict) and "metrics" in obj and isinstance(name, str)):
+                    return real.dump(obj, fp, *a, **kw)
+                try:  # the caller's open() already left an empty file: it must not survive a failure
+                    obj = session.complete(obj, name)
+                    atomic.write_text(name, real.dumps(obj, *a, **kw))
+                except BaseException:
+                    if os.path.exists(name) and os.path.getsize(name) == 0:
+                        os.remove(name)
+                    raise
+                record.warn_if_ineffective(obj)
 
         proxy = _Json(real.__name__, real.__doc__)
         for name, value in real.__dict__.items():
@@ -305,26 +291,13 @@ class PruningSession:
             dump["efficiency"] = self.efficiency
         if self.config.extract_attention and self.attention is not None:
             path = self.config.attention_output or (os.path.splitext(output or "result.json")[0] + ".attention.pt")
-            from . import attention
+            from ..record import attention
 
             attention.save(path, self.attention, {
                 "model": self.args.model, "pretrained": self.args.pretrained, "dataset": self.args.dataset,
                 "task": dump.get("task"), "strategy": self.config.strategy, "params": self.config.resolved})
             dump["attention_output"] = path
-        return dump
-
-
-def json_safe(value):
-    """The handle's stats as JSON values (tensors become lists, anything else its repr)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return repr(value)
+        return record.complete(dump)
 
 
 def _patched(module, **replacements):
@@ -333,6 +306,51 @@ def _patched(module, **replacements):
     proxy.__dict__.update(module.__dict__)
     proxy.__dict__.update(replacements)
     return proxy
+
+
+def dataset_name(args) -> str:
+    return args.dataset[len("wds/"):] if args.dataset.startswith("wds/") else args.dataset
+
+
+def dataset_root(args) -> str:
+    """`--dataset_root` with its template filled in, as clip_benchmark's `run` fills it."""
+    name = dataset_name(args)
+    return args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+
+
+def output_path(args, task: str) -> str:
+    """The result file clip_benchmark's `run` will write, formatted as it formats it."""
+    pretrained = args.pretrained
+    is_file = os.path.isfile(pretrained)
+    return args.output.format(model=args.model, pretrained=os.path.basename(pretrained) if is_file else pretrained,
+                              pretrained_full_path=pretrained.replace("/", "_") if is_file else pretrained,
+                              task=task, dataset=dataset_name(args).replace("/", "_"), language=args.language)
+
+
+def prepare_outputs(args, config, task: str) -> None:
+    """Before any model loads: the result and attention folders exist (created where named), and an
+    incomplete result never counts as done for `--skip_existing` (moved aside and re-run, said once)."""
+    try:
+        output = output_path(args, task)
+    except (KeyError, IndexError, ValueError) as exc:
+        fail(f"--output {args.output!r} cannot be formatted ({exc})")
+    targets = [("--output", output)]
+    if config.extract_attention and config.attention_output:
+        targets.append(("--attention_output", config.attention_output))
+    for flag, path in targets:
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            fail(f"{flag} {path!r}: cannot create the folder {folder!r} ({exc.strerror or exc})")
+        if not os.access(folder, os.W_OK):
+            fail(f"{flag} {path!r}: the folder {folder!r} is not writable")
+    if getattr(args, "skip_existing", False) and os.path.exists(output):
+        problem = file_problem(output)
+        if problem is not None:
+            aside = output + ".incomplete"
+            os.replace(output, aside)
+            print(f"pruning-bench: {output} {problem}; moved to {aside} and run again", file=sys.stderr)
 
 
 def resolved_task(args) -> str:
@@ -363,9 +381,10 @@ def wrap_run(cli, original):
         if task not in flags.PRUNABLE_TASKS:
             fail(f"--enable_pruning/--measure_efficiency/--extract_attention support the tasks "
                  f"{', '.join(flags.PRUNABLE_TASKS)}, not {task} ({args.dataset})")
-        slug = naming.pruning_slug(config.strategy, config.resolved) if config.enabled else naming.BASELINE_SLUG
+        slug = naming.config_slug(config)
         args = argparse.Namespace(**vars(args))
         args.output = naming.output_template(args.output, slug, config.enabled)
+        prepare_outputs(args, config, task)
         session = PruningSession(args, config, slug)
         saved = {name: getattr(cli, name) for name in ("load_clip", "json", *_TASK_MODULES.values())}
         cli.load_clip = session.load_clip(saved["load_clip"])

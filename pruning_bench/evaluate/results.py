@@ -2,27 +2,23 @@
 `efficiency` blocks as a `clip_benchmark eval --enable_pruning` run, so `pruning-bench report`
 reads both alike.
 
-Nothing here re-implements those blocks: file names come from the integration's `naming`, the
-`efficiency` block from its `efficiency.measure`, and the `pruning` block from
-`PruningSession.pruning_record` (a method of the clip_benchmark session that only reads the config,
-the handle, the notes, the slug, the feature cache id and the model: it is called here on an object
-carrying just those).
+Nothing here re-implements those blocks: file names, the `efficiency` block, the `pruning` block and
+the flat keys all come from `pruning_bench.record`, which the clip_benchmark integration uses too.
 """
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Any
 
-from ..clip_benchmark_ext import efficiency, naming
+from ..record import efficiency, naming
 from ..clip_benchmark_ext.flags import PruningConfig
-from ..clip_benchmark_ext.integration import PruningSession
+from ..record import result as record
 
 DEFAULT_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}_{pruning}.json"
 
 
 def slug(config: PruningConfig) -> str:
-    return naming.pruning_slug(config.strategy, config.resolved) if config.enabled else naming.BASELINE_SLUG
+    return naming.config_slug(config)
 
 
 def output_path(template: str, *, config: PruningConfig, model: str, pretrained: str, dataset: str, task: str,
@@ -41,9 +37,7 @@ def output_path(template: str, *, config: PruningConfig, model: str, pretrained:
 
 def pruning_block(args, config: PruningConfig, handle, notes: list[str], model) -> dict | None:
     """The `pruning` block exactly as the clip_benchmark integration writes it."""
-    session = SimpleNamespace(config=config, handle=handle, notes=list(notes), slug=slug(config),
-                              feature_cache=None, model=model, args=args)
-    return PruningSession.pruning_record(session)
+    return record.pruning_block(config, handle, notes, slug(config), model_loaded=model is not None)
 
 
 def efficiency_block(model, images, *, handle, repeats: int, source: str) -> dict[str, Any]:
@@ -70,7 +64,7 @@ def result(*, dataset: str, model: str, pretrained: str, task: str, metrics: dic
     dump = {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics,
             "language": language, "pruning": pruning, "efficiency": efficiency_record}
     dump.update(extra)
-    return dump
+    return record.complete(dump)
 
 
 def write(path: str, dump: dict) -> str:
@@ -78,4 +72,5 @@ def write(path: str, dump: dict) -> str:
     from ..record import atomic
 
     atomic.write_json(path, dump, default=str)
+    record.warn_if_ineffective(dump, "pruning-bench eval")
     return path

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..clip_benchmark_ext import flags
+from ..record.notes import noting_warnings
 from . import data, fidelity, finetune, results, rounds
 from .features import FeatureCache, Features, extract
 from .models import load_model, preflight
@@ -61,20 +62,6 @@ class Pruned:
     notes: list[str]
 
 
-@contextmanager
-def noting_warnings(notes: list[str]):
-    """Collect the UserWarnings raised inside (clamped budgets...) as notes, once each, also on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            yield
-        finally:
-            for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
-                if message not in notes:
-                    notes.append(message)
-                    print(f"pruning-bench eval: {message}", file=sys.stderr)
-
-
 def attach(model, config: flags.PruningConfig, calibration, seed: int | None = None) -> Pruned:
     """Patch the strategy in (with calibration batches when it needs them); its warnings become notes.
 
@@ -89,7 +76,7 @@ def attach(model, config: flags.PruningConfig, calibration, seed: int | None = N
     if calibration is not None:
         params["calibration"] = calibration
     notes: list[str] = []
-    with noting_warnings(notes):
+    with noting_warnings(notes, "pruning-bench eval"):
         handle = pb.prune(model, config.strategy, **params)
     return Pruned(handle, notes)
 
@@ -98,7 +85,7 @@ def attach(model, config: flags.PruningConfig, calibration, seed: int | None = N
 def active(pruned: Pruned):
     """The pruned phase: warnings noted, the model restored on the way out (normally or not)."""
     try:
-        with noting_warnings(pruned.notes):
+        with noting_warnings(pruned.notes, "pruning-bench eval"):
             yield
     finally:
         if pruned.handle is not None:
@@ -160,7 +147,7 @@ def _run(args) -> int:
     output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
                                  dataset=args.dataset, task=task)
     if args.skip_existing and os.path.exists(output):
-        from ..result_check import file_problem
+        from ..record.check import file_problem
 
         problem = file_problem(output, pruned=config.enabled)
         if problem is None:
@@ -208,7 +195,7 @@ def _efficiency(model, test, loaded, args, handle):
 def _attention(args, model, test, loaded, handle, config) -> dict:
     if not config.extract_attention:
         return {}
-    from ..clip_benchmark_ext import attention
+    from ..record import attention
 
     images = first_images(test, loaded.transform, min(args.attention_images, len(test)))
     record = attention.record_attention(model, images, handle)

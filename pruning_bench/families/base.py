@@ -133,6 +133,10 @@ class Family(abc.ABC):
         """A forward for a head-sliced copy of `attn` when the module's own assumes the full width, else None."""
         return None
 
+    def pools_patch_tokens(self) -> bool:
+        """Whether the output is pooled from patch tokens only (so a budget keeping none would be NaN)."""
+        return self.n_prefix == 0
+
     def check_tokens(self) -> None:
         """Raise `UnsupportedModelError` when token reduction cannot follow this model's tokens."""
 

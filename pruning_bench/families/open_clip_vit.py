@@ -48,6 +48,9 @@ class OpenClipVitFamily(Family):
             return OPEN_CLIP_BLOCK
         raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__}; supported: {cls.label}")
 
+    def pools_patch_tokens(self):
+        return self.n_prefix == 0 or self.core.pool_type == "avg"
+
     def pooling_methods(self, cls):
         def _global_pool(vit, x):
             size = vit._pb_run.size

@@ -80,6 +80,9 @@ class EvaFamily(TimmFamily):
         half = getattr(self.blocks[0].attn, "rotate_half", False)
         return apply_rot_embed_cat(t, rope, half=half)
 
+    def pools_patch_tokens(self):
+        return self.n_prefix == 0 or (self.core.global_pool in ("avg", "max", "avgmax") and self.core.attn_pool is None)
+
     def pooling_methods(self, cls):
         def pool(vit, x, pool_type=None):
             size = vit._pb_run.size

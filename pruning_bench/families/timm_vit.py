@@ -111,6 +111,11 @@ class TimmVitFamily(TimmFamily):
             return TIMM_BLOCK
         raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__}; supported: {cls.label}")
 
+    def pools_patch_tokens(self):
+        core = self.core
+        return self.n_prefix == 0 or (core.global_pool in ("avg", "max", "avgmax") and core.attn_pool is None
+                                      and not getattr(core, "pool_include_prefix", False))
+
     def pooling_methods(self, cls):
         def pool(vit, x, pool_type=None):
             size = vit._pb_run.size

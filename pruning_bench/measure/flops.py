@@ -167,6 +167,7 @@ def counting_mode(module: nn.Module):
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")  # says nothing of the run
             yield
     finally:
         logger.setLevel(level)

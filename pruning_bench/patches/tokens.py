@@ -148,7 +148,12 @@ class TokenAttachment:
         self._swapped = swapped
 
     def stats(self) -> dict:
-        return self.run.stats()
+        return self.run.strategy.extend_stats(self.run.stats())
+
+    @property
+    def removed(self) -> bool:
+        """Whether a block of the last forward removed tokens."""
+        return any(m < n for n, m in zip(self.run.tokens_in, self.run.tokens_mlp))
 
     def restore(self) -> None:
         while self._swapped:

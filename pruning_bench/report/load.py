@@ -68,7 +68,7 @@ _NUMBERS = ("gmacs", "gflops", "images_per_second")
 
 def read_result(path) -> dict[str, Any]:
     """The parsed result at `path`, or `ResultFileError` naming the file and what is wrong with it."""
-    from ..result_check import data_problem
+    from ..record.check import data_problem
 
     try:
         text = path.read_text()

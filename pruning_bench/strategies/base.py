@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -47,7 +48,8 @@ class Strategy(abc.ABC):
         return dict(self.params)
 
     def attach(self, model):
-        """Patch `model` in place; return an object with `restore()` and `stats()`."""
+        """Override only to wire a strategy by hand; `pb.prune` wires token and structured strategies
+        to the model family's patches itself. Return an object with `restore()` and `stats()`."""
         raise TypeError(f"strategy {self.name!r} cannot be attached")  # pragma: no cover
 
     def __repr__(self):
@@ -246,25 +248,9 @@ class TokenStrategy(Strategy):
                              "patch tokens (average pooling or no class token), which would be NaN; "
                              "keep is out of range [1, inf] for this model")
 
-    def attach(self, model):
-        from ..patches.tokens import attach_token_strategy
-
-        self.check_pooling(pooling_reads_patch_tokens(model))
-        return attach_token_strategy(model, self)
-
-
-def pooling_reads_patch_tokens(model) -> bool:
-    """Whether the image tower's output is pooled from patch tokens only (timm `global_pool` avg/max
-    without the prefix, open_clip `pool_type` avg), or the tower has no class token at all."""
-    tower = getattr(model, "visual", model)
-    tower = getattr(tower, "trunk", tower)
-    if getattr(tower, "num_prefix_tokens", None) == 0 or getattr(tower, "cls_token", True) is None:
-        return True
-    pool = getattr(tower, "global_pool", None)
-    if isinstance(pool, str):
-        return (pool in ("avg", "max", "avgmax") and getattr(tower, "attn_pool", None) is None
-                and not getattr(tower, "pool_include_prefix", False))
-    return getattr(tower, "pool_type", None) == "avg"
+    def extend_stats(self, stats: dict) -> dict:
+        """Add strategy-specific facts to `h.stats()` (e.g. ToMe's merges per block)."""
+        return stats
 
 
 class Selection:
@@ -293,3 +279,33 @@ class Merge:
         x = self.apply(x * size, "sum")
         size = self.apply(size, "sum")
         return x / size, size
+
+
+# ---------------------------------------------------------------- structured strategies
+
+
+@dataclass
+class StructuredPlan:
+    """What to keep: per block (indexed like `the family's blocks`) the kept heads and neurons
+    (None = all, module left untouched) and, optionally, the kept blocks."""
+
+    heads: list[torch.Tensor | None] | None = None
+    neurons: list[torch.Tensor | None] | None = None
+    kept_blocks: list[int] | None = None
+    extra_stats: dict = field(default_factory=dict)
+
+
+def warn_noop(name: str, message: str) -> None:
+    """Say that a structured strategy leaves the model unchanged (a note in the result)."""
+    warnings.warn(f"{name}: {message}", UserWarning, stacklevel=3)
+
+
+class StructuredStrategy(Strategy):
+    """A strategy that removes heads, MLP neurons or blocks. It only decides (`plan`); `pb.prune` has the
+    model family's structured patch apply the plan and undo it."""
+
+    kind = "structured"
+
+    @abc.abstractmethod
+    def plan(self, model, family) -> StructuredPlan:
+        """What to keep in `model`, located as `family` (a `pruning_bench.families.Family`)."""

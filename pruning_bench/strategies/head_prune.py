@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..families import locate_vit
-from ..patches.structured import StructuredPlan, attach_structured, parameter_count, warn_noop
 from ..registry import register_strategy
-from .base import Strategy, check_choice, check_float
+from .base import StructuredPlan, StructuredStrategy, warn_noop, check_choice, check_float
 from .importance import UNIT_IMPORTANCES, CountingIterable, unit_scores
 
 SCOPES = ("layerwise", "global")
@@ -71,7 +69,7 @@ def choose(scores: list[torch.Tensor], ratio: float, scope: str) -> tuple[list[t
 
 
 @register_strategy("head_prune")
-class HeadPrune(Strategy):
+class HeadPrune(StructuredStrategy):
     param_help = {"head_ratio": "float in [0, 1): share of attention heads removed",
                   "mlp_ratio": "float in [0, 1): share of MLP neurons removed",
                   "importance": "magnitude | taylor | fisher | activation (the last three need calibration)",
@@ -104,12 +102,11 @@ class HeadPrune(Strategy):
         params["calibration"] = self._calibration_summary
         return params
 
-    def attach(self, model):
+    def plan(self, model, target):
         p = self.params
-        target = locate_vit(model)
         if not self._prunes():
             warn_noop(self.name, "head_ratio=0 and mlp_ratio=0 remove nothing; the model is left unchanged")
-            return attach_structured(model, StructuredPlan(), target)
+            return StructuredPlan()
         counted = CountingIterable(p["calibration"]) if p["calibration"] is not None else None
         head_scores, neuron_scores = unit_scores(model, p["importance"], counted, self.name)
         if counted is not None:
@@ -123,7 +120,6 @@ class HeadPrune(Strategy):
         if unchanged:
             warn_noop(self.name, f"head_ratio={p['head_ratio']} and mlp_ratio={p['mlp_ratio']} round to no unit "
                                  "removed; the model is left unchanged")
-        before = parameter_count(target.vit)
         stats = {
             "head_importance": [s.tolist() for s in head_scores],
             "mlp_importance": [s.tolist() for s in neuron_scores],
@@ -132,6 +128,4 @@ class HeadPrune(Strategy):
             "head_sparsity_per_layer": [1 - len(k) / len(s) for k, s in zip(heads, head_scores)],
             "mlp_sparsity_per_layer": [1 - len(k) / len(s) for k, s in zip(neurons, neuron_scores)],
         }
-        attachment = attach_structured(model, StructuredPlan(heads=heads, neurons=neurons, extra_stats=stats), target)
-        attachment.add_stats(vit_parameters={"before": before, "after": parameter_count(target.vit)})
-        return attachment
+        return StructuredPlan(heads=heads, neurons=neurons, extra_stats=stats)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..families import attn_of, locate_vit, mlp_of, part_name
-from ..patches.structured import (
+from ..families.slicing import (
     attention_kind,
     attention_output_linear,
     equivalent_attention,

@@ -17,10 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..families import locate_vit
-from ..patches.structured import StructuredPlan, attach_structured, parameter_count, warn_noop
 from ..registry import register_strategy
-from .base import Strategy, check_bool, check_choice, check_int
+from .base import StructuredPlan, StructuredStrategy, warn_noop, check_bool, check_choice, check_int
 from .importance import BLOCK_IMPORTANCES, CountingIterable, block_scores
 
 SELECTIONS = ("topk", "distributed")
@@ -47,7 +45,7 @@ def select_distributed(scores: torch.Tensor, keep: int, pinned: list[int]) -> li
 
 
 @register_strategy("layer_drop")
-class LayerDrop(Strategy):
+class LayerDrop(StructuredStrategy):
     param_help = {"keep_layers": "int >= 1: blocks kept, chosen by importance (or give drop)",
                   "drop": "list of block indices >= 0 to skip (or give keep_layers)",
                   "importance": "fisher | grad_norm | activation | cosine",
@@ -99,7 +97,7 @@ class LayerDrop(Strategy):
         params["calibration"] = self._calibration_summary
         return params
 
-    def plan(self, n_blocks: int, scores: torch.Tensor | None) -> list[int]:
+    def choose_blocks(self, n_blocks: int, scores: torch.Tensor | None) -> list[int]:
         """Indices of the kept blocks of an `n_blocks`-block model (scores needed with keep_layers)."""
         p = self.params
         if p["drop"] is not None:
@@ -119,25 +117,21 @@ class LayerDrop(Strategy):
         select = select_distributed if p["selection"] == "distributed" else select_topk
         return select(scores, keep, pinned)
 
-    def attach(self, model):
+    def plan(self, model, target):
         p = self.params
-        target = locate_vit(model)
         n = len(target.blocks)
         scores = None
         if p["keep_layers"] is not None:
             if p["keep_layers"] > n:
-                self.plan(n, None)  # raises the range error before any scoring
+                self.choose_blocks(n, None)  # raises the range error before any scoring
             if p["keep_layers"] == n:
                 warn_noop(self.name, f"keep_layers={n} keeps every block; the model is left unchanged")
-                return attach_structured(model, StructuredPlan(), target)
+                return StructuredPlan()
             counted = CountingIterable(p["calibration"])
             scores = block_scores(model, p["importance"], counted, self.name)
             self._calibration_summary = counted.summary()
-        kept = self.plan(n, scores)
+        kept = self.choose_blocks(n, scores)
         if len(kept) == n:
             warn_noop(self.name, "drop=[] removes no block; the model is left unchanged")
-        before = parameter_count(target.vit)
         stats = {"layer_importance": None if scores is None else scores.tolist(), "blocks_total": n}
-        attachment = attach_structured(model, StructuredPlan(kept_blocks=kept, extra_stats=stats), target)
-        attachment.add_stats(vit_parameters={"before": before, "after": parameter_count(target.vit)})
-        return attachment
+        return StructuredPlan(kept_blocks=kept, extra_stats=stats)

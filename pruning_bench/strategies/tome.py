@@ -18,7 +18,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import Merge, TokenStrategy, bipartite_macs, check_bool, check_choice, check_float, check_int
-from .tome_cap import SHORT_MATCH, MergeCounting, short_match_note
+from .tome_cap import SHORT_MATCH, short_match_note
 from .constants import schedule_constant
 
 
@@ -155,8 +155,10 @@ class ToMe(TokenStrategy):
         limit = _merge_limit(n_tokens, n_prefix, self.params["match_fraction"], self.params["seed"], layer)
         return n_tokens - min(r, limit), note
 
-    def attach(self, model):
-        return MergeCounting(super().attach(model))
+    def extend_stats(self, stats):
+        """Merges really done per block (fewer than r where the match share or the tokens left capped them)."""
+        stats["merges_per_layer"] = [a - b for a, b in zip(stats["tokens_per_layer"], stats["mlp_tokens_per_layer"])]
+        return stats
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
         N = int(x.shape[1])

@@ -51,22 +51,3 @@ def short_match_note(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> s
     return (f"{why}: merges clamped in block(s) {short}: done {done} vs asked {asked} per block "
             f"({sum(done)} of {sum(asked)}); tokens summed over the blocks {kept} instead of {wanted} "
             f"({100 * (kept / wanted - 1):+.1f}%), so MACs rise above those of the schedule asked")
-
-
-class MergeCounting:
-    """A token attachment whose stats add `merges_per_layer` (tokens entering each block minus those
-    reaching its MLP): the merges really done, fewer than r where the match share capped them."""
-
-    def __init__(self, attachment):
-        self._attachment = attachment
-
-    def __getattr__(self, name):
-        return getattr(self._attachment, name)
-
-    def stats(self) -> dict:
-        stats = self._attachment.stats()
-        stats["merges_per_layer"] = [a - b for a, b in zip(stats["tokens_per_layer"], stats["mlp_tokens_per_layer"])]
-        return stats
-
-    def restore(self) -> None:
-        self._attachment.restore()

@@ -1,7 +1,7 @@
 """Token maps from a `clip_benchmark eval --extract_attention --attention_output PATH` file.
 
 The file holds, per block, the positions of the tokens a selecting strategy kept (see
-`pruning_bench.clip_benchmark_ext.attention`), for the first images of the evaluation stream. When it
+`pruning_bench.record.attention`), for the first images of the evaluation stream. When it
 also holds the images (`images`, (N, H, W, 3) uint8 as the model saw them) those are drawn; otherwise
 they are read again from the data set (the first images of the test split, in shard order, as
 clip_benchmark reads a local webdataset) and cropped as open_clip's evaluation preprocessing does

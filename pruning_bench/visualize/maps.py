@@ -107,7 +107,7 @@ def live_token_maps(model, images: torch.Tensor, strategy: str, params: dict | N
                     blocks: list[int] | None = None, title: str | None = None) -> TokenMaps:
     """Patch `model` with a token strategy, run `images` once with source tracing, and read the maps."""
     import pruning_bench as pb
-    from ..clip_benchmark_ext.efficiency import encode_images
+    from ..families import encode_images
     from ..families import locate_vit
 
     params = dict(params or {})

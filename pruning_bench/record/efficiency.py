@@ -6,6 +6,7 @@ pruning still patched in, on the evaluation's device and under the same autocast
 """
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from typing import Any
 
@@ -19,22 +20,17 @@ def compute_dtype(device: str, amp: bool, model: torch.nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
-def encode_images(model, images: torch.Tensor) -> torch.Tensor:
-    """One forward of the image encoder only (a CLIP model's text tower stays idle)."""
-    encode = getattr(model, "encode_image", None)
-    return encode(images) if callable(encode) else model(images)
-
-
 def block_token_counts(model: torch.nn.Module, images: torch.Tensor) -> list[int]:
     """Tokens entering each transformer block on one forward of `images` (for unpruned runs)."""
-    from ..families import locate_vit
+    from ..families import locate
 
     counts: list[int] = []
-    blocks = locate_vit(model).blocks
+    family = locate(model)
+    blocks = family.blocks
     hooks = [b.register_forward_pre_hook(lambda _m, args: counts.append(int(args[0].shape[1]))) for b in blocks]
     try:
         with torch.no_grad():
-            encode_images(model, images)
+            family.encoder(images)
     finally:
         for hook in hooks:
             hook.remove()
@@ -59,15 +55,18 @@ def _peak_memory(model, images: torch.Tensor, autocast) -> dict[str, Any]:
 
 
 def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int, handle=None,
-            source: str = "evaluation batch") -> dict[str, Any]:
-    """GMACs per image, images per second and tokens per block of `model` (pruned or not) on `images`."""
+            source: str = "evaluation batch", progress: bool | None = None) -> dict[str, Any]:
+    """GMACs per image, images per second (every repeat kept) and tokens per block of `model` (pruned or
+    not) on `images`. `progress`: a bar on stderr while timing (None: only on a terminal)."""
     import pruning_bench as pb
 
     images = images.to(device)
+    if progress is not False:
+        print(f"pruning-bench: measuring efficiency (MACs, {repeats} timed batches, peak memory)", file=sys.stderr)
     flops = pb.count_flops(model, images)
     autocast = torch.autocast(torch.device(device).type) if amp else nullcontext()
     with autocast:
-        speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats)
+        speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats, progress=progress)
     memory = _peak_memory(model, images, autocast)
     stats = handle.stats() if handle is not None else {}
     tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1]))
@@ -85,7 +84,8 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
         "device": speed.get("device", str(device)),
         "device_name": speed.get("device_name"),
         "threads": speed.get("threads"),
-        "timing": {"warmup": 1, "repeats": repeats, "protocol": speed.get("protocol")},
+        "timing": {"warmup": 1, "repeats": repeats, "protocol": speed.get("protocol"), "times": speed.get("times"),
+                   "warmup_times": speed.get("warmup_times"), "load_average": speed.get("load_average")},
         "flops_note": flops.note,
         "memory": memory,
         "versions": speed.get("versions"),

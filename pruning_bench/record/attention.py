@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .efficiency import encode_images
+from ..families import encode_images
 
 FORMAT = "pruning-bench cls-attention v2"  # v2 adds `owner`
 
@@ -78,5 +78,10 @@ def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]
     }
 
 
-def save(path: str, record: dict[str, Any], info: dict[str, Any]) -> None:
-    torch.save({**record, **info}, path)
+def save(path: str, record: dict[str, Any], info: dict[str, Any]) -> str:
+    """Write the attention file atomically (a failed save leaves no partial file behind)."""
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({**record, **info}, tmp)
+    return path

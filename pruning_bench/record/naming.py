@@ -43,6 +43,18 @@ def pruning_slug(strategy: str | None, resolved: dict[str, Any]) -> str:
     return slug
 
 
+def config_slug(config) -> str:
+    """The slug of a run's pruning configuration (a `clip_benchmark_ext.flags.PruningConfig`): the
+    strategy, its parameters and, when importances are scored on calibration images, how many, since
+    that changes the result too."""
+    if not config.enabled:
+        return BASELINE_SLUG
+    resolved = dict(config.resolved)
+    if getattr(config, "calibration_images", None):
+        resolved["calib"] = int(config.calibration_images)
+    return pruning_slug(config.strategy, resolved)
+
+
 def output_template(template: str, slug: str, pruned: bool) -> str:
     """clip_benchmark's `--output` template with the pruning slug in it.
 
