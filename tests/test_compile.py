@@ -27,11 +27,12 @@ FALLBACK_PARAMS = {
     "random_drop": {"keep": 20},
 }
 # Paths the example configurations may not reach: a seeded match share, a seeded random draw, the
-# every-token-as-query importance.
+# every-token-as-query importance, a budget clamped during the forward.
 EXTRA_CASES = [
     ("tome", {"r": 4, "match_fraction": 0.5, "seed": 3}),
     ("random_drop", {"keep": 20, "seed": 2}),
     ("anchor_diversity", {"k_anchors": 4, "top_m": 12, "importance_direction": "token_to_anchor"}),
+    ("tome", {"r": 40}),  # clamped: the note is the eager forward's warning, never a graph break
 ]
 
 

@@ -59,7 +59,8 @@ class TokenRun:
             rope = self.rope[:, None, self.n_prefix:]
         N = int(x.shape[1])  # a 0-d tensor while tracing (fvcore): keep schedules plain ints
         n_out, message = self.strategy.plan_block(layer, N, self.n_prefix, self.n_layers)
-        if message and message not in self._warned:
+        # a clamp note depends on the schedule alone; the eager forward warns (warnings.warn would break a compiled graph)
+        if message and message not in self._warned and not torch.compiler.is_compiling():
             self._warned.add(message)
             warnings.warn(f"{self.strategy.name}: {message}", UserWarning, stacklevel=4)
         self.tokens_in.append(N)
