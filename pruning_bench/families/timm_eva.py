@@ -15,8 +15,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .base import BlockLayout, register_family
-from .dims import BlockDims
-from .timm_vit import TimmFamily, attention_width, mlp_dims, weighted_mean
+from .timm_vit import TimmFamily
 
 EVA_BLOCK = BlockLayout("norm1", "attn", ("gamma_1", "drop_path1"), "norm2", "mlp", ("gamma_2", "drop_path2"))
 
@@ -79,26 +78,3 @@ class EvaFamily(TimmFamily):
 
         half = getattr(self.blocks[0].attn, "rotate_half", False)
         return apply_rot_embed_cat(t, rope, half=half)
-
-    def pools_patch_tokens(self):
-        return self.n_prefix == 0 or (self.core.global_pool in ("avg", "max", "avgmax") and self.core.attn_pool is None)
-
-    def pooling_methods(self, cls):
-        def pool(vit, x, pool_type=None):
-            size = vit._pb_run.size
-            kind = vit.global_pool if pool_type is None else pool_type
-            if size is None or kind != "avg" or vit.attn_pool is not None:
-                return cls.pool(vit, x, pool_type)
-            p = vit.num_prefix_tokens
-            return weighted_mean(x[:, p:], size[:, p:])
-
-        return {"pool": pool}
-
-    def dims(self):
-        d = self.core.patch_embed.proj.out_channels
-        blocks = [mlp_dims(d, attention_width(b.attn), b.mlp) for b in self.core.blocks]
-        attn_pool = None
-        pool = getattr(self.core, "attn_pool", None)
-        if pool is not None:
-            attn_pool = BlockDims(d, pool.q.out_features, pool.mlp.fc2.in_features)
-        return self._dims(blocks, attn_pool)

@@ -2,6 +2,9 @@
 an open_clip tower (`TimmModel`)."""
 from __future__ import annotations
 
+import abc
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -40,11 +43,10 @@ def mlp_dims(d: int, a: int, mlp: nn.Module) -> BlockDims:
 class TimmFamily(Family):
     """Shared by timm towers: the tower may be the timm model itself or an open_clip TimmModel."""
 
-    core_class: type | None = None
-
     @classmethod
-    def _core_class(cls):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _core_class(cls) -> type:
+        """The timm model class this adapter handles."""
 
     @classmethod
     def locate(cls, model):
@@ -91,6 +93,37 @@ class TimmFamily(Family):
                        num_prefix_tokens=self.n_prefix, blocks=tuple(blocks), head_linear_macs=self._head_linear(),
                        attn_pool=attn_pool, notes=tuple(notes))
 
+    def pools_patch_tokens(self):
+        core = self.core
+        return self.n_prefix == 0 or (core.global_pool in ("avg", "max", "avgmax") and core.attn_pool is None
+                                      and not getattr(core, "pool_include_prefix", False))
+
+    def pooling_methods(self, cls):
+        def pool(vit, x, pool_type=None):
+            size = vit._pb_run.size
+            kind = vit.global_pool if pool_type is None else pool_type
+            if size is None or kind != "avg" or vit.attn_pool is not None or getattr(vit, "pool_include_prefix", False):
+                return cls.pool(vit, x, pool_type)
+            p = vit.num_prefix_tokens
+            return weighted_mean(x[:, p:], size[:, p:])
+
+        return {"pool": pool}
+
+    def dims(self):
+        d = self.core.patch_embed.proj.out_channels
+        blocks = [mlp_dims(d, attention_width(b.attn), b.mlp) for b in self.core.blocks]
+        attn_pool, notes = None, []
+        pool = getattr(self.core, "attn_pool", None)
+        if pool is not None:
+            attn_pool = BlockDims(d, pool.q.out_features, pool.mlp.fc2.in_features)
+            if getattr(pool, "latent_len", 1) != 1:
+                notes.append("attention pool with several latents counted as one")
+        head_dist = getattr(self.core, "head_dist", None)  # DeiT distilled: a second classifier
+        dims = self._dims(blocks, attn_pool, notes)
+        if isinstance(head_dist, nn.Module):
+            dims = replace(dims, head_linear_macs=dims.head_linear_macs + linear_macs(head_dist))
+        return dims
+
 
 @register_family
 class TimmVitFamily(TimmFamily):
@@ -110,36 +143,3 @@ class TimmVitFamily(TimmFamily):
         if isinstance(block, Block):
             return TIMM_BLOCK
         raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__}; supported: {cls.label}")
-
-    def pools_patch_tokens(self):
-        core = self.core
-        return self.n_prefix == 0 or (core.global_pool in ("avg", "max", "avgmax") and core.attn_pool is None
-                                      and not getattr(core, "pool_include_prefix", False))
-
-    def pooling_methods(self, cls):
-        def pool(vit, x, pool_type=None):
-            size = vit._pb_run.size
-            kind = vit.global_pool if pool_type is None else pool_type
-            if size is None or kind != "avg" or vit.attn_pool is not None or vit.pool_include_prefix:
-                return cls.pool(vit, x, pool_type)
-            p = vit.num_prefix_tokens
-            return weighted_mean(x[:, p:], size[:, p:])
-
-        return {"pool": pool}
-
-    def dims(self):
-        d = self.core.patch_embed.proj.out_channels
-        blocks = [mlp_dims(d, attention_width(b.attn), b.mlp) for b in self.core.blocks]
-        attn_pool, notes = None, []
-        pool = getattr(self.core, "attn_pool", None)
-        if pool is not None:
-            attn_pool = BlockDims(d, pool.q.out_features, pool.mlp.fc2.in_features)
-            if getattr(pool, "latent_len", 1) != 1:
-                notes.append("attention pool with several latents counted as one")
-        head_dist = getattr(self.core, "head_dist", None)  # DeiT distilled: a second classifier
-        dims = self._dims(blocks, attn_pool, notes)
-        if isinstance(head_dist, nn.Module):
-            from dataclasses import replace
-
-            dims = replace(dims, head_linear_macs=dims.head_linear_macs + linear_macs(head_dist))
-        return dims

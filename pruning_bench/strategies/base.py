@@ -129,6 +129,13 @@ def check_int(name: str, value, low: int | None = 0, high: int | None = None, ow
     return value
 
 
+def check_int_or_list(name: str, value, low: int | None = 0, owner: str = ""):
+    """An integer, or one integer per block (a list), each checked like `check_int`."""
+    if isinstance(value, (list, tuple)):
+        return [check_int(f"{name}[{i}]", v, low, None, owner) for i, v in enumerate(value)]
+    return check_int(name, value, low, None, owner)
+
+
 def check_float(name: str, value, low: float, high: float, *, low_open=False, high_open=False, owner="") -> float:
     where = f"{owner}: " if owner else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, bipartite_macs, check_bool, check_float, check_int
+from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_float, check_int
 from .bipartite import max_moves, prefix_to_front
 
 
@@ -106,10 +106,7 @@ class MCTF(TokenStrategy):
 
     def _check(self):
         p = self.params
-        if isinstance(p["r"], (list, tuple)):
-            p["r"] = [check_int(f"r[{i}]", v, 0, None, self.name) for i, v in enumerate(p["r"])]
-        else:
-            p["r"] = check_int("r", p["r"], 0, None, self.name)
+        p["r"] = check_int_or_list("r", p["r"], 0, self.name)
         for name in ("tau_sim", "tau_info", "tau_size"):
             p[name] = check_float(name, p[name], 0.0, float("inf"), high_open=True, owner=self.name)
         p["bidirection"] = check_bool("bidirection", p["bidirection"], self.name)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, bipartite_macs, check_bool, check_int
+from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_int
 from .bipartite import BipartitePlan, cosine_scores, max_moves
 
 
@@ -64,10 +64,7 @@ class ToFu(TokenStrategy):
 
     def _check(self):
         p = self.params
-        if isinstance(p["r"], (list, tuple)):
-            p["r"] = [check_int(f"r[{i}]", v, 0, None, self.name) for i, v in enumerate(p["r"])]
-        else:
-            p["r"] = check_int("r", p["r"], 0, None, self.name)
+        p["r"] = check_int_or_list("r", p["r"], 0, self.name)
         if p["merge_start_layer"] is not None:
             p["merge_start_layer"] = check_int("merge_start_layer", p["merge_start_layer"], 0, None, self.name)
         p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
