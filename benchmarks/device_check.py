@@ -59,10 +59,25 @@ def configs_for(depth: int) -> list[tuple[str, dict]]:
 DEPTH = {"timm": 12, "open_clip": 12, "open_clip_l14": 24, "tiny_timm": 4, "tiny_open_clip": 4}
 
 
+REFERENCE_R = (8, 13, 16)
+
+
+def reference_available() -> bool:
+    """Whether the authors' ToMe can be imported (TOME_REFERENCE_PATH set to a checkout, or installed)."""
+    import importlib.util
+    import os
+
+    path = os.environ.get("TOME_REFERENCE_PATH")
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+    return bool(path) and importlib.util.find_spec("tome") is not None
+
+
 def config_names(model: str) -> list[str]:
     """How the report names each configuration of `model` (baseline first), as the tables print it."""
-    return ["baseline {}", *(f"{s} { {k: v for k, v in p.items() if k != '_calibrate'} }"
-                             for s, p in configs_for(DEPTH[model]))]
+    ours = [f"{s} { {k: v for k, v in p.items() if k != '_calibrate'} }" for s, p in configs_for(DEPTH[model])]
+    theirs = [f"reference_tome {{'r': {r}}}" for r in REFERENCE_R] if MODELS[model][0] == "timm" and reference_available() else []
+    return ["baseline {}", *ours, *theirs]
 
 
 def plan(gpu: bool, with_large: bool, n_configs: int, repeats: int, warmup: int, budget: float) -> list[dict]:
@@ -144,7 +159,7 @@ def run(args) -> str:
         if name not in prepared:
             base = build(name)
             configs = configs_for(DEPTH[name])
-            prepared[name] = prepare(base, configs, with_reference=MODELS[name][0] == "timm")
+            prepared[name] = prepare(base, configs, with_reference=MODELS[name][0] == "timm", reference_r=REFERENCE_R)
         return prepared[name]
 
     n_configs = len(configs_for(12))
@@ -172,7 +187,8 @@ def run(args) -> str:
         later = sum(x["estimate_s"] for x in groups[i + 1:])  # keep the time planned for the groups after it
         group_deadline = deadline - later if g["mode"] == "compiled" else None
         began = time.monotonic()
-        chosen = dict(list(models.items())[:g["configs"]])
+        full = g["configs"] == n_configs + 1  # a full group also times the authors' ToMe when it is there
+        chosen = models if full else dict(list(models.items())[:g["configs"]])
         times, graphs = time_group(chosen, batch, args.warmup, args.repeats, device, g["dtype"],
                                    g["mode"] == "compiled", backend, group_deadline)
         table = speed_table(g["model"], models, labels, macs, times, graphs, batch, extra_columns=True)

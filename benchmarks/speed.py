@@ -180,7 +180,7 @@ def compiled(model, backend: str, fullgraph: bool = True):
     return torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph)
 
 
-def prepare(base, configs, with_reference: bool):
+def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R):
     """(fp32 CPU models by key, (strategy, params) by key, GMACs by key) for the baseline, each config
     and, on timm models, the authors' ToMe when importable."""
     images = torch.randn(1, 3, input_size(base), input_size(base))
@@ -195,7 +195,7 @@ def prepare(base, configs, with_reference: bool):
             models[key], labels[key] = model, (strategy, {k: v for k, v in params.items() if k != "_calibrate"})
             macs[key] = pb.count_flops(model, images).gmacs
     if with_reference:
-        for r in REFERENCE_TOME_R:
+        for r in reference_r:
             ref = reference_tome(base, r)
             if ref is not None:
                 key = f"reference ToMe r={r}"
