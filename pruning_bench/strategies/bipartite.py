@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from .constants import schedule_constant
+
 
 def blocked_pairs(n_tokens: int, n_prefix: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Bool masks over A rows and B columns that are prefix tokens (never matched)."""
@@ -49,8 +51,8 @@ class BipartitePlan:
         self.moved_a = order[:, :r]
         self.into_b = best_b[..., None].gather(1, self.moved_a)
         n_a, n_b = int(scores.shape[1]), int(scores.shape[2])  # plain ints, also while fvcore traces
-        front = prefix_to_front(n_a - int(r), n_b, int(n_prefix))
-        self.front = None if front is None else front.to(scores.device)
+        # made once per device: a per-forward host-to-device copy would synchronise a GPU in every block
+        self.front = schedule_constant(prefix_to_front, (int(n_a) - int(r), int(n_b), int(n_prefix)), scores.device)
 
     def split(self, t: torch.Tensor):
         """(A tokens that stay, A tokens that move, B tokens) of t (B, N, C)."""

@@ -73,7 +73,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, partici
         kept_a = order[:, r:].sort(dim=1).values
         merged_a = order[:, :r]
         into_b = best_b[..., None].gather(1, merged_a)
-    front = schedule_constant(_prefix_to_front, (n_a - r, n_b, n_prefix), metric.device)
+    front = schedule_constant(_prefix_to_front, (int(n_a) - int(r), int(n_b), int(n_prefix)), metric.device)
 
     def apply(t: torch.Tensor, mode: str = "sum") -> torch.Tensor:
         C = t.shape[-1]
