@@ -22,6 +22,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, check_int
+from .constants import schedule_constant
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,6 +33,14 @@ def _target_positions(remaining: int, contextual: int) -> tuple[torch.Tensor, to
     others = torch.ones(remaining, dtype=torch.bool)
     others[targets] = False
     return targets, others.nonzero()[:, 0]
+
+
+def _targets(remaining: int, contextual: int) -> torch.Tensor:
+    return _target_positions(remaining, contextual)[0]
+
+
+def _others(remaining: int, contextual: int) -> torch.Tensor:
+    return _target_positions(remaining, contextual)[1]
 
 
 class DominantContextual:
@@ -107,7 +116,9 @@ class VisionZip(TokenStrategy):
             if contextual == 0:
                 empty = rest_index[:, :0]
                 return DominantContextual(dominant_index, empty, empty, empty, 0)
-            targets, others = (t.to(x.device) for t in _target_positions(P - dominant, contextual))
+            # made once per device: a per-forward host-to-device copy would synchronise a GPU
+            targets = schedule_constant(_targets, (int(P - dominant), contextual), x.device)
+            others = schedule_constant(_others, (int(P - dominant), contextual), x.device)
             target_index, other_index = rest_index[:, targets], rest_index[:, others]
             metric = probe.k.mean(dim=1)
             metric = metric / metric.norm(dim=-1, keepdim=True)
