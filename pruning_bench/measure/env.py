@@ -64,8 +64,11 @@ def gpu_environment(device: torch.device | str) -> dict:
     device = torch.device(device)
     if device.type != "cuda":
         return {}
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(index)
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+    except (RuntimeError, AssertionError):  # no usable driver: say what is known rather than fail a record
+        return {"cuda_runtime": torch.version.cuda}
     info = {"gpu_name": props.name, "gpu_capability": f"{props.major}.{props.minor}",
             "gpu_memory_gb": round(props.total_memory / 2**30, 1), "cuda_runtime": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version(), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
