@@ -106,7 +106,7 @@ import sys
 from pathlib import Path
 
 try:
-    from pruning_bench.result_check import file_problem
+    from pruning_bench.record.check import file_problem
 except ImportError:  # the same rule, for an interpreter without the package
     import json
 

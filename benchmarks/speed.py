@@ -47,6 +47,16 @@ TOKEN_CONFIGS = [
     ("anchor_diversity", {"k_anchors": 10, "top_m": 50}),
     ("cls_topk", {"keep": 60}),
 ]
+# The published training-free methods at their papers' settings (EViT's protocol: keep 0.7 at 3/6/9).
+FIELD_CONFIGS = [
+    ("evit", {"keep_rate": 0.7, "prune_layers": [3, 6, 9]}),
+    ("dpc_knn", {"keep_rate": 0.7, "prune_layers": [3, 6, 9]}),
+    ("kmedoids", {"keep_rate": 0.7, "prune_layers": [3, 6, 9]}),
+    ("visionzip", {"dominant": 54, "contextual": 10}),  # at its default block, the second-to-last
+    ("pitome", {"ratio": 0.9}),
+    ("tofu", {"r": 13}),
+    ("mctf", {"r": 13}),
+]
 # Structured strategies: name, params, whether they need calibration batches.
 STRUCTURED_CONFIGS: list[tuple[str, dict]] = [
     ("head_prune", {"head_ratio": 0.3, "mlp_ratio": 0.3, "importance": "magnitude"}),
@@ -59,6 +69,8 @@ MODELS = {
     "timm": ("timm", "vit_base_patch16_224"),
     "open_clip": ("open_clip", "ViT-B-16"),
     "open_clip_l14": ("open_clip", "ViT-L-14"),
+    "eva02": ("timm", "eva02_base_patch16_clip_224"),  # the image tower of open_clip's EVA02-B-16
+    "hf_clip": ("transformers", "CLIP ViT-B/16"),  # transformers CLIPVisionModel, openai/clip-vit-base-patch16 shape
     "tiny_timm": ("timm", "tiny"),
     "tiny_open_clip": ("open_clip", "tiny"),
 }
@@ -70,6 +82,12 @@ def build(name: str) -> torch.nn.Module:
         raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     library, arch = MODELS[name]
     torch.manual_seed(0)
+    if library == "transformers":
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                  num_attention_heads=12, image_size=224, patch_size=16)
+        return CLIPVisionModel(config).eval()
     if library == "timm":
         import timm
         from timm.models.vision_transformer import VisionTransformer
@@ -90,9 +108,10 @@ def build(name: str) -> torch.nn.Module:
 
 
 def input_size(model) -> int:
-    """Side of the square images the tower takes (224 for the ViT-B models)."""
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or getattr(model, "image_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
+    """Side of the square images the tower takes (224 for the ViT-B models), as its family adapter reads it."""
+    from pruning_bench.families import locate
+
+    return int(locate(model).image_size()[0])
 
 
 def pruned_copy(base, strategy: str, params: dict, calibration):
@@ -293,6 +312,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile each patched model (static shapes)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; eager to test tracing)")
     p.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--field", action=argparse.BooleanOptionalAction, default=False,
+                   help="add the published training-free methods (evit, dpc_knn, kmedoids, visionzip, pitome, tofu, mctf)")
+    p.add_argument("--only", nargs="+", metavar="STRATEGY",
+                   help="keep only these strategies' rows (the baseline is always timed)")
     p.add_argument("--output", help="also write the table (Markdown) to this file, and every repeat as JSON beside it")
     return p
 
@@ -303,7 +326,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     check_args(args)
-    configs = TOKEN_CONFIGS + (STRUCTURED_CONFIGS if args.structured else [])
+    configs = TOKEN_CONFIGS + (STRUCTURED_CONFIGS if args.structured else []) + (FIELD_CONFIGS if args.field else [])
+    if args.only:
+        configs = [c for c in configs if c[0] in args.only]
     tables, records = [], {}
     for m in args.models:
         table, times = run_model(m, args.batch, args.warmup, args.repeats, [(s, dict(p)) for s, p in configs],

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import pruning_bench as pb
+from pruning_bench.api import attach
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.families import locate_vit
 from pruning_bench.families.slicing import InProjAttention
@@ -94,8 +95,8 @@ def test_restoring_out_of_order_is_refused_not_corrupting(family, images):
     with torch.no_grad():
         expected = run(model, images)
     strategy = pb.get_strategy("head_prune")
-    first = strategy(head_ratio=0.25).attach(model)
-    second = strategy(head_ratio=0.5).attach(model)
+    first = attach(strategy(head_ratio=0.25), model)
+    second = attach(strategy(head_ratio=0.5), model)
     with pytest.raises(RuntimeError, match="restore the later pruning first"):
         first.restore()
     second.restore()

@@ -223,8 +223,11 @@ class FlopCount:
 
 
 def check_images(images) -> None:
-    """`images` must be one batch (B, C, H, W) of at least one image: a clear error, not one from inside a trace."""
-    first = images[0] if isinstance(images, (list, tuple)) and images else images
+    """`images` must be one batch (B, C, H, W) of at least one image: a clear error, not one from inside a trace.
+    A tuple of inputs (for a module that is not an image tower) only needs to be a non-empty tuple of tensors."""
+    if isinstance(images, (list, tuple)) and images and all(isinstance(t, torch.Tensor) for t in images):
+        return
+    first = images
     if not isinstance(first, torch.Tensor):
         raise ValueError(f"images must be a tensor of shape (B, C, H, W), got {type(images).__name__}")
     if first.ndim != 4 or first.shape[0] < 1:

@@ -37,8 +37,9 @@ class Strategy(abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "attach" in cls.__dict__:
-            cls.attach = _naming_calibration_failures(cls.__dict__["attach"])
+        for name in ("attach", "plan"):  # the methods that run the model on calibration batches
+            if name in cls.__dict__:
+                setattr(cls, name, _naming_calibration_failures(cls.__dict__[name]))
 
     def _check(self) -> None:  # pragma: no cover - overridden
         pass
@@ -102,9 +103,9 @@ def _naming_calibration_failures(attach):
     import functools
 
     @functools.wraps(attach)
-    def wrapper(self, model):
+    def wrapper(self, *args, **kwargs):
         try:
-            return attach(self, model)
+            return attach(self, *args, **kwargs)
         except (RuntimeError, AssertionError) as exc:
             calibration = self.params.get("calibration") if isinstance(getattr(self, "params", None), dict) else None
             current = getattr(calibration, "current", None)
