@@ -60,8 +60,11 @@ def test_class_token_strategies_need_a_class_token():
     assert h.stats()["tokens_per_layer"] == [64, 60, 56, 52]
 
 
-def test_third_party_strategy_registers_without_editing_the_package():
+def test_third_party_strategy_registers_without_editing_the_package(monkeypatch):
+    from pruning_bench import registry
     from pruning_bench.strategies.prune_once import PruneOnceStrategy
+
+    monkeypatch.setattr(registry, "_STRATEGIES", dict(registry._STRATEGIES))  # gone again after this test
 
     @pb.register_strategy("keep_first_patches")
     class KeepFirst(PruneOnceStrategy):

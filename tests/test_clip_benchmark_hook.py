@@ -82,7 +82,8 @@ def test_mode_from_environment(monkeypatch, value, expected):
         monkeypatch.setenv(hook.ENV_VAR, value)
     assert hook.mode() == expected
     assert set(hook.targets_for(expected)) <= set(hook.TARGETS)
-    assert ("clip_benchmark.cli" in hook.targets_for(expected)) == (expected == "on")
+    cli_adapter = hook.targets_for(expected).get("clip_benchmark.cli", "")
+    assert ("integration" in cli_adapter) == (expected == "on")  # compat mode only keeps `{pruning}` harmless
 
 
 def python(code, **env):
@@ -102,6 +103,24 @@ def test_clip_benchmark_help_lists_every_flag():
     for flag in ("--enable_pruning", "--prune_strategy", "--k_anchors", "--top_m", "--alpha", "--prune_param",
                  "--extract_attention", "--attention_output", "--measure_efficiency", "--dataset", "--skip_existing"):
         assert flag in out.stdout
+    assert "pruning-bench strategies" in " ".join(out.stdout.split())
+
+
+def test_compat_mode_names_a_pruning_template_baseline_instead_of_crashing(tmp_path):
+    code = f"""
+import sys
+from pruning_bench.clip_benchmark_ext import tiny
+tiny.write_webdataset({str(tmp_path / 'wds')!r})
+model = tiny.register_tiny_clip({str(tmp_path)!r})
+from clip_benchmark import cli
+sys.argv = ["clip_benchmark", "eval", "--dataset", "wds/tiny", "--dataset_root", {str(tmp_path / 'wds')!r},
+            "--model", model, "--pretrained", "", "--task", "zeroshot_classification", "--batch_size", "4",
+            "--num_workers", "0", "--no_amp", "--quiet", "--output", {str(tmp_path / '{pruning}_{task}.json')!r}]
+cli.main()
+"""
+    done = python(code, **{hook.ENV_VAR: "compat"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "baseline_zeroshot_classification.json").exists()
 
 
 @pytest.fixture(scope="module")

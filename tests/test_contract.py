@@ -82,7 +82,7 @@ def test_example_prunes_per_image_counts_right_and_restores(strategy, family):
     with torch.no_grad():
         expected = run(model, x)
     snapshot = _snapshot(model)
-    baseline_macs = pb.count_flops(model, x[:1]).macs
+    baseline_macs = analytic_macs(model).total_macs  # fvcore's count of the unpruned tower is checked in test_flops
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # an example budget must not be clamped
         handle = pb.prune(model, strategy, **cls.example_params)
@@ -96,9 +96,9 @@ def test_example_prunes_per_image_counts_right_and_restores(strategy, family):
         now = model.state_dict()
         assert all(torch.equal(v, now[k]) for k, v in text_before.items())  # the text tower is never touched
     assert torch.allclose(together[SINGLES], alone, atol=1e-4, rtol=0)  # an image's output ignores its batch-mates
-    assert count.macs < 0.97 * baseline_macs  # compute really removed
     # the formula counts matrix work; at width 64 fvcore's 5-per-element norms are ~2% of it (0.1% at ViT-B)
     matmul_macs = count.macs - sum(v for op, v in count.by_operator.items() if "norm" in op) * 1e9
+    assert matmul_macs < 0.97 * baseline_macs  # compute really removed
     formula = analytic.total_macs + _decision_macs(handle.strategies[0], model, stats)
     assert abs(matmul_macs - formula) / formula < 0.01, (matmul_macs, formula)
     _assert_restored(model, snapshot, run, x, expected)

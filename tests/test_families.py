@@ -89,3 +89,27 @@ def test_open_clip_eva02_tower_and_hf_clip_model_prune_and_count():
             pruned = pb.count_flops(model, x).gmacs
             tokens = h.stats()["tokens_per_layer"]
         assert tokens[1] == tokens[0] - 4 and pruned < base
+
+
+def test_clip_benchmark_eval_prunes_open_clip_eva02(monkeypatch, tmp_path):
+    """`clip_benchmark eval --model EVA02-B-16 --pretrained '' --enable_pruning ...` (its tower: a timm Eva trunk)."""
+    import json
+    import sys
+
+    from clip_benchmark import cli
+
+    from pruning_bench.clip_benchmark_ext import tiny
+
+    tiny.write_webdataset(tmp_path / "wds", n_test=2, n_train=2, image_size=224)
+    monkeypatch.setattr(sys, "argv", [
+        "clip_benchmark", "eval", "--dataset", "wds/tiny", "--dataset_root", str(tmp_path / "wds"), "--model",
+        "EVA02-B-16", "--pretrained", "", "--task", "zeroshot_classification", "--batch_size", "2", "--num_workers",
+        "0", "--no_amp", "--quiet", "--enable_pruning", "--prune_strategy", "tome", "--prune_param", "r=8",
+        "--throughput_repeats", "1", "--output", str(tmp_path / "{model}_{pruning}.json")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli.main()
+    (path,) = tmp_path.glob("EVA02-B-16_tome*.json")
+    result = json.loads(path.read_text())
+    assert result["pruning"]["stats"]["tokens_per_layer"] == [197 - 8 * i for i in range(12)]
+    assert result["pruning"]["effective"] and 0.7 < result["efficiency"]["gmacs"] / 17.6 < 0.8

@@ -93,3 +93,27 @@ def test_seed_among_eval_args_clashes_with_seeds(tmp_path, capsys):
     assert main(["sweep", "--grid", "tome r=2", "--seeds", "0,1", "--dry_run", "--", "--dataset", "wds/x",
                  "--seed", "3"]) == 2
     assert "give --seeds" in capsys.readouterr().err
+
+
+def test_three_seed_finetune_sweep_report_has_mean_std_n_and_pairs_by_seed(tmp_path):
+    """The real path: a 3-seed sweep of a tiny fine-tune (baseline + one strategy), then the report."""
+    from pruning_bench.report.aggregate import aggregate
+    from pruning_bench.report.compare import compare
+    from pruning_bench.report.load import load_results
+
+    root = write_colour_webdataset(tmp_path / "wds", n_train=8, n_test=4, classes=2)
+    runs = sweep.plan(sweep.expand_grids(["tome r=2"], seeds=[0, 1, 2]), finetune_args(tmp_path, root),
+                      executable="pruning-bench")
+    summary = sweep.run_sweep(runs, log_dir=tmp_path / "logs", runner=in_process, progress=False)
+    assert not summary.failed and len(summary.ran) == 6
+    table = compare(load_results([tmp_path / "res"]))
+    pruned = table[table["strategy"] == "tome"]
+    assert len(pruned) == 3 and pruned["has_baseline"].all()
+    for _, run in pruned.iterrows():  # each seed's run is paired with that seed's baseline
+        baseline = json.loads(open(run["baseline_file"]).read())
+        assert str(baseline["seed"]) == run["seed"] and baseline["pruning"] is None
+    assert pruned["train_step_seconds_median"].notna().all()  # training time reaches the report
+    configs = aggregate(table).set_index("strategy")
+    assert configs.loc["tome", "n"] == 3 and configs.loc["baseline", "n"] == 3
+    accs = [json.loads(open(f).read())["metrics"]["acc1"] for f in pruned["file"]]
+    assert configs.loc["tome", "acc1_mean"] == pytest.approx(sum(accs) / 3)

@@ -287,3 +287,25 @@ def test_seed_error_bars_shared_ranges_and_labels_apart(three_seeds, tmp_path):
     boxes = [t.get_window_extent(renderer) for ax in axes for t in ax.texts]
     assert len(boxes) >= 2 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
+
+
+def test_a_run_that_pruned_nothing_is_marked_in_tables_and_plots(tmp_path):
+    import json
+
+    from pruning_bench.report.compare import compare as compare_runs
+    from pruning_bench.report.load import load_results as load
+    from pruning_bench.report.write import write_report as write
+
+    common = {"dataset": "d", "model": "m", "pretrained": "", "task": "zeroshot_classification", "language": "en"}
+    efficiency = {"gmacs": 4.4, "images_per_second": 10.0, "batch_size": 8, "dtype": "float32", "device": "cpu"}
+    (tmp_path / "base.json").write_text(json.dumps({**common, "metrics": {"acc1": 0.5}, "pruning": None,
+                                                    "efficiency": efficiency}))
+    (tmp_path / "noop.json").write_text(json.dumps({**common, "metrics": {"acc1": 0.5}, "efficiency": {
+        **efficiency, "images_per_second": 6.3}, "pruning": {"strategy": "anchor_diversity", "params": {"top_m": 50},
+                                                             "notes": ["budget clamped"], "effective": False}}))
+    table = compare_runs(load([tmp_path]))
+    assert table.set_index("strategy").loc["anchor_diversity", "pruned_nothing"]
+    paths = write(table, tmp_path / "out" / "r")
+    text = (tmp_path / "out" / "r.md").read_text()
+    assert "anchor_diversity (PRUNED NOTHING)" in text and "Runs that pruned nothing" in text
+    assert any(p.suffix == ".png" for p in paths)

@@ -100,3 +100,27 @@ def fix_linear_probe(module) -> None:
     evaluate._pruning_bench_any_device = True
     evaluate._pruning_bench_portable = portable
     module.evaluate = evaluate
+
+
+def keep_pruning_placeholder(cli) -> None:
+    """Compat mode (the plugin's flags off): an `--output` template written for the plugin, with
+    `{pruning}` in it, names the run `baseline` instead of failing in clip_benchmark's `.format`."""
+    import argparse
+    import functools
+
+    from ..record.naming import BASELINE_SLUG, PLACEHOLDER
+
+    original = cli.run
+    if getattr(original, "_pruning_bench_compat", False):
+        return
+
+    @functools.wraps(original)
+    def run(args):
+        if PLACEHOLDER in getattr(args, "output", ""):
+            args = argparse.Namespace(**vars(args))
+            args.output = args.output.replace(PLACEHOLDER, BASELINE_SLUG)
+        return original(args)
+
+    run._pruning_bench_compat = True
+    cli.run = run
+

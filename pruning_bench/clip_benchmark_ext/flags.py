@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--enable_pruning", action="store_true", help="apply --prune_strategy during the evaluation")
     group.add_argument("--prune_strategy", default=None, metavar="NAME",
-                       help=f"registered strategy (default: {DEFAULT_STRATEGY}): {_strategy_names()}")
+                       help=f"registered strategy (default: {DEFAULT_STRATEGY}): {_strategy_names()}; "
+                            "`pruning-bench strategies` lists each one's parameters, defaults and ranges")
     group.add_argument("--k_anchors", type=int, default=None, help="anchor_diversity: anchor tokens (default 10)")
     group.add_argument("--top_m", type=int, default=None, help="anchor_diversity: tokens kept besides the anchors (default 50)")
     group.add_argument("--alpha", type=float, default=None, help="anchor_diversity: importance vs diversity weight in [0, 1] (default 0.5)")

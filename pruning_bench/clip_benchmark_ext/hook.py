@@ -20,6 +20,7 @@ _COMPAT = "pruning_bench.clip_benchmark_ext.compat"
 COMPAT_TARGETS = {
     "clip_benchmark.metrics.zeroshot_classification": f"{_COMPAT}:fix_zeroshot_classification",
     "clip_benchmark.metrics.linear_probe": f"{_COMPAT}:fix_linear_probe",
+    "clip_benchmark.cli": f"{_COMPAT}:keep_pruning_placeholder",
 }
 TARGETS = {**COMPAT_TARGETS, "clip_benchmark.cli": "pruning_bench.clip_benchmark_ext.integration:extend_cli"}
 

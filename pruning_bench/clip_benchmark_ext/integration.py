@@ -247,7 +247,8 @@ class PruningSession:
             try:
                 self.efficiency = efficiency.measure(
                     self.model, images[: self.args.batch_size], device=device, amp=amp,
-                    repeats=self.config.throughput_repeats, handle=self.handle, source=source)
+                    repeats=self.config.throughput_repeats, handle=self.handle, source=source,
+                    progress=False if getattr(self.args, "quiet", False) else None)
             except Exception as exc:  # keep the evaluation's metrics; say why efficiency is missing
                 self.efficiency = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"pruning-bench: efficiency not measured ({type(exc).__name__}: {exc})", file=sys.stderr)

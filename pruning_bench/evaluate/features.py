@@ -29,16 +29,10 @@ class Features:
 
 
 def encode(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(pooled features before any classifier, logits or None) of one batch."""
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):  # timm
-        features = model.forward_head(model.forward_features(images), pre_logits=True)
-        head = model.get_classifier() if hasattr(model, "get_classifier") else None
-        has_head = isinstance(head, torch.nn.Module) and not isinstance(head, torch.nn.Identity)
-        return features, (head(features) if has_head else None)
-    if hasattr(model, "encode_image"):
-        return model.encode_image(images), None
-    out = model(images)
-    return (out[0] if isinstance(out, (tuple, list)) else out), None
+    """(pooled features before any classifier, logits or None) of one batch, as the model's family runs it."""
+    from ..families import encode as family_encode
+
+    return family_encode(model, images)
 
 
 def extract(model: torch.nn.Module, batches, *, total: int | None = None, desc: str = "features",

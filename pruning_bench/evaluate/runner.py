@@ -189,6 +189,7 @@ def _run(args) -> int:
 def _efficiency(model, test, loaded, args, handle):
     images = first_images(test, loaded.transform, min(args.efficiency_batch_size, len(test)))
     return results.efficiency_block(model, images, handle=handle, repeats=args.throughput_repeats,
+                                    progress=None if getattr(args, "progress", True) else False,
                                     source=f"first {len(images)} test images")
 
 

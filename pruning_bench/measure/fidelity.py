@@ -58,10 +58,10 @@ def feature_fidelity(reference: torch.Tensor, pruned: torch.Tensor) -> dict:
 
 
 def image_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """What an image encoder emits: `encode_image` for CLIP-like models, else the forward's first output."""
-    if hasattr(model, "encode_image"):
-        return model.encode_image(images)
-    out = model(images)
+    """What the image encoder emits (its family's image path: a CLIP image embedding, a classifier's output)."""
+    from ..families import image_tower
+
+    out = image_tower(model)(images)
     return out[0] if isinstance(out, (tuple, list)) else out
 
 

@@ -57,7 +57,8 @@ def _peak_memory(model, images: torch.Tensor, autocast) -> dict[str, Any]:
 def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int, handle=None,
             source: str = "evaluation batch", progress: bool | None = None) -> dict[str, Any]:
     """GMACs per image, images per second (every repeat kept) and tokens per block of `model` (pruned or
-    not) on `images`. `progress`: a bar on stderr while timing (None: only on a terminal)."""
+    not) on `images`. `progress`: a bar on stderr while timing (None: only on a terminal; False: silent,
+    as `clip_benchmark eval --quiet` and `pruning-bench eval --no_progress` ask)."""
     import pruning_bench as pb
 
     images = images.to(device)

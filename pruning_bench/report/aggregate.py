@@ -85,6 +85,7 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
         row["images_per_second_max"] = _numbers(runs, "images_per_second_max").max()
         row["timing_repeats"] = _numbers(runs, "timing_repeats").sum(min_count=1)
         row["under_load"] = bool(runs["under_load"].fillna(False).astype(bool).any())
+        row["pruned_nothing"] = bool(runs["pruned_nothing"].fillna(False).astype(bool).any()) if "pruned_nothing" in runs else False
         row["load_max"] = pd.concat([_numbers(runs, "load_before"), _numbers(runs, "load_after")]).max()
         row["train_step_seconds_min"] = _numbers(runs, "train_step_seconds_min").min()
         row["train_step_seconds_max"] = _numbers(runs, "train_step_seconds_max").max()

@@ -29,7 +29,7 @@ REPORT_COLUMNS = [
     "acc1", "acc1_baseline", "acc1_delta", "gmacs", "gmacs_baseline", "gmacs_ratio",
     "images_per_second", "images_per_second_baseline", "speedup", "efficiency",
     "peak_activation_mb", "peak_activation_mb_baseline", "memory_ratio",
-    "has_baseline", "pairing_note", "language", "tokens_per_layer", "batch_size", "dtype", "device", "file",
+    "has_baseline", "pruned_nothing", "pairing_note", "language", "tokens_per_layer", "batch_size", "dtype", "device", "file",
     "baseline_file", "seed", "strategy_seed", "config_params", *[s for s in SETTINGS if s not in ("batch_size", "dtype", "device")],
     "training", "classes", "images", "acc1_unpruned", "cosine", "cosine_centred", "relative_mse", "agreement",
     "agreement_kind", "recall_k", "image_retrieval_recall", "text_retrieval_recall",

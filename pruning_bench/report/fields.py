@@ -18,7 +18,7 @@ SETTINGS = ["split", "test_samples", "train_samples", "image_size", "batch_size"
 TRAINING_SETTINGS = ["seed", "training"]
 TRAINING_TASKS = {"finetune", "probe", "linear_probe"}
 # entries of a result's `training` block that are measurements, not settings
-TRAINING_MEASUREMENTS = {"step_seconds", "warmup_steps", "images_per_second", "seconds", "seconds_per_epoch",
+TRAINING_MEASUREMENTS = {"timing", "step_seconds", "warmup_steps", "images_per_second", "seconds", "seconds_per_epoch",
                          "data_seconds", "data_loading_seconds", "step_seconds_median", "epoch_seconds"}
 FIDELITY_METRICS = ["cosine", "cosine_centred", "relative_mse", "agreement"]
 
@@ -77,7 +77,15 @@ def timing_fields(efficiency: dict) -> dict[str, Any]:
 
 
 def training_fields(training: dict) -> dict[str, Any]:
-    """Per-step training time (warm-up steps excluded when recorded) and training images/s."""
+    """Per-step training time (warm-up steps excluded when recorded) and training images/s.
+
+    Reads `pruning-bench eval --task finetune`'s `training.timing` (every step in `step_seconds_all`,
+    the excluded warm-up steps in `warmup_steps_excluded`), or flat `step_seconds` / `warmup_steps`."""
+    timing = training.get("timing") if isinstance(training.get("timing"), dict) else None
+    if timing is not None:
+        training = {"step_seconds": timing.get("step_seconds_all"),
+                    "warmup_steps": len(timing.get("warmup_steps_excluded") or []),
+                    "images_per_second": timing.get("train_images_per_second")}
     steps = [t for t in map(_number, training.get("step_seconds") or []) if not math.isnan(t)]
     warm = int(_number(training.get("warmup_steps")) or 0) if training.get("warmup_steps") is not None else 0
     timed = steps[warm:] or steps

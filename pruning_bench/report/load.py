@@ -112,6 +112,7 @@ def result_row(path: Path) -> dict[str, Any]:
         "language": data.get("language", ""),
         "strategy": pruning.get("strategy") or BASELINE,
         "params": format_params(pruning.get("params")),
+        "pruned_nothing": pruning.get("effective") is False,  # no block removed a token or a weight
         "metric": metric or "",
         "acc1": _number(metrics.get(metric)) if metric else math.nan,
         "gmacs": _number(efficiency.get("gmacs")),

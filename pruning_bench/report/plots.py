@@ -128,6 +128,13 @@ def _draw_panel(ax, runs: pd.DataFrame, column: str, larger_better: bool, colour
             if label:
                 labels.append(ax.annotate(label, (px, py), fontsize=6, xytext=(4, 3), textcoords="offset points",
                                           color=colours[name]))
+    if "pruned_nothing" in runs:  # a run that removed nothing is crossed out, not hidden under the baseline
+        nothing = runs["pruned_nothing"].fillna(False).astype(bool).to_numpy() & ~is_base
+        if nothing.any():
+            ax.scatter(x[nothing], y[nothing], marker="x", s=120, color="red", linewidths=2, zorder=6)
+            for px, py in zip(x[nothing], y[nothing]):
+                labels.append(ax.annotate("pruned nothing", (px, py), fontsize=6, xytext=(4, -9),
+                                          textcoords="offset points", color="red"))
     if is_base.any():
         _error_bars(ax, runs[is_base], column, "black")
         ax.scatter(x[is_base], y[is_base], marker="*", s=220, color="black", zorder=5)

@@ -127,6 +127,9 @@ def _run_table(table: pd.DataFrame) -> str:
     shown["memory_ratio"] = table["memory_ratio"].map(lambda v: _fmt(v, "{:.3f}"))
     shown["pretrained"] = shown["pretrained"].replace("", "(random init)")
     shown["seed"] = table["seed"].fillna("")
+    if "pruned_nothing" in table:  # never let a run that removed nothing pass for a pruned one
+        nothing = table["pruned_nothing"].fillna(False).astype(bool)
+        shown.loc[nothing, "strategy"] = shown.loc[nothing, "strategy"] + " (PRUNED NOTHING)"
     return shown.fillna("").to_markdown(index=False, disable_numparse=True)
 
 
@@ -152,6 +155,11 @@ def markdown(table: pd.DataFrame, title: str, configs: pd.DataFrame | None = Non
     if len(chosen):
         lines += ["", "Runs with more than one matching baseline:", ""]
         lines += [f"- `{row.file}`: {row.pairing_note}" for row in chosen.itertuples()]
+    nothing = table[table["pruned_nothing"].fillna(False).astype(bool)] if "pruned_nothing" in table else table[:0]
+    if len(nothing):
+        lines += ["", "Runs that pruned nothing (no block removed a token or a weight; their notes say why): their "
+                  "speedup and accuracy are the baseline's, measured again:", ""]
+        lines += [f"- `{row.file}`" for row in nothing.itertuples()]
     loaded = table[table["under_load"].fillna(False).astype(bool)]
     if len(loaded):
         lines += ["", f"Timings taken under load ({LOAD_RULE}): the images/s of these runs measure the machine as "
