@@ -377,6 +377,9 @@ def wrap_run(cli, original):
             if naming.PLACEHOLDER in args.output:  # upstream would fail on the unknown key
                 args = argparse.Namespace(**vars(args))
                 args.output = naming.output_template(args.output, naming.BASELINE_SLUG, False)
+            # where upstream would lose the result after the whole evaluation (a missing output folder) or
+            # skip a point that never finished (an incomplete file): the only departures of a plain run
+            prepare_outputs(args, config, resolved_task(args))
             return original(args)
         task = resolved_task(args)
         if task not in flags.PRUNABLE_TASKS:
