@@ -76,7 +76,9 @@ def _qkv_attention(attn, h, bias, rotate, n_prefix):
     if bias is not None:
         bias = bias.to(q.dtype)
     scale = float(getattr(attn, "scale", head_dim ** -0.5))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=_dropout_p(attn), scale=scale)
+    # SDPA's own default scale unless the module uses another: the same rounding as the module's forward
+    custom = None if scale == head_dim ** -0.5 else scale
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=_dropout_p(attn), scale=custom)
     out = out.transpose(1, 2).reshape(B, N, heads * head_dim)
     out = attn.norm(out) if getattr(attn, "norm", None) is not None else out
     if gate is not None:
