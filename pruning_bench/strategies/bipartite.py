@@ -41,6 +41,18 @@ def max_moves(n_tokens: int, n_prefix: int) -> int:
     return (n_tokens - n_prefix) // 2
 
 
+def plan_moves(r_param, r: int, layer: int, n_tokens: int, n_prefix: int) -> tuple[int, str | None]:
+    """(tokens leaving the block, clamp note) for `r` moves in block `layer`; `r_param` is the strategy's
+    whole `r` (an int or a per-block list), to say when no block moves anything."""
+    if r == 0:
+        none_anywhere = not any(r_param) if isinstance(r_param, list) else r_param == 0
+        return n_tokens, ("r=0 in every block merges nothing; the model runs unchanged" if none_anywhere else None)
+    limit = max_moves(n_tokens, n_prefix)
+    if r > limit:
+        return n_tokens - limit, f"r={r} at block {layer} exceeds the {limit} merges possible with {n_tokens} tokens; clamped to {limit}"
+    return n_tokens - r, None
+
+
 class BipartitePlan:
     """Which A tokens stay (`kept_a`, in order), which move (`moved_a`) into which B token (`into_b`)."""
 

@@ -28,7 +28,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_float, check_int
-from .bipartite import max_moves, prefix_to_front
+from .bipartite import max_moves, plan_moves, prefix_to_front
 
 
 class MultiCriteriaMerge:
@@ -128,15 +128,7 @@ class MCTF(TokenStrategy):
         return (r[layer] if layer < len(r) else 0) if isinstance(r, list) else r
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
-        r = self.r_at(layer)
-        if r == 0:
-            if not any(self.params["r"]) if isinstance(self.params["r"], list) else self.params["r"] == 0:
-                return n_tokens, "r=0 in every block merges nothing; the model runs unchanged"
-            return n_tokens, None
-        limit = max_moves(n_tokens, n_prefix)
-        if r > limit:
-            return n_tokens - limit, f"r={r} at block {layer} exceeds the {limit} merges possible with {n_tokens} tokens; clamped to {limit}"
-        return n_tokens - r, None
+        return plan_moves(self.params["r"], self.r_at(layer), layer, n_tokens, n_prefix)
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
         p = self.params

@@ -19,7 +19,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_int
-from .bipartite import BipartitePlan, cosine_scores, max_moves
+from .bipartite import BipartitePlan, cosine_scores, plan_moves
 
 
 class Fusion:
@@ -86,15 +86,7 @@ class ToFu(TokenStrategy):
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
         self._n_layers = n_layers
-        r = self.r_at(layer)
-        if r == 0:
-            if self.params["r"] == 0 or (isinstance(self.params["r"], list) and not any(self.params["r"])):
-                return n_tokens, "r=0 in every block removes nothing; the model runs unchanged"
-            return n_tokens, None
-        limit = max_moves(n_tokens, n_prefix)
-        if r > limit:
-            return n_tokens - limit, f"r={r} at block {layer} exceeds the {limit} tokens one step can remove; clamped to {limit}"
-        return n_tokens - r, None
+        return plan_moves(self.params["r"], self.r_at(layer), layer, n_tokens, n_prefix)
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
         with torch.no_grad():
