@@ -28,7 +28,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_float, check_int
-from .bipartite import max_moves, plan_moves, prefix_to_front
+from .bipartite import plan_moves, prefix_to_front
 
 
 class MultiCriteriaMerge:
