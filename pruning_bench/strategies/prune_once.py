@@ -101,8 +101,9 @@ class PruneOnceStrategy(TokenStrategy):
     # ------------------------------------------------------------ schedule
 
     def budget(self) -> int:
-        """Patch tokens kept after `start_layer` in the absolute form (prefix tokens excluded)."""
-        raise NotImplementedError
+        """Patch tokens kept after `start_layer` in the absolute form (prefix tokens excluded); strategies
+        that only take the multi-stage form (evit, the clustering ones) never reach here."""
+        raise TypeError(f"{self.name} has no absolute budget; give prune_layers and keep_rate")
 
     def kept_at(self, layer: int, patches: int) -> int | None:
         """Patch-side tokens block `layer` keeps out of `patches`, or None when it does not prune."""
