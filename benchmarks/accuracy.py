@@ -57,6 +57,14 @@ TOKEN = ("tome", "anchor_diversity", "cls_topk")  # each runs beside random_drop
 PATCHES = 256  # 224 px / 14
 # (strategy, data-driven importance or None for the strategy's label-free default)
 STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher"))
+# The field's training-free methods at matched MACs (`pb.match_macs` on the strategy's compute knob), with
+# the paper defaults for everything else; visionzip reduces at block 3 (its LLaVA default, the second-to-
+# last block, cannot reach 60% MACs) and anchor_diversity runs EViT's schedule (keep_rate at 3, 6, 9).
+FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
+         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}))
+# EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
+PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
+PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
 
 
 # ---------------------------------------------------------------- matched budgets
@@ -147,7 +155,7 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
     notes += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
     del pruned_model
     record = {
-        "id": config["id"], "strategy": config["strategy"], "group": config["group"],
+        "id": config["id"], "strategy": config["strategy"], "group": config["group"], "variant": config.get("variant"),
         "budget": config.get("budget"), "start_layer": config["params"].get("start_layer"),
         "params": {k: v for k, v in described[0]["params"].items() if k != "calibration"},
         "calibration": described[0]["params"].get("calibration"),
@@ -202,7 +210,28 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     for budget in args.alpha_budgets:  # ToMe with only a seeded share p of the tokens matching (the notes' p)
         for fraction in args.match_fractions:
             add("tome", budget, group="match_fraction", variant={"match_fraction": fraction})
+    for budget in args.field_budgets:
+        for strategy, fixed in FIELD:
+            configs.append(field_config(base, image, strategy, budget, fixed))
+    if args.protocol:
+        for strategy in PROTOCOL:
+            configs.append({"id": f"{strategy}@evit_protocol", "strategy": strategy, "group": "evit_protocol",
+                            "budget": None, "params": dict(PROTOCOL_PARAMS), "variant": "keep_rate=0.7 at 3,6,9"})
     return configs
+
+
+def field_config(base, image, strategy: str, budget: float, fixed: dict) -> dict:
+    """A matched-MACs configuration whose knob is searched only when it is about to run (resumes stay fast)."""
+    variant = f"prune_layers={','.join(map(str, fixed['prune_layers']))}" if "prune_layers" in fixed else ""
+    config = {"id": f"{strategy}{'[' + variant + ']' if variant else ''}@{budget:.2f}/field", "strategy": strategy,
+              "group": "field", "budget": budget, "params": None, "variant": variant}
+
+    def resolve():
+        matched = pb.match_macs(base, strategy, budget, images=image, tolerance=1e-3, **fixed)
+        config["params"], config["analytic_ratio"] = dict(matched), matched.ratio
+
+    config["resolve"] = resolve
+    return config
 
 
 def in_plan_order(done: dict[str, dict], configs: list[dict]) -> list[dict]:
@@ -229,7 +258,7 @@ def table(records: list[dict]) -> pd.DataFrame:
         n = c.get("images") or (r.get("per_image") or {}).get("n")
         half, method = delta_interval(r, base, n) if r["id"] != "baseline" and n else (math.nan, "")
         rows.append({
-            "group": r["group"], "strategy": r["strategy"],
+            "group": r["group"], "strategy": r["strategy"], "variant": r.get("variant") or "",
             "params": ", ".join(f"{k}={v}" for k, v in r["params"].items()),
             "start_layer": r["start_layer"], "budget": r["budget"],
             "gmacs": r["gmacs"], "macs_ratio": r["gmacs"] / base["gmacs"],
@@ -253,16 +282,21 @@ def summary(frame: pd.DataFrame, with_interval: bool = False) -> pd.DataFrame:
     variant = variant.mask(pruned["group"] == "direction", direction)
     fraction = pruned["params"].str.extract(r"(match_fraction=[0-9.]+)", expand=False)
     variant = variant.mask(pruned["group"] == "match_fraction", fraction)
+    if "variant" in pruned:  # the field's and the protocol rows name their schedule themselves
+        variant = variant.mask(pruned["group"].isin(["field", "evit_protocol"]), pruned["variant"])
     pruned["row"] = pruned["strategy"] + variant.fillna("").map(lambda a: f" [{a}]" if a else "")
     pruned["row"] += pruned.apply(lambda r: f" [{r['params'].split(', importance=')[1].split(',')[0]}]"
                                   if "importance=" in r["params"] else "", axis=1)
     pruned["start_layer"] = pruned["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    pruned["budget"] = pruned["budget"].map(lambda v: f"{v:.0%} MACs")
+    protocol = pruned["budget"].isna()
+    pruned["budget"] = pruned["budget"].map(lambda v: "EViT protocol" if pd.isna(v) else f"{v:.0%} MACs")
     pruned["acc1_delta"] = [delta_text(d, h, sig, with_interval) for d, h, sig in
                             zip(pruned["acc1_delta"], pruned["acc1_delta_ci95"], pruned["significant"])]
+    pruned.loc[protocol, "acc1_delta"] += pruned.loc[protocol, "macs_ratio"].map(lambda v: f" ({v:.0%} MACs)")
     pivot = pruned.pivot_table(index=["group", "row", "start_layer"], columns="budget", values="acc1_delta",
                                aggfunc="first", sort=False)
-    pivot = pivot[sorted(pivot.columns, reverse=True)].fillna("")
+    columns = sorted((c for c in pivot.columns if c != "EViT protocol"), reverse=True)
+    pivot = pivot[columns + [c for c in pivot.columns if c == "EViT protocol"]].fillna("")
     return pivot.reset_index()
 
 
@@ -317,6 +351,11 @@ def main(argv=None):
     parser.add_argument("--alpha_budgets", type=float, nargs="*", default=[0.8, 0.6],
                         help="budgets of the alpha, importance_direction and match_fraction ablations")
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--field_budgets", type=float, nargs="*", default=[0.8, 0.6],
+                        help="budgets of the field's methods (evit, visionzip, pitome, tofu, mctf, dpc_knn, kmedoids, "
+                             "anchor_diversity at 3/6/9), matched with pb.match_macs")
+    parser.add_argument("--protocol", action=argparse.BooleanOptionalAction, default=True,
+                        help="EViT's protocol (keep_rate 0.7 at blocks 3, 6, 9) for evit, cls_topk, random_drop, anchor_diversity")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--timing_batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -373,6 +412,9 @@ def main(argv=None):
         if config["id"] in done:
             continue
         start = time.perf_counter()
+        if config.get("resolve") is not None:
+            config["resolve"]()
+            print(f"{config['id']}: {config['params']} (MACs ratio {config['analytic_ratio']:.3f})", flush=True)
         if config["strategy"] == "baseline":
             record = evaluate_baseline(base, sets, reference, probe, args)
         else:

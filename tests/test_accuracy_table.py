@@ -57,3 +57,42 @@ def test_records_follow_the_plan_not_completion_order(accuracy):
     configs = [{"id": "baseline"}, {"id": "x"}, {"id": "y"}]
     done = {"y": {"id": "y"}, "old": {"id": "old"}, "baseline": {"id": "baseline"}, "x": {"id": "x"}}
     assert [r["id"] for r in accuracy.in_plan_order(done, configs)] == ["baseline", "x", "y", "old"]
+
+
+def test_field_and_protocol_rows_name_their_schedule(accuracy):
+    records = [
+        record("baseline", "baseline", "baseline", None, {}, 0.7, gmacs=5.0),
+        record("cls_topk@0.80/s1", "cls_topk", "main", 0.8, {"keep": 200, "start_layer": 1}, 0.65, 1),
+        record("anchor_diversity[prune_layers=3,6,9]@0.80/field", "anchor_diversity", "field", 0.8,
+               {"prune_layers": [3, 6, 9], "keep_rate": 0.8}, 0.66),
+        record("evit@0.60/field", "evit", "field", 0.6, {"prune_layers": [3, 6, 9], "keep_rate": 0.5}, 0.6),
+        record("evit@evit_protocol", "evit", "evit_protocol", None, {"prune_layers": [3, 6, 9], "keep_rate": 0.7},
+               0.69, gmacs=3.5),
+    ]
+    records[2]["variant"], records[3]["variant"] = "prune_layers=3,6,9", ""
+    records[4]["variant"] = "keep_rate=0.7 at 3,6,9"
+    summary = accuracy.summary(accuracy.table(records))
+    rows = summary.set_index("row")
+    assert list(summary.columns[-3:]) == ["80% MACs", "60% MACs", "EViT protocol"]  # protocol last, budgets descending
+    assert rows.loc["anchor_diversity [prune_layers=3,6,9]", "80% MACs"] == "-4.0"
+    assert rows.loc["evit", "60% MACs"] == "-10.0"
+    assert rows.loc["evit [keep_rate=0.7 at 3,6,9]", "EViT protocol"] == "-1.0 (70% MACs)"  # what it cost beside it
+    assert rows.loc["cls_topk", "EViT protocol"] == ""
+
+
+def test_field_configs_resolve_their_knob_only_when_run(accuracy, monkeypatch):
+    calls = []
+
+    class Matched(dict):
+        ratio = 0.61
+
+    def fake_match(model, strategy, target, images=None, tolerance=None, **fixed):
+        calls.append((strategy, target, fixed))
+        return Matched({**fixed, "keep_rate": 0.45})
+
+    monkeypatch.setattr(accuracy.pb, "match_macs", fake_match)
+    config = accuracy.field_config(object(), None, "anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})
+    assert config["id"] == "anchor_diversity[prune_layers=3,6,9]@0.60/field" and config["params"] is None and not calls
+    config["resolve"]()
+    assert calls == [("anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})]
+    assert config["params"] == {"prune_layers": [3, 6, 9], "keep_rate": 0.45} and config["analytic_ratio"] == 0.61
