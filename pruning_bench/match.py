@@ -50,7 +50,22 @@ def knob_domain(knob: str, model, params: dict[str, Any]) -> tuple[type, float, 
         return float, 0.5 / patches, 1.0
     if knob in ("head_ratio", "mlp_ratio"):
         return float, 0.0, 1.0 - 1e-6
+    if knob == "dominant":  # visionzip: dominant tokens count the class token
+        return int, 1, max(1, patches + 1 - int(params.get("contextual", 0)))
+    if knob == "ratio":  # pitome: share kept per block; at most half can merge in one bipartite step
+        return float, 0.5, 1.0
     raise ValueError(f"match_macs: no search range is known for the compute knob {knob!r}")
+
+
+def compute_knob(strategy: str, fixed: dict[str, Any]) -> str:
+    """The parameter `match_macs` searches for `strategy` given the `fixed` ones (ValueError when there is none)."""
+    cls = get_strategy(strategy)
+    knob = getattr(cls, "compute_knob", None)
+    if "prune_layers" in fixed and "keep_rate" in cls.defaults:
+        knob = "keep_rate"
+    if knob is None:
+        raise ValueError(f"match_macs: strategy {strategy!r} declares no compute_knob")
+    return knob
 
 
 def _default_image(model) -> torch.Tensor:
@@ -67,11 +82,7 @@ def match_macs(model, strategy: str, target_ratio: float, images: torch.Tensor |
     parameters, a strategy that also has a multi-stage form searches `keep_rate` instead of its budget."""
     target = check_float("target_ratio", target_ratio, 0.0, 1.0, low_open=True, owner="match_macs")
     cls = get_strategy(strategy)
-    knob = getattr(cls, "compute_knob", None)
-    if "prune_layers" in fixed and "keep_rate" in cls.defaults:
-        knob = "keep_rate"
-    if knob is None:
-        raise ValueError(f"match_macs: strategy {strategy!r} declares no compute_knob")
+    knob = compute_knob(strategy, fixed)
     if knob in fixed:
         raise ValueError(f"match_macs: {knob}={fixed[knob]!r} is the knob being searched; leave it out of the fixed parameters")
     cls(**{**fixed, knob: cls.defaults.get(knob) if cls.defaults.get(knob) is not None else 1})  # bad fixed values fail here

@@ -16,7 +16,9 @@ How points are run safely (locks, signals, process groups) is in `sweep_control`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -29,6 +31,7 @@ from . import sweep_outputs
 from .record import check as result_check
 from .clip_benchmark_ext import flags
 from .record import naming
+from .record.result import MATCH_ENV
 from .sweep_control import (OUTPUTS_ENV, SweepInterrupted, SweepSummary, log_path,  # noqa: F401  (re-exported)
                             run_sweep, subprocess_runner)
 
@@ -45,6 +48,8 @@ class SweepPoint:
     params: tuple[tuple[str, Any], ...] = ()
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     seed: int | None = None  # training / evaluation seed (`--seed`), None: the driver's default
+    # --match_macs: {strategy, knob, value, target_ratio, achieved_ratio, ...}, passed to the run in MATCH_ENV
+    match: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def is_baseline(self) -> bool:
@@ -57,6 +62,8 @@ class SweepPoint:
     @property
     def label(self) -> str:
         words = [self.strategy] + [f"{k}={literal(v)}" for k, v in self.params]
+        if self.match is not None:
+            words.append(f"[MACs target {self.match['target_ratio']:g}]")
         return " ".join(words + ([f"--seed {self.seed}"] if self.seed is not None else []))
 
     @property
@@ -129,22 +136,15 @@ def expand_grid(text: str, strategy_seeds: list[int] | None = None) -> list[Swee
 
     `strategy_seeds` becomes a `seed` axis of a strategy that takes a seed; others ignore it."""
     from .api import make_strategy
-    from .registry import get_strategy
 
     strategy, axes = parse_grid(text)
     if strategy == BASELINE:
         if axes:
             raise ValueError("the baseline takes no parameters")
         return [SweepPoint(BASELINE)]
-    if strategy_seeds is not None:
-        try:
-            takes_seed = "seed" in get_strategy(strategy).defaults
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"--grid {text!r}: {exc}") from None
-        if takes_seed and "seed" in axes:
-            raise ValueError(f"--grid {text!r} sets seed itself; leave it out or drop --strategy_seeds")
-        if takes_seed:
-            axes["seed"] = list(strategy_seeds)
+    seeds = strategy_seed_axis(text, strategy, axes, strategy_seeds)
+    if seeds is not None:
+        axes["seed"] = seeds
     points = []
     for values in itertools.product(*axes.values()):
         params = dict(zip(axes, values))
@@ -156,10 +156,29 @@ def expand_grid(text: str, strategy_seeds: list[int] | None = None) -> list[Swee
     return points
 
 
+def strategy_seed_axis(text: str, strategy: str, axes: dict, strategy_seeds: list[int] | None) -> list[int] | None:
+    """The `seed` values `--strategy_seeds` adds to this grid (None: the strategy takes no seed, or none given)."""
+    from .registry import get_strategy
+
+    if strategy_seeds is None:
+        return None
+    try:
+        takes_seed = "seed" in get_strategy(strategy).defaults
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"--grid {text!r}: {exc}") from None
+    if takes_seed and "seed" in axes:
+        raise ValueError(f"--grid {text!r} sets seed itself; leave it out or drop --strategy_seeds")
+    return list(strategy_seeds) if takes_seed else None
+
+
 def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int] | None = None,
-                 strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
+                 strategy_seeds: list[int] | None = None, matcher=None,
+                 notes: list[str] | None = None) -> list[SweepPoint]:
     """All points of all grids, baseline first, duplicates (same strategy and parameters) once;
-    with `seeds`, every point once per training seed (seed-major, so each seed's baseline comes first)."""
+    with `seeds`, every point once per training seed (seed-major, so each seed's baseline comes first).
+
+    `matcher` (`sweep_match.Matcher`, for --match_macs) expands each grid instead of `expand_grid`; a
+    matched point that duplicates an earlier one is said in `notes`."""
     grids = list(grids)
     if strategy_seeds is not None:
         from .registry import get_strategy
@@ -170,14 +189,16 @@ def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int
                              "seed parameter")
     points = [SweepPoint(BASELINE)] if baseline else []
     for grid in grids:
-        points += expand_grid(grid, strategy_seeds)
+        points += matcher.expand(grid, strategy_seeds) if matcher is not None else expand_grid(grid, strategy_seeds)
     unique: dict[tuple, SweepPoint] = {}
     for point in points:
-        unique.setdefault((point.strategy, point.slug), point)
+        kept = unique.setdefault((point.strategy, point.slug), point)
+        if kept is not point and point.match is not None and notes is not None:
+            notes.append(f"{point.label} is the same run as {kept.label}: run once, recorded for the first")
     points = list(unique.values())
     if seeds is None:
         return points
-    return [SweepPoint(p.strategy, p.params, p.resolved, seed) for seed in seeds for p in points]
+    return [dataclasses.replace(p, seed=seed) for seed in seeds for p in points]
 
 
 # ---------------------------------------------------------------- command lines
@@ -206,7 +227,15 @@ def command(point: SweepPoint, eval_args: list[str], *, executable: str = "clip_
             skip_existing: bool = True) -> list[str]:
     """`EXECUTABLE eval EVAL_ARGS <pruning flags> [--skip_existing]` for one point (EVAL_ARGS already seeded)."""
     extra = ["--skip_existing"] if skip_existing and "--skip_existing" not in eval_args else []
-    return [*shlex.split(executable), "eval", *eval_args, *point_arguments(point), *extra]
+    return [*match_prefix(point), *shlex.split(executable), "eval", *eval_args, *point_arguments(point), *extra]
+
+
+def match_prefix(point: SweepPoint) -> list[str]:
+    """`env PRUNING_BENCH_MATCH=JSON` for a --match_macs point: the result file records its MAC target
+    (the same for a local run and an emitted command; either driver reads it)."""
+    if point.match is None:
+        return []
+    return ["env", f"{MATCH_ENV}={json.dumps(point.match, sort_keys=True, separators=(',', ':'))}"]
 
 
 def local_executable(driver: str = sweep_outputs.CLIP_BENCHMARK) -> str:

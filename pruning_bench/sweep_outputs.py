@@ -80,7 +80,7 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _clip_benchmark_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+def clip_benchmark_runs(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """(model, pretrained, dataset, language) for every evaluation one command performs, as clip_benchmark loops."""
     from clip_benchmark.datasets.builder import dataset_collection, get_dataset_collection_from_file
     from clip_benchmark.model_collection import get_model_collection_from_file, model_collection
@@ -122,7 +122,7 @@ def expected_outputs(strategy: str | None, resolved: dict, args: argparse.Namesp
     from .clip_benchmark_ext.integration import resolved_task
 
     paths = []
-    for model, pretrained, dataset, language in _clip_benchmark_runs(args):
+    for model, pretrained, dataset, language in clip_benchmark_runs(args):
         one = argparse.Namespace(**{**vars(args), "model": model, "pretrained": pretrained, "dataset": dataset,
                                     "language": language})
         paths.append(Path(output_path(args.output, config=config, model=model, pretrained=pretrained,

@@ -14,6 +14,9 @@ EXAMPLES = """examples:
   pruning-bench sweep --executable pruning-bench --grid "tome r=8" --grid "random_drop keep=98" \
       --seeds 0,1,2 --strategy_seeds 0,1 -- --model vit_tiny_patch16_224 --dataset wds/cifar10 \
       --dataset_root ../shared/data/wds_cifar10 --task finetune --train_samples 512 --test_samples 256
+  pruning-bench sweep --executable pruning-bench --match_macs 0.8,0.6 --grid "tome" --grid "cls_topk start_layer=1" \
+      --grid "evit prune_layers=[3,6,9]" --dry_run -- --model reference --dataset wds/cifar10 \
+      --dataset_root ../shared/data/wds_cifar10 --task probe
 
 Each point is `clip_benchmark eval EVAL_ARGS --enable_pruning --prune_strategy NAME --prune_param K=V ...
 --skip_existing` (the baseline: `--measure_efficiency`). Re-running the same sweep skips points whose result
@@ -22,7 +25,10 @@ re-run), so an interrupted sweep resumes where it stopped; emitted commands carr
 SIGINT, SIGTERM and SIGHUP stop the running point too; a point another sweep is running (its
 RESULT.lock names a live process) is left to it. With --seeds, each point runs once per seed (`--seed S`,
 `_seedS` or `{seed}` in the result name); --strategy_seeds sweeps the `seed` parameter of strategies
-that take one.
+that take one. With --match_macs R1,R2,..., each grid entry's compute knob (`pruning-bench strategies`
+names it) is set, per target ratio R, to the value whose MACs / unpruned MACs come closest to R on the model
+the points evaluate (`pb.match_macs`); the entry's other keys stay fixed, and the result records
+`pruning.match` {target_ratio, achieved_ratio, knob, value}.
 """
 
 
@@ -42,6 +48,9 @@ def add_parser(subparsers):
                         help="training / evaluation seeds: every point runs once per seed with --seed S")
     parser.add_argument("--strategy_seeds", default=None, metavar="S1,S2,...",
                         help="values of the `seed` parameter of every swept strategy that takes one (tome, random_drop)")
+    parser.add_argument("--match_macs", default=None, metavar="R1,R2,...",
+                        help="target MAC ratios in (0, 1]: every grid entry's compute knob is set to the value whose "
+                             "MACs come closest to each target on the evaluated model (leave the knob out of --grid)")
     parser.add_argument("--no_baseline", dest="baseline", action="store_false",
                         help="do not add the unpruned baseline point (run with --measure_efficiency)")
     parser.add_argument("--force", action="store_true", help="run (or emit) every point, finished or not")
@@ -106,11 +115,14 @@ def _run(args, planned: list) -> int:
         eval_args = eval_args[1:]
     if not args.grid and not args.baseline:
         return _error("nothing to sweep: give at least one --grid")
+    notes: list[str] = []
     try:
         seeds = sweep.parse_seeds(args.seeds, "--seeds")
         strategy_seeds = sweep.parse_seeds(args.strategy_seeds, "--strategy_seeds")
-        points = sweep.expand_grids(args.grid, baseline=args.baseline, seeds=seeds, strategy_seeds=strategy_seeds)
         driver = args.driver or sweep.sweep_outputs.driver_of(args.executable or "clip_benchmark")
+        matcher = _matcher(args, eval_args, driver, seeds, strategy_seeds)
+        points = sweep.expand_grids(args.grid, baseline=args.baseline, seeds=seeds, strategy_seeds=strategy_seeds,
+                                    matcher=matcher, notes=notes)
         executable = args.executable or (driver if args.emit else sweep.local_executable(driver))
         runs = sweep.plan(points, eval_args, executable=executable, skip_existing=not args.force, driver=driver)
     except ValueError as exc:
@@ -118,11 +130,18 @@ def _run(args, planned: list) -> int:
     except SystemExit as exc:  # clip_benchmark's parser rejected EVAL_ARGS (it printed why)
         return int(exc.code or 2)
 
+    for note in notes:
+        print(f"pruning-bench sweep: {note}", file=sys.stderr)
     pending = runs if args.force else [r for r in runs if not r.finished]
     if args.dry_run:
         for r in runs:
             state = "finished" if r.finished else "pending"
-            print(f"{state:9} {r.point.label}\n          {' '.join(map(str, r.outputs))}")
+            print(f"{state:9} {r.point.label}")
+            if r.point.match is not None:
+                m = r.point.match
+                print(f"          MACs target {m['target_ratio']:g}: {m['knob']}={sweep.literal(m['value'])} "
+                      f"achieves {m['achieved_ratio']:.4f}")
+            print(f"          {' '.join(map(str, r.outputs))}")
         print(f"{len(runs)} point(s), {len(pending)} to run")
         return 0
     if args.emit:
@@ -143,6 +162,19 @@ def _run(args, planned: list) -> int:
 
     planned.extend(runs)
     return run_planned(runs, log_dir=args.log_dir, force=args.force, progress=not args.quiet, report=args.report)
+
+
+def _matcher(args, eval_args: list[str], driver: str, seeds, strategy_seeds):
+    """--match_macs: checked without a model first, then the evaluated model built to match on (None without it)."""
+    if args.match_macs is None:
+        return None
+    from .. import sweep, sweep_match
+
+    matcher = sweep_match.Matcher(sweep_match.parse_ratios(args.match_macs))
+    matcher.check(args.grid, strategy_seeds)
+    sweep.check_eval_args(eval_args, seeds=seeds is not None)
+    matcher.model = sweep_match.build_model(eval_args, driver)
+    return matcher
 
 
 def run_planned(runs: list, *, log_dir, force: bool = False, progress: bool = True, report: str | None = None) -> int:

@@ -7,6 +7,8 @@ removed a token or a weight). Flat, scalar top-level keys (`pruning_slug`, `stra
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Any
 
@@ -14,6 +16,8 @@ from . import naming
 
 PER_UNIT_STATS = ("mlp_importance",)  # tens of thousands of floats per run; `handle.stats()` keeps them
 NOTHING_PRUNED = "this run pruned nothing: no block removed a token or a weight (see pruning.notes)"
+# Set by `pruning-bench sweep --match_macs` on each point's command: the MAC target its knob value was matched to.
+MATCH_ENV = "PRUNING_BENCH_MATCH"
 
 
 def json_safe(value):
@@ -51,9 +55,30 @@ def pruning_block(config, handle, notes: list[str], slug: str, *, feature_cache:
         record["stats"] = json_safe(stats)
     if feature_cache is not None:
         record["feature_cache"] = feature_cache
+    match = matched_target(config)
+    if match is not None:
+        record["match"] = match
     if not model_loaded:
         record["notes"].append("model not loaded (--skip_load): metrics come from the cached features of this configuration")
     return record
+
+
+def matched_target(config) -> dict[str, Any] | None:
+    """`{target_ratio, achieved_ratio, knob, value, ...}` from MATCH_ENV, when it describes this very run
+    (same strategy, same knob value); a stale variable left in a shell is ignored."""
+    text = os.environ.get(MATCH_ENV)
+    if not text:
+        return None
+    try:
+        match = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(match, dict) or match.get("strategy") != config.strategy:
+        return None
+    knob = match.get("knob")
+    if knob not in config.resolved or config.resolved[knob] != match.get("value"):
+        return None
+    return match
 
 
 def flat_keys(dump: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +90,8 @@ def flat_keys(dump: dict[str, Any]) -> dict[str, Any]:
         "strategy": pruning.get("strategy") or "none",
         "pruning_effective": pruning.get("effective") if pruning else None,
     }
+    if isinstance(pruning.get("match"), dict):  # a matched-MACs sweep point: its budget, to group by
+        flat["match_target_ratio"] = pruning["match"].get("target_ratio")
     for key in ("gmacs", "gflops", "images_per_second", "batch_size", "dtype", "device"):
         value = efficiency.get(key) if isinstance(efficiency, dict) else None
         if isinstance(value, (bool, int, float, str)) or value is None:

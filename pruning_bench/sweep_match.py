@@ -1,0 +1,169 @@
+"""`pruning-bench sweep --match_macs 0.8,0.6`: every grid entry swept at matched MACs instead of by hand.
+
+For each grid entry and each target ratio, the entry's compute knob (`r` for tome, `keep` for cls_topk,
+`keep_rate` with `prune_layers`, ...) is resolved with `pb.match_macs` on the very model the points
+evaluate, built from the evaluation arguments by the driver's own loader (`pruning-bench eval`:
+`evaluate.models.load_model`; `clip_benchmark eval`: `clip_benchmark.models.load_clip`). The entry's
+other keys are the fixed parameters (a key with several values gives one search per combination).
+The search is deterministic, so a resumed sweep resolves to the same points and finds its finished
+results. Each point carries `{target_ratio, achieved_ratio, knob, value, ...}` to its run, whose
+result file records it as `pruning.match` (see `record.result.MATCH_ENV`).
+
+Everything that can be refused without a model (a ratio outside (0, 1], a strategy without a knob,
+the knob given in the grid, parameters the strategy rejects) is refused before the model is built.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Any
+
+from . import sweep_outputs
+from .sweep import BASELINE, SweepPoint, parse_grid, split_top_level, strategy_seed_axis
+
+FLAG = "--match_macs"
+
+
+def parse_ratios(text: str) -> list[float]:
+    """`"0.8,0.6"` -> [0.8, 0.6]; each in (0, 1], none twice."""
+    ratios: list[float] = []
+    for word in split_top_level(text):
+        try:
+            ratio = float(word)
+        except ValueError:
+            raise ValueError(f"{FLAG} {text!r}: {word!r} is not a number (target MAC ratios in (0, 1])") from None
+        if not 0.0 < ratio <= 1.0:  # also refuses nan
+            raise ValueError(f"{FLAG}: target ratio {word} is out of range (0, 1]")
+        if ratio in ratios:
+            raise ValueError(f"{FLAG}: target ratio {word} is given twice")
+        ratios.append(ratio)
+    return ratios
+
+
+def _fixed_combinations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+class Matcher:
+    """Expands grid entries into matched points; `model` must be set (`build_model`) before `expand`."""
+
+    def __init__(self, ratios: list[float], model=None):
+        self.ratios = list(ratios)
+        self.model = model
+        self._found: dict[tuple, Any] = {}  # (strategy, fixed, ratio) -> MatchedParams: one search each
+
+    def check(self, grids: list[str], strategy_seeds: list[int] | None = None) -> None:
+        """Every refusal that needs no model: one ValueError naming the grid entry."""
+        from .api import make_strategy
+        from .match import compute_knob
+        from .registry import get_strategy
+
+        if not any(parse_grid(g)[0] != BASELINE for g in grids):
+            raise ValueError(f"{FLAG} needs at least one --grid with a strategy to match")
+        for text in grids:
+            strategy, axes = parse_grid(text)
+            if strategy == BASELINE:
+                if axes:
+                    raise ValueError("the baseline takes no parameters")
+                continue
+            try:
+                cls = get_strategy(strategy)
+            except ValueError as exc:
+                raise ValueError(f"--grid {text!r}: {exc}") from None
+            strategy_seed_axis(text, strategy, axes, strategy_seeds)
+            for fixed in _fixed_combinations(axes):
+                try:
+                    knob = compute_knob(strategy, fixed)
+                except ValueError:
+                    raise ValueError(f"--grid {text!r}: {strategy} declares no compute knob, so {FLAG} cannot match "
+                                     "it (sweep it without --match_macs)") from None
+                if knob in fixed:
+                    raise ValueError(f"--grid {text!r}: {knob} is the compute knob {FLAG} sets for {strategy}; "
+                                     f"leave {knob}= out of the grid")
+                default = cls.defaults.get(knob)
+                try:
+                    make_strategy(strategy, {**fixed, knob: 1 if default is None else default})
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise ValueError(f"--grid {text!r}: point {fixed}: {exc}") from None
+
+    def resolve(self, strategy: str, fixed: dict[str, Any], ratio: float):
+        """`pb.match_macs` on the sweep's model, once per (strategy, fixed parameters, ratio)."""
+        from .match import match_macs
+
+        key = (strategy, repr(sorted(fixed.items())), ratio)
+        if key not in self._found:
+            if self.model is None:
+                raise RuntimeError("Matcher.model is not set: build it with build_model first")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self._found[key] = match_macs(self.model, strategy, ratio, **fixed)
+        return self._found[key]
+
+    def expand(self, text: str, strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
+        """One point per (fixed combination, target ratio, strategy seed), the knob set to its matched value."""
+        from .api import make_strategy
+
+        strategy, axes = parse_grid(text)
+        if strategy == BASELINE:
+            return [SweepPoint(BASELINE)]
+        seeds = strategy_seed_axis(text, strategy, axes, strategy_seeds) or [None]
+        points = []
+        for fixed in _fixed_combinations(axes):
+            for ratio in self.ratios:
+                try:
+                    found = self.resolve(strategy, fixed, ratio)
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise ValueError(f"--grid {text!r}: {FLAG} {ratio:g} with {fixed}: {exc}") from None
+                match = {"strategy": strategy, "knob": found.knob, "value": found[found.knob], "target_ratio": ratio,
+                         "achieved_ratio": found.ratio, "gmacs": found.gmacs, "baseline_gmacs": found.baseline_gmacs}
+                for seed in seeds:
+                    params = {**fixed, found.knob: found[found.knob], **({"seed": seed} if seed is not None else {})}
+                    resolved = make_strategy(strategy, dict(params)).resolved_params()
+                    points.append(SweepPoint(strategy, tuple(params.items()), resolved, match=match))
+        return points
+
+
+def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK):
+    """The image model the points evaluate, built from EVAL_ARGS by the driver's own loader (no pruning)."""
+    import torch
+
+    args = sweep_outputs.parse_eval_args(eval_args, driver)
+    if driver == sweep_outputs.PRUNING_BENCH:
+        from .clip_benchmark_ext.flags import parse_prune_params
+        from .evaluate.models import load_model
+
+        name, pretrained = args.model, args.pretrained
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)  # as the run seeds before loading (MACs do not depend on the weights)
+            try:
+                return load_model(name, pretrained, image_size=args.img_size,
+                                  model_args=parse_prune_params(args.model_arg or []), check=False).model
+            except ValueError as exc:
+                raise ValueError(f"{FLAG}: {str(exc).splitlines()[0]}") from None
+            except ImportError:
+                raise
+            except Exception as exc:  # a checkpoint that does not load, hub weights without a network
+                raise _load_error(name, pretrained, exc) from None
+    from clip_benchmark.models import load_clip
+
+    models = sorted({(model, pretrained) for model, pretrained, _, _ in sweep_outputs.clip_benchmark_runs(args)})
+    if len(models) != 1:
+        named = ", ".join(f"{m} ({p or 'random init'})" for m, p in models) or "none"
+        raise ValueError(f"{FLAG} matches the knob on one model; the evaluation arguments name {len(models)}: {named}")
+    [(name, pretrained)] = models
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _, _ = load_clip(model_type=args.model_type, model_name=name, pretrained=pretrained,
+                                    cache_dir=args.model_cache_dir, device="cpu")
+    except ImportError:
+        raise
+    except Exception as exc:  # open_clip fails in many ways (unknown name, missing weights, no network)
+        raise _load_error(name, pretrained, exc) from None
+    return model.eval()
+
+
+def _load_error(name: str, pretrained, exc: Exception) -> ValueError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return ValueError(f"{FLAG}: cannot build --model {name} --pretrained {pretrained!r} to match on "
+                      f"({type(exc).__name__}: {first})")
