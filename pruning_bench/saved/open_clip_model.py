@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from typing import Any
 
 import torch
@@ -131,7 +132,12 @@ def _fresh(architecture: dict) -> nn.Module:
     name, cfg = architecture["open_clip_model"], copy.deepcopy(architecture["model_cfg"])
     registered = open_clip.get_model_config(name)
     if registered is not None and json.loads(json.dumps(registered)) == cfg:
-        return open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # "no pretrained weights loaded": the saved ones load right after
+        try:
+            return open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
+        finally:
+            logging.disable(previous)
     if "timm_model_name" in cfg.get("vision_cfg", {}):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     if "hf_model_name" in cfg.get("text_cfg", {}):
