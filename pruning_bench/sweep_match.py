@@ -47,9 +47,9 @@ def _fixed_combinations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 class Matcher:
     """Expands grid entries into matched points; `model` must be set (`build_model`) before `expand`."""
 
-    def __init__(self, ratios: list[float], model=None):
+    def __init__(self, ratios: list[float], model=None, tolerance: float = 1e-4):
         self.ratios = list(ratios)
-        self.model = model
+        self.model, self.tolerance = model, tolerance  # tolerance: of a float knob, as in match_macs
         self._found: dict[tuple, Any] = {}  # (strategy, fixed, ratio) -> MatchedParams: one search each
 
     def check(self, grids: list[str], strategy_seeds: list[int] | None = None) -> None:
@@ -96,7 +96,7 @@ class Matcher:
                 raise RuntimeError("Matcher.model is not set: build it with build_model first")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                self._found[key] = match_macs(self.model, strategy, ratio, **fixed)
+                self._found[key] = match_macs(self.model, strategy, ratio, tolerance=self.tolerance, **fixed)
         return self._found[key]
 
     def expand(self, text: str, strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
