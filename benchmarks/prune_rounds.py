@@ -29,6 +29,7 @@ import pruning_bench as pb  # noqa: E402
 from pruning_bench.evaluate import finetune, rounds  # noqa: E402
 from pruning_bench.evaluate.data import loader  # noqa: E402
 from pruning_bench.record.atomic import write_text  # noqa: E402
+from pruning_bench.report.rounds import rounds_markdown  # noqa: E402
 from pruning_bench.saved import compact_copy  # noqa: E402
 
 
@@ -93,7 +94,7 @@ def report(args, records, started) -> str:
                          f"{common.spread([x['parameters'] / 1e6 for x in rows])} | {common.spread([x['gmacs'] for x in rows])} | "
                          f"{common.spread([x['train_images_per_second'] for x in rows])} |")
         lines += ["", f"Per round, seed {runs[0]['seed']} (widths do not depend on the seed: magnitude importance):", "",
-                  rounds.rounds_markdown(runs[0]["rounds"])]
+                  rounds_markdown(runs[0]["rounds"])]
     drops = [r for r in records.rows if r["key"].startswith("drop_")]
     if drops:
         lines += ["## layer_drop, then a short fine-tune of the compact model", "",

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pruning_bench.cli import main
-from pruning_bench.evaluate.rounds import rounds_sections
+from pruning_bench.report.rounds import rounds_sections
 from pruning_bench.evaluate.synthetic import write_colour_webdataset
 
 
@@ -38,6 +38,9 @@ def test_two_rounds_compound_and_fill_the_round_table(tmp_path):
     assert second["train_loss"] != first["train_loss"]
     table = rounds_sections(files)
     assert "| 2 |" in table and "1 1 | 94 94 |" in table and "0.67 / 0.51" in table
+    assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "report" / "cmp"), "--no-plot"]) == 0
+    report = (tmp_path / "report" / "cmp.md").read_text()
+    assert "## Prune and fine-tune rounds" in report and table.split("\n", 2)[2] in report  # the same table, in the report
 
 
 def test_rounds_need_a_structured_strategy(tmp_path, capsys):

@@ -176,7 +176,7 @@ def token_schedule_markdown(records: list[dict]) -> str:
     return shown.reset_index().to_markdown(index=False, disable_numparse=True)
 
 
-def _record(path) -> dict | None:
+def read_record(path) -> dict | None:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -217,4 +217,4 @@ def layer_markdown(records: Iterable[dict]) -> str:
 def layer_sections(frame: pd.DataFrame) -> str:
     """`layer_markdown` for the result files behind a comparison table (its `file` column)."""
     files = list(dict.fromkeys(frame["file"].dropna())) if "file" in frame else []
-    return layer_markdown(_record(f) for f in files)
+    return layer_markdown(read_record(f) for f in files)

@@ -16,6 +16,7 @@ from .aggregate import aggregate
 from .compare import __doc__ as DEFINITIONS
 from .layers import layer_sections
 from .plots import write_plots
+from .rounds import rounds_sections
 from .uncertainty import __doc__ as UNCERTAINTY
 
 MARKDOWN_COLUMNS = [
@@ -173,6 +174,9 @@ def markdown(table: pd.DataFrame, title: str, configs: pd.DataFrame | None = Non
     layers = layer_sections(table)
     if layers:
         lines += ["", layers.rstrip()]
+    rounds = rounds_sections(table["file"].dropna()) if "file" in table else ""
+    if rounds:
+        lines += ["", rounds.rstrip()]
     lines += ["", "## Definitions", "", DEFINITIONS.strip(), "", UNCERTAINTY.strip(), ""]
     lines += ["Measured settings per run (batch size, dtype, device, threads, tokens per layer, every timing) are "
               "in the CSV.", ""]
