@@ -69,8 +69,9 @@ def add_parser(subparsers):
     task.add_argument("--warmup_steps", type=int, default=2,
                       help="finetune: first training steps left out of the per-step timing summary (kept in the file)")
     task.add_argument("--save_model", default=None, metavar="PATH",
-                      help="write the model as evaluated (sliced, fine-tuned) to PATH (safetensors + architecture); "
-                           "load it again with --pretrained PATH")
+                      help="write the model as evaluated (sliced, fine-tuned) to PATH (safetensors + architecture; "
+                           "timm, or open_clip:NAME with its text tower); load it again with --pretrained PATH, here "
+                           "or, for open_clip, in clip_benchmark eval --model NAME --pretrained PATH")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output", default=DEFAULT_OUTPUT,

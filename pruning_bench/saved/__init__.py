@@ -5,7 +5,8 @@ architecture needed to rebuild it in a fresh process (`common.py`). What that ar
 how a model is rebuilt belongs to its family, one module each: `timm_vit.py` (timm
 VisionTransformer) and `open_clip_model.py` (open_clip CLIP, text tower included). Loading builds
 the model, shrinks each block with the slicing functions structured pruning uses, and loads the
-weights strictly; saving checks that the rebuilt model gives bit-identical outputs.
+weights strictly; saving checks that the rebuilt model gives bit-identical outputs. (Bit-identical on
+the same kind of machine with the same torch thread count: CPU kernels split their sums by thread.)
 
 A model saved while a token strategy (ToMe, ...) is still patched in is saved as its plain compact
 weights: a token strategy holds no weights and changes no shape. It is recorded in the metadata
