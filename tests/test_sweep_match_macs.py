@@ -7,6 +7,7 @@ what the sweep plans with `pb.match_macs` run directly on an independently built
 import json
 import re
 import shlex
+import subprocess
 import warnings
 
 import pytest
@@ -74,11 +75,17 @@ def test_dry_run_lists_one_point_per_entry_and_ratio_with_match_macs_values(tmp_
 
 
 def test_planned_commands_carry_the_target_and_read_back_as_the_same_point(tmp_path):
+    fake = tmp_path / "bin" / "pruning-bench"  # prints what a driver would read from its environment
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s" "${record.MATCH_ENV}"\n')
+    fake.chmod(0o755)
     matcher = sweep_match.Matcher([0.7], model=same_model())
     points = sweep.expand_grids(["tome prop_attn=true,false"], matcher=matcher, baseline=False)
     assert [dict(p.params) for p in points] == [{"prop_attn": True, "r": points[0].match["value"]},
                                                 {"prop_attn": False, "r": points[1].match["value"]}]
-    for run in sweep.plan(points, eval_args(tmp_path), executable="pruning-bench"):
+    for run in sweep.plan(points, eval_args(tmp_path), executable=str(fake)):
+        seen = subprocess.run(["bash", "-c", run.shell], capture_output=True, text=True, check=True).stdout
+        assert json.loads(seen) == run.point.match  # the emitted shell line hands the target to the driver
         words = shlex.split(run.shell)
         assert words[0] == "env" and words[1].startswith(record.MATCH_ENV + "=")
         carried = json.loads(words[1].split("=", 1)[1])

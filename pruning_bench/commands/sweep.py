@@ -14,8 +14,8 @@ EXAMPLES = """examples:
   pruning-bench sweep --executable pruning-bench --grid "tome r=8" --grid "random_drop keep=98" \
       --seeds 0,1,2 --strategy_seeds 0,1 -- --model vit_tiny_patch16_224 --dataset wds/cifar10 \
       --dataset_root ../shared/data/wds_cifar10 --task finetune --train_samples 512 --test_samples 256
-  pruning-bench sweep --executable pruning-bench --match_macs 0.8,0.6 --grid "tome" --grid "cls_topk start_layer=1" \
-      --grid "evit prune_layers=[3,6,9]" --dry_run -- --model reference --dataset wds/cifar10 \
+  pruning-bench sweep --executable pruning-bench --match_macs 0.8,0.6 --grid "tome" --grid "cls_topk start_layer=1" \\
+      --grid "evit prune_layers=[3,6,9]" --dry_run -- --model reference --dataset wds/cifar10 \\
       --dataset_root ../shared/data/wds_cifar10 --task probe
 
 Each point is `clip_benchmark eval EVAL_ARGS --enable_pruning --prune_strategy NAME --prune_param K=V ...
@@ -25,10 +25,11 @@ re-run), so an interrupted sweep resumes where it stopped; emitted commands carr
 SIGINT, SIGTERM and SIGHUP stop the running point too; a point another sweep is running (its
 RESULT.lock names a live process) is left to it. With --seeds, each point runs once per seed (`--seed S`,
 `_seedS` or `{seed}` in the result name); --strategy_seeds sweeps the `seed` parameter of strategies
-that take one. With --match_macs R1,R2,..., each grid entry's compute knob (`pruning-bench strategies`
-names it) is set, per target ratio R, to the value whose MACs / unpruned MACs come closest to R on the model
-the points evaluate (`pb.match_macs`); the entry's other keys stay fixed, and the result records
-`pruning.match` {target_ratio, achieved_ratio, knob, value}.
+that take one. With --match_macs R1,R2,..., each grid entry's compute knob (the strategy's `compute_knob`:
+r for tome, keep for cls_topk, keep_rate with prune_layers, ...) is set, per target ratio R, to the value
+whose MACs / unpruned MACs come closest to R on the model the points evaluate (`pb.match_macs`); the entry's
+other keys stay fixed (a list value is written [3,6,9]), and the result records `pruning.match`
+{target_ratio, achieved_ratio, knob, value}.
 """
 
 
