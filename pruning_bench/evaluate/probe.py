@@ -30,7 +30,10 @@ class LinearProbe:
     holdout_acc1: dict[float, float] | None
 
     def logits(self, features: torch.Tensor) -> np.ndarray:
-        return self.classifier.decision_function(self.scaler.transform(_numpy(features)))
+        """(n, classes) scores. With two classes sklearn gives one score s for the second class; [0, s]
+        has the same softmax (sigmoid(s)) and argmax, so every caller sees one column per class."""
+        scores = self.classifier.decision_function(self.scaler.transform(_numpy(features)))
+        return np.stack([np.zeros_like(scores), scores], axis=1) if scores.ndim == 1 else scores
 
     def predict(self, features: torch.Tensor) -> np.ndarray:
         return self.classifier.classes_[np.argmax(self.logits(features), axis=1)]
