@@ -50,3 +50,14 @@ def test_raise_refuses_before_any_token_merges():
 def test_bad_on_short_match_is_refused():
     with pytest.raises(ValueError, match="on_short_match"):
         pb.prune(tiny_timm(), "tome", r=2, on_short_match="grow")
+
+
+def test_a_cap_in_the_last_block_only_leaves_the_macs_as_asked(monkeypatch):
+    import pruning_bench.strategies.tome_cap as cap
+
+    class Asked:  # last block short by one merge: the tokens entering every block are those asked
+        name, params = "tome", {"r": 4, "match_fraction": 0.4, "on_short_match": "cap"}
+
+    monkeypatch.setattr(cap, "merge_schedule", lambda *a: ([4, 4, 4], [4, 4, 3]))
+    note = cap.short_match_note(Asked(), 65, 1, 3)
+    assert "(+0.0%)" in note and "MACs are those of the schedule asked" in note and "rise" not in note

@@ -50,4 +50,6 @@ def short_match_note(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> s
         n, m = n - d, m - a
     return (f"{why}: merges clamped in block(s) {short}: done {done} vs asked {asked} per block "
             f"({sum(done)} of {sum(asked)}); tokens summed over the blocks {kept} instead of {wanted} "
-            f"({100 * (kept / wanted - 1):+.1f}%), so MACs rise above those of the schedule asked")
+            f"({100 * (kept / wanted - 1):+.1f}%), " + ("so MACs rise above those of the schedule asked" if kept > wanted
+                                                         else "so MACs are those of the schedule asked (only the "
+                                                              "tokens leaving the last block differ)"))
