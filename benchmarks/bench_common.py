@@ -71,3 +71,14 @@ def header(title: str, started: float, sizes: str) -> list[str]:
             f"load average at writing {load[0]:.1f} (the cores are shared, so absolute times are slow and noisy).",
             f"Wall time of this run so far: {(time.time() - started) / 60:.1f} min (resumed runs count only their own part).",
             "", f"Sizes: {sizes}", ""]
+
+
+def previous_header(md: Path) -> list[str] | None:
+    """The command / machine / wall-time lines of a report already written (None when there is none), so a
+    report re-rendered from its records (`--table_only`) keeps the facts of the run that measured them."""
+    if not md.is_file():
+        return None
+    lines = md.read_text().splitlines()
+    end = next((i for i, line in enumerate(lines) if line.startswith("Sizes: ")), None)
+    return None if end is None else lines[:end]
+
