@@ -93,7 +93,8 @@ def report(args, records, started) -> str:
             lines.append(f"| {number} | {common.spread([x['acc1'] * 100 for x in rows])} | "
                          f"{common.spread([x['parameters'] / 1e6 for x in rows])} | {common.spread([x['gmacs'] for x in rows])} | "
                          f"{common.spread([x['train_images_per_second'] for x in rows])} |")
-        lines += ["", f"Per round, seed {runs[0]['seed']} (widths do not depend on the seed: magnitude importance):", "",
+        lines += ["", f"Per round, seed {runs[0]['seed']} (round 1 ranks the pretrained weights by magnitude, the same for "
+                      "every seed; later rounds rank the fine-tuned weights, which depend on it):", "",
                   rounds_markdown(runs[0]["rounds"])]
     drops = [r for r in records.rows if r["key"].startswith("drop_")]
     if drops:
