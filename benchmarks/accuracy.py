@@ -250,6 +250,11 @@ def done_ids(path: Path) -> dict[str, dict]:
 # ---------------------------------------------------------------- table
 
 
+def params_text(params: dict) -> str:
+    """`k=v, ...` with searched float knobs shown to 4 decimals (the record keeps them exact)."""
+    return ", ".join(f"{k}={round(v, 4) if isinstance(v, float) else v}" for k, v in params.items())
+
+
 def table(records: list[dict]) -> pd.DataFrame:
     base = next(r for r in records if r["id"] == "baseline")
     rows = []
@@ -259,7 +264,7 @@ def table(records: list[dict]) -> pd.DataFrame:
         half, method = delta_interval(r, base, n) if r["id"] != "baseline" and n else (math.nan, "")
         rows.append({
             "group": r["group"], "strategy": r["strategy"], "variant": r.get("variant") or "",
-            "params": ", ".join(f"{k}={v}" for k, v in r["params"].items()),
+            "params": params_text(r["params"]),
             "start_layer": r["start_layer"], "budget": r["budget"],
             "gmacs": r["gmacs"], "macs_ratio": r["gmacs"] / base["gmacs"],
             "acc1": c["acc1"], "acc1_delta": c["acc1"] - c["acc1_unpruned"], "acc1_delta_ci95": half,
@@ -435,7 +440,7 @@ def rebuild_table(out: Path) -> None:
     if out.with_suffix(".csv").is_file():  # keep the order of the table being rebuilt (the plan's)
         old_rows = pd.read_csv(out.with_suffix(".csv")).astype(object).fillna("")
         order = {(g, s_, p): i for i, (g, s_, p) in enumerate(zip(old_rows["group"], old_rows["strategy"], old_rows["params"]))}
-        key = lambda r: order.get((r["group"], r["strategy"], ", ".join(f"{k}={v}" for k, v in r["params"].items())), len(order))
+        key = lambda r: order.get((r["group"], r["strategy"], params_text(r["params"])), len(order))
         records.sort(key=key)
     old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else "# Accuracy\n\n"
     header = old.split("- Uncertainty (")[0].split("\n## ")[0].rstrip("\n") + "\n"
