@@ -76,11 +76,43 @@ def layer_drop(args, importance, selection, seed, train, test) -> dict:
             "train_images_per_second": outcome.timing()["train_images_per_second"]}
 
 
-def report(args, records, started) -> str:
+def reading(args, records) -> list[str]:
+    """What the tables say, computed from them: scopes compared round by round, and layer selections that
+    came out the same (their rows are then the same runs)."""
+    lines = ["## Reading", "",
+             "- Every round fine-tunes one more epoch on the same images, so a later round's accuracy includes more "
+             "training as well as more pruning: compare the scopes round by round, not the rounds with each other."]
+    for number in range(1, args.rounds + 1):
+        cells = []
+        for scope in ("global", "layerwise"):
+            acc = [r["rounds"][number - 1]["acc1"] * 100 for r in records.rows
+                   if r["key"].startswith(f"heads_{scope}_") and len(r["rounds"]) >= number]
+            if acc:
+                cells.append(f"{scope} {common.spread(acc)}")
+        if len(cells) == 2:
+            lines.append(f"- Round {number}: {'; '.join(cells)} (acc1 %).")
+    drops = [r for r in records.rows if r["key"].startswith("drop_")]
+    kept: dict[tuple, list[str]] = {}
+    for importance in args.importances:
+        for selection in ("topk", "distributed"):
+            runs = sorted((r for r in drops if r["importance"] == importance and r["selection"] == selection),
+                          key=lambda r: r["seed"])
+            if runs:
+                kept.setdefault((selection, tuple(tuple(r["layers_kept"]) for r in runs)), []).append(importance)
+    for (selection, _), names in kept.items():
+        if len(names) > 1:
+            lines.append(f"- {selection}: {' and '.join(names)} score the blocks differently but keep the same blocks "
+                         "for every seed, so their rows are the same fine-tunes.")
+    return lines + [""]
+
+
+def report(args, records, started, kept_header: list[str] | None = None) -> str:
     sizes = (f"{args.model} at {args.img_size} px; {args.train} CIFAR-10 training images per fine-tune (1 epoch, "
              f"batch {args.batch_size}, AdamW lr {args.lr}), {args.test} test images, seeds {args.seeds}; "
              f"layer_drop keeps {args.keep_layers} blocks scored on {args.calibration} calibration images.")
     lines = common.header("Prune + fine-tune rounds; layer selection + fine-tune", started, sizes)
+    if kept_header:
+        lines = kept_header + lines[lines.index(f"Sizes: {sizes}"):]
     lines += ["## head_prune 0.3 heads / 0.3 MLP per round (compounding), global vs layer-wise", ""]
     for scope in ("global", "layerwise"):
         runs = [r for r in records.rows if r["key"].startswith(f"heads_{scope}_")]
@@ -108,7 +140,7 @@ def report(args, records, started) -> str:
                     lines.append(f"| {importance} | {selection} | {rows[0]['layers_kept']} | "
                                  f"{common.spread([x['acc1'] * 100 for x in rows])} | {common.spread([x['gmacs'] for x in rows])} | "
                                  f"{common.spread([x['parameters'] / 1e6 for x in rows])} |")
-    lines += ["", f"Runs done: {len(records.rows)}.", ""]
+    lines += [""] + reading(args, records) + [f"Runs done: {len(records.rows)}.", ""]
     return "\n".join(lines)
 
 
@@ -128,10 +160,15 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="reports/prune_rounds")
+    parser.add_argument("--table_only", action="store_true",
+                        help="re-render <out>.md from <out>.jsonl, keeping the header of the run that measured them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started, out = time.time(), Path(args.out)
     records = common.Records(out)
+    if args.table_only:
+        return write_text(out.with_suffix(".md"), report(args, records, started,
+                                                         common.previous_header(out.with_suffix(".md"))))
     train, test = common.cifar("train", args.train), common.cifar("test", args.test)
     for seed in args.seeds:
         for scope in ("global", "layerwise"):
