@@ -241,3 +241,24 @@ def test_clip_benchmark_evaluates_a_saved_open_clip_model(monkeypatch, tmp_path,
         with pytest.raises(SystemExit):
             clip_benchmark_eval(monkeypatch, dataset, out, model_name, str(path))
         assert message in capsys.readouterr().err
+
+
+def test_clip_benchmark_saves_the_pruned_model_it_evaluated(monkeypatch, tmp_path, name, capsys):
+    dataset = str(tiny.write_webdataset(tmp_path / "cls"))
+    out, saved = tmp_path / "out", tmp_path / "models" / "heads.safetensors"
+    clip_benchmark_eval(monkeypatch, dataset, out / "pruned", name, "", "--enable_pruning",
+                        "--prune_strategy", "head_prune", "--prune_param", "head_ratio=0.5",
+                        "--prune_param", "mlp_ratio=0.25", "--prune_save_model", str(saved))
+    (pruned,) = [json.loads(p.read_text()) for p in (out / "pruned").glob("*.json")]
+    assert pruned["saved_model"]["path"] == str(saved) and saved.is_file()  # its folder was created first
+    original = [b.attn.num_heads for b in tiny_clip(name).visual.transformer.resblocks]
+    assert pruned["saved_model"]["heads_per_block"] == [h - h // 2 for h in original]  # half the heads, per block
+    assert pruned["saved_model"]["token_strategy_not_saved"] is None
+    clip_benchmark_eval(monkeypatch, dataset, out / "reloaded", name, str(saved))
+    (reloaded,) = [json.loads(p.read_text()) for p in (out / "reloaded").glob("*.json")]
+    assert reloaded["metrics"] == pruned["metrics"]  # the saved model evaluates exactly as the pruned one did
+    for extra, message in ((["--prune_save_model", str(saved)], "without --enable_pruning"),
+                           (["--enable_pruning", "--prune_save_model", str(tmp_path / "m.pt")], "must end in .safetensors")):
+        with pytest.raises(SystemExit):
+            clip_benchmark_eval(monkeypatch, dataset, out / "bad", name, "", *extra)
+        assert message in capsys.readouterr().err

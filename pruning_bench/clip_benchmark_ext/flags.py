@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where --extract_attention saves (torch.save); default: the result JSON's name with .attention.pt")
     group.add_argument("--attention_images", type=int, default=8, metavar="N",
                        help="how many of the first evaluation images --extract_attention keeps (default 8)")
+    group.add_argument("--prune_save_model", default=None, metavar="PATH",
+                       help="after the evaluation, save the pruned open_clip model (pb.save_pruned, safetensors); "
+                            "load it again with --pretrained PATH")
 
 
 def _strategy_names() -> str:
@@ -96,6 +99,7 @@ class PruningConfig:
     attention_output: str | None = None
     attention_images: int = 8
     calibration_images: int = 0  # > 0: the strategy needs calibration images, which the runner supplies
+    save_model: str | None = None  # --prune_save_model: where the pruned model is saved after the evaluation
 
     @property
     def active(self) -> bool:
@@ -121,6 +125,13 @@ def resolve(args: argparse.Namespace) -> PruningConfig:
         raise ValueError("--attention_output given without --extract_attention")
     if getattr(args, "attention_images", 8) < 1:
         raise ValueError(f"--attention_images={args.attention_images} must be at least 1")
+    save_model = getattr(args, "prune_save_model", None)
+    if save_model is not None and not enabled:
+        raise ValueError("--prune_save_model given without --enable_pruning")
+    if save_model is not None and getattr(args, "model_type", "open_clip") != "open_clip":
+        raise ValueError(f"--prune_save_model saves open_clip models; got --model_type {args.model_type}")
+    if save_model is not None and not str(save_model).endswith(".safetensors"):
+        raise ValueError(f"--prune_save_model {save_model!r} must end in .safetensors (the format it writes)")
     if getattr(args, "throughput_repeats", 3) < 1:
         raise ValueError(f"--throughput_repeats={args.throughput_repeats} must be at least 1")
     config = PruningConfig(
@@ -130,6 +141,7 @@ def resolve(args: argparse.Namespace) -> PruningConfig:
         extract_attention=bool(getattr(args, "extract_attention", False)),
         attention_output=getattr(args, "attention_output", None),
         attention_images=getattr(args, "attention_images", 8),
+        save_model=save_model,
     )
     if enabled:
         config.strategy = strategy or DEFAULT_STRATEGY

@@ -117,6 +117,7 @@ class PruningSession:
         self.efficiency: dict[str, Any] | None = None
         self.attention: dict[str, Any] | None = None
         self.feature_cache: str | None = None
+        self.saved_model: dict[str, Any] | None = None
 
     # -- model loading
     def load_clip(self, original):
@@ -256,6 +257,24 @@ class PruningSession:
         if self.config.extract_attention:
             self.attention = attention.record_attention(
                 self.model, images[: self.config.attention_images].to(device), self.handle)
+        if self.config.save_model:
+            self._save_model()
+
+    def _save_model(self) -> None:
+        """The pruned model as it was evaluated (`pb.save_pruned`, checked to rebuild bit-identical)."""
+        from ..saved import save_pruned
+
+        try:
+            architecture = save_pruned(self.model, self.config.save_model, model_name=self.args.model)
+        except Exception as exc:  # keep the evaluation's metrics; say why the model was not saved
+            self.saved_model = {"path": self.config.save_model, "error": f"{type(exc).__name__}: {exc}"}
+            print(f"pruning-bench: --prune_save_model {self.config.save_model}: not saved ({type(exc).__name__}: "
+                  f"{exc})", file=sys.stderr)
+            return
+        self.saved_model = {"path": self.config.save_model, "heads_per_block": architecture["heads_per_block"],
+                            "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
+                            "blocks_kept": architecture["blocks_kept"],
+                            "token_strategy_not_saved": architecture["token_strategy"]}
 
     # -- result file
     def pruning_record(self) -> dict[str, Any] | None:
@@ -299,6 +318,8 @@ class PruningSession:
                 "model": self.args.model, "pretrained": self.args.pretrained, "dataset": self.args.dataset,
                 "task": dump.get("task"), "strategy": self.config.strategy, "params": self.config.resolved})
             dump["attention_output"] = path
+        if self.saved_model is not None:
+            dump["saved_model"] = self.saved_model
         return record.complete(dump)
 
 
@@ -339,6 +360,8 @@ def prepare_outputs(args, config, task: str) -> None:
     targets = [("--output", output)]
     if config.extract_attention and config.attention_output:
         targets.append(("--attention_output", config.attention_output))
+    if config.save_model:
+        targets.append(("--prune_save_model", config.save_model))
     for flag, path in targets:
         folder = os.path.dirname(os.path.abspath(path))
         try:
