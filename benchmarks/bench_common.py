@@ -62,7 +62,10 @@ def spread(values) -> str:
     return f"{v.mean():.4g} ± {v.std(ddof=1):.2g} ({v.min():.4g}-{v.max():.4g}, {len(v)} seeds)"
 
 
-def header(title: str, started: float, sizes: str) -> list[str]:
+def header(title: str, started: float, sizes: str, kept: list[str] | None = None) -> list[str]:
+    """The report's opening lines; `kept` (from `previous_header`) replaces those before the sizes."""
+    if kept:
+        return kept + [f"Sizes: {sizes}", ""]
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     return [f"# {title}", "", "```bash", command, "```", "",

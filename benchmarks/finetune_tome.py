@@ -65,9 +65,7 @@ def report(args, records, started, kept_header: list[str] | None = None) -> str:
     sizes = (f"{args.model} at {args.img_size} px, {args.train} CIFAR-10 training images (1 epoch, batch "
              f"{args.batch_size}, AdamW lr {args.lr}, one-cycle), {args.test} test images, seeds {args.seeds}; "
              f"first {args.warmup_steps} steps excluded from the timing.")
-    lines = common.header("Fine-tuning through ToMe: r x match_fraction", started, sizes)
-    if kept_header:
-        lines = kept_header + lines[lines.index(f"Sizes: {sizes}"):]
+    lines = common.header("Fine-tuning through ToMe: r x match_fraction", started, sizes, kept_header)
     lines += ["| r | match_fraction | acc1 (%) | GMACs | train images/s | merges per block (seed 0) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for r in args.r:

@@ -110,9 +110,7 @@ def report(args, records, started, kept_header: list[str] | None = None) -> str:
     sizes = (f"{args.model} at {args.img_size} px; {args.train} CIFAR-10 training images per fine-tune (1 epoch, "
              f"batch {args.batch_size}, AdamW lr {args.lr}), {args.test} test images, seeds {args.seeds}; "
              f"layer_drop keeps {args.keep_layers} blocks scored on {args.calibration} calibration images.")
-    lines = common.header("Prune + fine-tune rounds; layer selection + fine-tune", started, sizes)
-    if kept_header:
-        lines = kept_header + lines[lines.index(f"Sizes: {sizes}"):]
+    lines = common.header("Prune + fine-tune rounds; layer selection + fine-tune", started, sizes, kept_header)
     lines += ["## head_prune 0.3 heads / 0.3 MLP per round (compounding), global vs layer-wise", ""]
     for scope in ("global", "layerwise"):
         runs = [r for r in records.rows if r["key"].startswith(f"heads_{scope}_")]
