@@ -18,7 +18,7 @@ import torch
 from .measure.analytic import vit_dims
 from .measure.flops import count_flops
 from .registry import get_strategy
-from .strategies.base import check_float
+from .strategies.params import Float, check_float
 
 
 class MatchedParams(dict):
@@ -34,35 +34,19 @@ class MatchedParams(dict):
     evaluated: dict
 
 
-def knob_domain(knob: str, model, params: dict[str, Any]) -> tuple[type, float, float]:
-    """(int or float, lowest, highest) values the search tries for `knob` on `model`."""
+def knob_domain(knob: str, model, params: dict[str, Any], strategy: str | None = None) -> tuple[type, float, float]:
+    """(int or float, lowest, highest) values the search tries for `knob` of `strategy` on `model`, as the
+    strategy declares them (`Strategy.knob_range`)."""
+    cls = get_strategy(strategy)
     dims = vit_dims(model)
-    patches = dims.num_patches()
-    if knob == "keep":
-        return int, 0, patches
-    if knob == "top_m":
-        return int, 0, max(0, patches - int(params.get("k_anchors", 0)))
-    if knob == "r":
-        return int, 0, patches // 2
-    if knob == "keep_layers":
-        return int, 1, dims.depth
-    if knob == "keep_rate":
-        return float, 0.5 / patches, 1.0
-    if knob in ("head_ratio", "mlp_ratio"):
-        return float, 0.0, 1.0 - 1e-6
-    if knob == "dominant":  # visionzip: dominant tokens count the class token
-        return int, 1, max(1, patches + 1 - int(params.get("contextual", 0)))
-    if knob == "ratio":  # pitome: share kept per block; at most half can merge in one bipartite step
-        return float, 0.5, 1.0
-    raise ValueError(f"match_macs: no search range is known for the compute knob {knob!r}")
+    low, high = cls.knob_range(knob, params, dims.num_patches(), dims.depth)
+    kind = float if isinstance(cls.param_spec.get(knob), Float) else int
+    return kind, low, high
 
 
 def compute_knob(strategy: str, fixed: dict[str, Any]) -> str:
     """The parameter `match_macs` searches for `strategy` given the `fixed` ones (ValueError when there is none)."""
-    cls = get_strategy(strategy)
-    knob = getattr(cls, "compute_knob", None)
-    if "prune_layers" in fixed and "keep_rate" in cls.defaults:
-        knob = "keep_rate"
+    knob = get_strategy(strategy).knob_for(fixed)
     if knob is None:
         raise ValueError(f"match_macs: strategy {strategy!r} declares no compute_knob")
     return knob
@@ -86,7 +70,7 @@ def match_macs(model, strategy: str, target_ratio: float, images: torch.Tensor |
     if knob in fixed:
         raise ValueError(f"match_macs: {knob}={fixed[knob]!r} is the knob being searched; leave it out of the fixed parameters")
     cls(**{**fixed, knob: cls.defaults.get(knob) if cls.defaults.get(knob) is not None else 1})  # bad fixed values fail here
-    kind, low, high = knob_domain(knob, model, {**cls.defaults, **fixed})
+    kind, low, high = knob_domain(knob, model, {**cls.defaults, **fixed}, strategy)
     images = _default_image(model) if images is None else images
     baseline = count_flops(model, images).macs
     evaluated: dict[Any, float] = {}

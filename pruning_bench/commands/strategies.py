@@ -3,8 +3,8 @@
 Everything is read from the strategy classes in the registry, so a strategy registered by another
 package (imported through `--import MODULE`, or already imported by a plugin) is listed like the
 built-in ones: the one-line summary is the first line of the class docstring (else of its module's),
-the parameters and defaults are the class's `defaults`, and the ranges its optional `param_help`
-dict (parameter -> "range: meaning").
+and each parameter's default, range and meaning come from the class's `param_spec` (see
+`strategies/base.py`); a strategy that only gives `defaults` and `param_help` is listed from those.
 """
 from __future__ import annotations
 
@@ -26,12 +26,10 @@ def describe(name: str) -> dict:
     from ..registry import get_strategy
 
     cls = get_strategy(name)
-    help_ = {}
-    for klass in reversed(cls.__mro__):  # a subclass's declaration wins over its base's
-        help_.update(klass.__dict__.get("param_help") or {})
+    spec = getattr(cls, "param_spec", {}) or {}
     return {
         "name": name, "kind": getattr(cls, "kind", "?"), "summary": summary(cls),
-        "parameters": [{"name": k, "default": v, "range": help_.get(k, "(range not declared)")}
+        "parameters": [{"name": k, "default": v, "range": spec[k].describe() if k in spec else "(range not declared)"}
                        for k, v in (getattr(cls, "defaults", {}) or {}).items()],
     }
 

@@ -13,7 +13,19 @@ from __future__ import annotations
 
 from ..patches.structured import block_widths, parameter_count
 
-STRUCTURED = ("head_prune", "layer_drop")
+
+
+def iterable(strategy: str) -> bool:
+    """Whether `strategy` can be iterated over rounds: a structured one (its kind, as it declares it)."""
+    from ..registry import get_strategy
+
+    return get_strategy(strategy).kind == "structured"
+
+
+def structured_names() -> list[str]:
+    from ..registry import get_strategy, list_strategies
+
+    return [name for name in list_strategies() if get_strategy(name).kind == "structured"]
 
 
 def widths(model) -> tuple[list[int], list[int]]:

@@ -276,9 +276,10 @@ def _finetune(args, config, loaded, test, train, calibration):
     model = loaded.model
     num_classes = len(test.classnames) if test.classnames else int(max(train.labels.max(), test.labels.max())) + 1
     n_rounds = getattr(args, "rounds", 1) or 1
-    if n_rounds > 1 and (not config.enabled or config.strategy not in rounds.STRUCTURED):
-        raise EvalError(f"--rounds={n_rounds} prunes again from each round's weights; it needs --prune_strategy "
-                        f"{' or '.join(rounds.STRUCTURED)}, got {config.strategy if config.enabled else 'no pruning'}")
+    if n_rounds > 1 and (not config.enabled or not rounds.iterable(config.strategy)):
+        raise EvalError(f"--rounds={n_rounds} prunes again from each round's weights; it needs a structured "
+                        f"--prune_strategy ({' or '.join(rounds.structured_names())}), "
+                        f"got {config.strategy if config.enabled else 'no pruning'}")
     finetune.new_head(model, num_classes, args.seed)
     original = rounds.widths(model) if n_rounds > 1 else None
     rows = []

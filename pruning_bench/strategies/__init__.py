@@ -1,13 +1,13 @@
-"""Built-in strategies; importing this package registers them."""
+"""Built-in strategies; importing this package registers them.
+
+Every module of the package is imported, so a new strategy module registers itself (through
+`@register_strategy`) without a list to keep up to date; modules without a strategy (base, params,
+shared pieces) import harmlessly.
+"""
+import pkgutil
 from importlib import import_module
 
-_BUILTIN = ("anchor_diversity", "tome", "cls_topk", "random_drop", "head_prune", "layer_drop")
-_BUILTIN += ("evit", "dpc_knn", "kmedoids")  # EViT and the clustering reductions of Haurum et al.
-_BUILTIN += ("pitome", "tofu", "mctf", "visionzip")  # published training-free token reductions
+MODULES = tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
 
-for _name in _BUILTIN:
-    try:
-        import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as exc:  # a strategy module not written yet must not break the others
-        if exc.name != f"{__name__}.{_name}":
-            raise
+for _name in MODULES:
+    import_module(f"{__name__}.{_name}")

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_strategy
-from .base import AttentionProbe, check_choice, check_float, check_int
+from .base import AttentionProbe
+from .params import Choice, Float, Int
 from .cls_topk import topk_by_cls_attention
-from .prune_once import PruneOnceStrategy
+from .prune_once import MULTI_STAGE, START_LAYER, PruneOnceStrategy
 
 
 def _minmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -75,25 +76,27 @@ def select_anchor_diversity(x, probe, n_prefix: int, k_anchors: int, top_m: int,
 
 @register_strategy("anchor_diversity")
 class AnchorDiversity(PruneOnceStrategy):
-    param_help = {"k_anchors": "int >= 1: anchors the class token attends to most",
-                  "top_m": "int >= 0: tokens kept beyond the anchors, by importance and diversity",
-                  "alpha": "float in [0, 1]: weight of importance (1) against diversity (0)",
-                  "importance_direction": "anchor_to_token | token_to_anchor: which attention reads importance"}
-    defaults = {"k_anchors": 10, "top_m": 50, "alpha": 0.5, "start_layer": 1, "importance_direction": DIRECTIONS[0],
-                "prune_layers": None, "keep_rate": None}
+    param_spec = {
+        "k_anchors": Int(10, "anchors: the patch tokens the class token attends to most", low=1),
+        "top_m": Int(50, "tokens kept beyond the anchors, by importance and diversity (one-stage form)", low=0),
+        "alpha": Float(0.5, "weight of importance (1) against diversity (0)", low=0.0, high=1.0),
+        "start_layer": START_LAYER,
+        "importance_direction": Choice(DIRECTIONS[0], "which attention reads importance", choices=DIRECTIONS),
+        **MULTI_STAGE,
+    }
     needs_class_token = True
     budget_params = ("top_m",)
     compute_knob = "top_m"
     example_params = {"k_anchors": 4, "prune_layers": [1, 2], "keep_rate": 0.5}
 
     def _check(self):
-        p = self.params
-        p["k_anchors"] = check_int("k_anchors", p["k_anchors"], 1, None, self.name)
-        p["alpha"] = check_float("alpha", p["alpha"], 0.0, 1.0, owner=self.name)
-        p["importance_direction"] = check_choice("importance_direction", p["importance_direction"], DIRECTIONS, self.name)
         self._check_start_layer()
-        if not self.multi_stage:
-            p["top_m"] = check_int("top_m", p["top_m"], 0, None, self.name)
+
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        if knob == "top_m":  # the anchors take their share of the patch tokens first
+            return 0, max(0, patches - int(params.get("k_anchors") or 0))
+        return super().knob_range(knob, params, patches, depth)
 
     def budget(self):
         return self.params["k_anchors"] + self.params["top_m"]

@@ -13,13 +13,51 @@ from typing import Any, Callable
 
 import torch
 
+from .params import (MAX_SEED, Bool, Blocks, Calibration, Choice, Custom, Float, Int, Param,  # noqa: F401
+                     check_bool, check_calibration, check_choice, check_float, check_int, check_int_or_list,
+                     check_layers, seed_param, spec_from_legacy)
+
 
 class Strategy(abc.ABC):
-    """A configured strategy. Subclasses declare `defaults` and validate in `_check`."""
+    """A configured strategy: `Strategy(**params)` checks the parameters; `self.params` holds them, resolved.
+
+    The contract every strategy declares, on its class:
+
+    - `param_spec`: name -> `Param` (`strategies/params.py`), in the order they are listed, for EVERY
+      parameter: its default, its range and a one-line meaning, e.g.
+      `Int(8, "tokens merged in each block", low=0, per_block=True)`,
+      `Float(0.7, "share of patch tokens kept", low=0.0, high=1.0, low_open=True)`, `Bool`,
+      `Choice(..., choices=(...))`, `Blocks` (block index lists), `Calibration`, `seed_param()`, and
+      `Custom(text=..., checker=...)` for anything else; `optional=True` also accepts None. Shared
+      declarations are reused with `spec.with_default(value)`. `__init__` checks every value against
+      its declaration (the error names the parameter, the value and the range), then calls `_check`
+      for the rules that tie parameters together. `pruning-bench strategies` and the docs print the
+      same declaration, so a range is written once. `defaults` ({name: default}) is derived from it.
+      A class that still writes `defaults` (and `param_help`) by hand keeps working: its parameters
+      are then undeclared (listed as "range not declared" and checked only by its `_check`), which
+      the tests refuse for built-in strategies.
+    - `kind`: "token" (reduces tokens inside blocks) or "structured" (removes heads, neurons or blocks;
+      these can be iterated with `--rounds`).
+    - `compute_knob`: the parameter `pb.match_macs` searches to reach a MAC budget (None: none).
+      `knob_for(fixed)` may pick another one given the fixed parameters; `knob_range(knob, params,
+      patches, depth)` gives the values worth searching on a model (by default the knob's declared
+      range, which must then be finite). An `Int(..., per_block=True)` knob is refined block by block.
+    - `example_params`: parameters that visibly reduce on the tiny 4-block test models (the contract
+      tests run every registered strategy with them).
+    - `keep_all_params`: parameters that keep everything (an exact no-op with a warning), or None when
+      the strategy has no such budget.
+
+    A new built-in strategy is one module in `pruning_bench/strategies/` with a class decorated by
+    `@register_strategy("name")`; importing the package finds it (there is no list to edit).
+    """
 
     name: str = "?"
     kind: str = "token"  # "token" or "structured"
+    param_spec: dict[str, Param] = {}
     defaults: dict[str, Any] = {}
+    compute_knob: str | None = None
+    example_params: dict[str, Any]  # declared by every concrete strategy (see above)
+    keep_all_params: dict[str, Any] | None
 
     def __init__(self, **params):
         unknown = sorted(set(params) - set(self.defaults))
@@ -29,10 +67,10 @@ class Strategy(abc.ABC):
                 f"accepted: {', '.join(sorted(self.defaults)) or 'none'}"
             )
         self.params = {**self.defaults, **params}
-        if "seed" in self.defaults:  # torch generators take seeds below 2**63; larger ones fail at the first forward
-            self.params["seed"] = check_int("seed", self.params["seed"], 0, MAX_SEED, self.name)
-        if "calibration" in self.defaults and self.params["calibration"] is not None:
-            self.params["calibration"] = CalibrationBatches(check_calibration(self.params["calibration"], self.name))
+        for key, spec in self.param_spec.items():
+            self.params[key] = spec.check(key, self.params[key], self.name)
+            if isinstance(spec, Calibration) and self.params[key] is not None:
+                self.params[key] = CalibrationBatches(self.params[key])
         self._check()
 
     def __init_subclass__(cls, **kwargs):
@@ -40,9 +78,43 @@ class Strategy(abc.ABC):
         for name in ("attach", "plan"):  # the methods that run the model on calibration batches
             if name in cls.__dict__:
                 setattr(cls, name, _naming_calibration_failures(cls.__dict__[name]))
+        own = cls.__dict__
+        if "param_spec" in own:
+            cls.defaults = {name: spec.default for name, spec in cls.param_spec.items()}
+        elif "defaults" in own:  # a strategy written before `param_spec`: keep it working
+            cls.param_spec = spec_from_legacy(cls, cls.defaults, cls.param_spec)
 
-    def _check(self) -> None:  # pragma: no cover - overridden
-        pass
+    def _check(self) -> None:
+        """Rules between parameters (each value alone is already checked against `param_spec`)."""
+
+    @classmethod
+    def undeclared_params(cls) -> list[str]:
+        """Parameters without a declared range and meaning (a built-in strategy must have none)."""
+        return [name for name, spec in cls.param_spec.items() if not spec.declared]
+
+    @classmethod
+    def knob_for(cls, fixed: dict[str, Any]) -> str | None:
+        """The parameter `match_macs` searches when the parameters `fixed` are given."""
+        return cls.compute_knob
+
+    @classmethod
+    def knob_range(cls, knob: str, params: dict[str, Any], patches: int, depth: int) -> tuple[float, float]:
+        """(lowest, highest) value of `knob` worth searching on a model with `patches` patch tokens and
+        `depth` blocks, the other parameters being `params`. Default: the knob's declared range (an open
+        float end moved inside by 1e-6)."""
+        spec = cls.param_spec.get(knob)
+        low, high = getattr(spec, "low", None), getattr(spec, "high", None)
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"match_macs: {cls.name} declares no finite search range for its compute knob "
+                             f"{knob!r} (it should override knob_range)")
+        if isinstance(spec, Float):
+            return low + 1e-6 * spec.low_open, high - 1e-6 * spec.high_open
+        return low, high
+
+    @classmethod
+    def per_block_knob(cls, knob: str) -> bool:
+        """Whether `knob` also takes one value per block (then `match_macs` refines it block by block)."""
+        return bool(getattr(cls.param_spec.get(knob), "per_block", False))
 
     def resolved_params(self) -> dict[str, Any]:
         """Every parameter with its value, defaults included (what a result file records)."""
@@ -58,20 +130,7 @@ class Strategy(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
-# ---------------------------------------------------------------- parameter checks
-
-MAX_SEED = 2**63 - 1
-
-
-def check_calibration(value, owner: str = ""):
-    """`calibration` must be an iterable of image batches; an int, a string or a single image is not."""
-    where = f"{owner}: " if owner else ""
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__") or (
-            isinstance(value, torch.Tensor) and value.ndim != 5):
-        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
-        raise ValueError(f"{where}calibration must be an iterable of image batches (tensors (B, C, H, W)), "
-                         f"got {type(value).__name__}{shape} {str(value)[:40] if not shape else ''}".rstrip())
-    return value
+# ---------------------------------------------------------------- calibration
 
 
 class CalibrationBatches:
@@ -117,61 +176,6 @@ def _naming_calibration_failures(attach):
                              f"{type(exc).__name__}: {exc}") from exc
 
     return wrapper
-
-def check_int(name: str, value, low: int | None = 0, high: int | None = None, owner: str = "") -> int:
-    where = f"{owner}: " if owner else ""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-        isinstance(value, float) and value.is_integer()
-    ):
-        raise ValueError(f"{where}{name} must be an integer, got {value!r}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{where}{name}={value} is out of range {_range(low, high)}")
-    return value
-
-
-def check_int_or_list(name: str, value, low: int | None = 0, owner: str = ""):
-    """An integer, or one integer per block (a list), each checked like `check_int`."""
-    if isinstance(value, (list, tuple)):
-        return [check_int(f"{name}[{i}]", v, low, None, owner) for i, v in enumerate(value)]
-    return check_int(name, value, low, None, owner)
-
-
-def check_float(name: str, value, low: float, high: float, *, low_open=False, high_open=False, owner="") -> float:
-    where = f"{owner}: " if owner else ""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}{name} must be a number, got {value!r}")
-    value = float(value)
-    bad = (
-        math.isnan(value)
-        or (value <= low if low_open else value < low)
-        or (value >= high if high_open else value > high)
-    )
-    if bad:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"{where}{name}={value} is out of range {lo}{low}, {high}{hi}")
-    return value
-
-
-def check_choice(name: str, value, choices, owner="") -> str:
-    if value not in choices:
-        where = f"{owner}: " if owner else ""
-        raise ValueError(f"{where}{name}={value!r} is not one of {', '.join(map(str, choices))}")
-    return value
-
-
-def check_bool(name: str, value, owner="") -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
-        return value.lower() in {"true", "1", "yes"}
-    where = f"{owner}: " if owner else ""
-    raise ValueError(f"{where}{name} must be a boolean, got {value!r}")
-
-
-def _range(low, high) -> str:
-    return f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-
 
 # ---------------------------------------------------------------- token strategies
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import AttentionProbe, check_int
-from .prune_once import PruneOnceStrategy
+from .base import AttentionProbe
+from .prune_once import KEEP, MULTI_STAGE, START_LAYER, PruneOnceStrategy
 
 
 def cls_attention(probe: AttentionProbe) -> torch.Tensor:
@@ -25,16 +25,13 @@ def topk_by_cls_attention(probe: AttentionProbe, n_prefix: int, keep: int) -> to
 
 @register_strategy("cls_topk")
 class ClsTopK(PruneOnceStrategy):
-    param_help = {"keep": "int >= 0: patch tokens kept after start_layer (class token excluded)"}
-    defaults = {"keep": 98, "start_layer": 1, "prune_layers": None, "keep_rate": None}
+    param_spec = {"keep": KEEP, "start_layer": START_LAYER, **MULTI_STAGE}
     needs_class_token = True
     compute_knob = "keep"
     example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
 
     def _check(self):
         self._check_start_layer()
-        if not self.multi_stage:
-            self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
 
     def budget(self):
         return self.params["keep"]

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import check_int
+from .params import Int
 from .clustering import ClusterMerge, pairwise_distances
-from .prune_once import PruneOnceStrategy
+from .prune_once import KEEP_RATE, PRUNE_LAYERS, PruneOnceStrategy
 
 
 def dpc_knn_assign(x: torch.Tensor, n_clusters: int, k_neighbors: int) -> torch.Tensor:
@@ -45,14 +45,15 @@ def dpc_knn_assign(x: torch.Tensor, n_clusters: int, k_neighbors: int) -> torch.
 
 @register_strategy("dpc_knn")
 class DpcKnn(PruneOnceStrategy):
-    defaults = {"keep_rate": 0.7, "prune_layers": [3, 6, 9], "k_neighbors": 5}
+    param_spec = {"keep_rate": KEEP_RATE.with_default(0.7), "prune_layers": PRUNE_LAYERS.with_default([3, 6, 9]),
+                  "k_neighbors": Int(5, "nearest tokens (itself included) whose distances give a token's density",
+                                     low=1)}
     budget_params = ()
     compute_knob = "keep_rate"
     example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
     keep_all_params = {"prune_layers": [1, 2], "keep_rate": 1.0}
 
     def _check(self):
-        self.params["k_neighbors"] = check_int("k_neighbors", self.params["k_neighbors"], 1, None, self.name)
         self._check_start_layer()
 
     def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):

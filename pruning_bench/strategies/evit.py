@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import Selection, check_bool
+from .base import Selection
+from .params import Bool
 from .cls_topk import cls_attention
-from .prune_once import PruneOnceStrategy
+from .prune_once import KEEP_RATE, PRUNE_LAYERS, PruneOnceStrategy
 
 
 def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -66,8 +67,8 @@ def evit_reduction(attention: torch.Tensor, n_prefix: int, keep: int, fuse: bool
 
 @register_strategy("evit")
 class EViT(PruneOnceStrategy):
-    param_help = {"fuse": "bool: add one token, the class-attention-weighted sum of the dropped ones"}
-    defaults = {"keep_rate": 0.7, "prune_layers": [3, 6, 9], "fuse": True}
+    param_spec = {"keep_rate": KEEP_RATE.with_default(0.7), "prune_layers": PRUNE_LAYERS.with_default([3, 6, 9]),
+                  "fuse": Bool(True, "add one token, the class-attention-weighted sum of the dropped ones")}
     needs_class_token = True
     budget_params = ()
     compute_knob = "keep_rate"
@@ -75,7 +76,6 @@ class EViT(PruneOnceStrategy):
     keep_all_params = {"prune_layers": [1, 2], "keep_rate": 1.0}
 
     def _check(self):
-        self.params["fuse"] = check_bool("fuse", self.params["fuse"], self.name)
         self.extra_tokens = 1 if self.params["fuse"] else 0
         self._check_start_layer()
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import StructuredPlan, StructuredStrategy, warn_noop, check_choice, check_float
+from .base import StructuredPlan, StructuredStrategy, warn_noop
+from .params import Calibration, Choice, Float
 from .importance import UNIT_IMPORTANCES, CountingIterable, unit_scores
 
 SCOPES = ("layerwise", "global")
@@ -70,23 +71,21 @@ def choose(scores: list[torch.Tensor], ratio: float, scope: str) -> tuple[list[t
 
 @register_strategy("head_prune")
 class HeadPrune(StructuredStrategy):
-    param_help = {"head_ratio": "float in [0, 1): share of attention heads removed",
-                  "mlp_ratio": "float in [0, 1): share of MLP neurons removed",
-                  "importance": "magnitude | taylor | fisher | activation (the last three need calibration)",
-                  "scope": "layerwise | global: rank within each block or across blocks",
-                  "calibration": "iterable of image batches, or None"}
     compute_knob = "head_ratio"
     kind = "structured"
     example_params = {"head_ratio": 0.5, "mlp_ratio": 0.5}
     keep_all_params = {"head_ratio": 0.0, "mlp_ratio": 0.0}
-    defaults = {"head_ratio": 0.3, "mlp_ratio": 0.0, "importance": "magnitude", "scope": "layerwise", "calibration": None}
+    param_spec = {
+        "head_ratio": Float(0.3, "share of attention heads removed", low=0.0, high=1.0, high_open=True),
+        "mlp_ratio": Float(0.0, "share of MLP neurons removed", low=0.0, high=1.0, high_open=True),
+        "importance": Choice("magnitude", "how units are scored (all but magnitude need calibration)",
+                             choices=UNIT_IMPORTANCES),
+        "scope": Choice("layerwise", "rank within each block or across blocks", choices=SCOPES),
+        "calibration": Calibration(None, "images the data-driven importances are scored on", optional=True),
+    }
 
     def _check(self):
         p = self.params
-        p["head_ratio"] = check_float("head_ratio", p["head_ratio"], 0.0, 1.0, high_open=True, owner=self.name)
-        p["mlp_ratio"] = check_float("mlp_ratio", p["mlp_ratio"], 0.0, 1.0, high_open=True, owner=self.name)
-        check_choice("importance", p["importance"], UNIT_IMPORTANCES, self.name)
-        check_choice("scope", p["scope"], SCOPES, self.name)
         if p["importance"] != "magnitude" and p["calibration"] is None and self._prunes():
             raise ValueError(
                 f"{self.name}: importance={p['importance']!r} is data-driven and needs calibration=<iterable of image "

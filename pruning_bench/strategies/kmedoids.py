@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import AttentionProbe, check_int
+from .base import AttentionProbe
+from .params import Int
 from .clustering import pairwise_distances
-from .prune_once import PruneOnceStrategy
+from .prune_once import KEEP_RATE, PRUNE_LAYERS, PruneOnceStrategy
 
 
 def attention_received(probe: AttentionProbe, n_prefix: int) -> torch.Tensor:
@@ -47,7 +48,8 @@ def kmedoids_fit(x: torch.Tensor, weight: torch.Tensor, n_clusters: int, iterati
 
 @register_strategy("kmedoids")
 class KMedoids(PruneOnceStrategy):
-    defaults = {"keep_rate": 0.7, "prune_layers": [3, 6, 9], "cluster_iters": 3}
+    param_spec = {"keep_rate": KEEP_RATE.with_default(0.7), "prune_layers": PRUNE_LAYERS.with_default([3, 6, 9]),
+                  "cluster_iters": Int(3, "assignment / medoid-update rounds after the heaviest-token start", low=0)}
     needs_class_token = False
     budget_params = ()
     compute_knob = "keep_rate"
@@ -55,7 +57,6 @@ class KMedoids(PruneOnceStrategy):
     keep_all_params = {"prune_layers": [1, 2], "keep_rate": 1.0}
 
     def _check(self):
-        self.params["cluster_iters"] = check_int("cluster_iters", self.params["cluster_iters"], 0, None, self.name)
         self._check_start_layer()
 
     def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):

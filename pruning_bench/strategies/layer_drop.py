@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..registry import register_strategy
-from .base import StructuredPlan, StructuredStrategy, warn_noop, check_bool, check_choice, check_int
+from .base import StructuredPlan, StructuredStrategy, warn_noop
+from .params import Blocks, Bool, Calibration, Choice, Int
 from .importance import BLOCK_IMPORTANCES, CountingIterable, block_scores
 
 SELECTIONS = ("topk", "distributed")
@@ -46,45 +47,30 @@ def select_distributed(scores: torch.Tensor, keep: int, pinned: list[int]) -> li
 
 @register_strategy("layer_drop")
 class LayerDrop(StructuredStrategy):
-    param_help = {"keep_layers": "int >= 1: blocks kept, chosen by importance (or give drop)",
-                  "drop": "list of block indices >= 0 to skip (or give keep_layers)",
-                  "importance": "fisher | grad_norm | activation | cosine",
-                  "selection": "topk | distributed: best blocks overall, or the best of equal spans",
-                  "pin_first": "bool: never drop block 0", "pin_last": "bool: never drop the last block",
-                  "calibration": "iterable of image batches, or None (needed by data-driven importances)"}
     compute_knob = "keep_layers"
     kind = "structured"
     example_params = {"drop": [1, 2]}
     keep_all_params = {"drop": []}
-    defaults = {
-        "keep_layers": None,
-        "drop": None,
-        "importance": "cosine",
-        "selection": "topk",
-        "pin_first": True,
-        "pin_last": True,
-        "calibration": None,
+    param_spec = {
+        "keep_layers": Int(None, "blocks kept, chosen by importance (give this or drop)", low=1, optional=True),
+        "drop": Blocks(None, "blocks skipped (give this or keep_layers)", increasing=False, optional=True),
+        "importance": Choice("cosine", "how blocks are scored with keep_layers (all need calibration)",
+                             choices=BLOCK_IMPORTANCES),
+        "selection": Choice("topk", "best blocks overall, or the best of equal spans", choices=SELECTIONS),
+        "pin_first": Bool(True, "never drop block 0"),
+        "pin_last": Bool(True, "never drop the last block"),
+        "calibration": Calibration(None, "images the block importances are scored on", optional=True),
     }
+
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        return (1, depth) if knob == "keep_layers" else super().knob_range(knob, params, patches, depth)
 
     def _check(self):
         p = self.params
         if (p["keep_layers"] is None) == (p["drop"] is None):
             raise ValueError(f"{self.name}: give exactly one of keep_layers (blocks kept) or drop (block indices), "
                              f"got keep_layers={p['keep_layers']!r}, drop={p['drop']!r}")
-        if p["keep_layers"] is not None:
-            p["keep_layers"] = check_int("keep_layers", p["keep_layers"], 1, None, self.name)
-        else:
-            drop = p["drop"]
-            if isinstance(drop, (str, bytes)) or not hasattr(drop, "__iter__"):
-                raise ValueError(f"{self.name}: drop must be a list of block indices, got {drop!r}")
-            drop = [check_int(f"drop[{i}]", v, 0, None, self.name) for i, v in enumerate(drop)]
-            if len(set(drop)) != len(drop):
-                raise ValueError(f"{self.name}: drop={drop} lists a block more than once")
-            p["drop"] = sorted(drop)
-        check_choice("importance", p["importance"], BLOCK_IMPORTANCES, self.name)
-        check_choice("selection", p["selection"], SELECTIONS, self.name)
-        p["pin_first"] = check_bool("pin_first", p["pin_first"], self.name)
-        p["pin_last"] = check_bool("pin_last", p["pin_last"], self.name)
         if p["keep_layers"] is not None and p["calibration"] is None:
             raise ValueError(
                 f"{self.name}: keep_layers chooses blocks by importance={p['importance']!r}, which needs "

@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_float, check_int
+from .base import TokenStrategy, bipartite_macs
+from .params import Bool, Custom, Float, Int, check_bool
 from .bipartite import plan_moves, prefix_to_front
 
 
@@ -96,27 +97,37 @@ class MultiCriteriaMerge:
         return x, self.apply(size, "sum")
 
 
+def _not_ahead(name, value, owner):
+    if check_bool(name, value, owner):
+        raise ValueError(
+            f"{owner}: {name}=True is out of range [False]: the next block's attention is not "
+            "available inside one block; informativeness uses the reducing block's own attention"
+        )
+    return False
+
+
+def _tau(default, criterion):
+    return Float(default, f"temperature of the {criterion} criterion (0 switches it off)", low=0.0, high=float("inf"),
+                 high_open=True)
+
+
 @register_strategy("mctf")
 class MCTF(TokenStrategy):
-    defaults = {"r": 16, "tau_sim": 1.0, "tau_info": 20.0, "tau_size": 40.0, "bidirection": True,
-                "one_step_ahead": False, "prop_attn": True}
+    param_spec = {
+        "r": Int(16, "tokens merged in each block", low=0, per_block=True),
+        "tau_sim": _tau(1.0, "similarity"), "tau_info": _tau(20.0, "informativeness"), "tau_size": _tau(40.0, "size"),
+        "bidirection": Bool(True, "r // 2 merges A into B, then the rest B into A"),
+        "one_step_ahead": Custom(False, "informativeness from the next block's attention (not available here)",
+                                 text="False", checker=_not_ahead),
+        "prop_attn": Bool(True, "proportional attention (log of token sizes added to the logits)"),
+    }
     example_params = {"r": 8}
     keep_all_params = {"r": 0}
     compute_knob = "r"
 
-    def _check(self):
-        p = self.params
-        p["r"] = check_int_or_list("r", p["r"], 0, self.name)
-        for name in ("tau_sim", "tau_info", "tau_size"):
-            p[name] = check_float(name, p[name], 0.0, float("inf"), high_open=True, owner=self.name)
-        p["bidirection"] = check_bool("bidirection", p["bidirection"], self.name)
-        p["one_step_ahead"] = check_bool("one_step_ahead", p["one_step_ahead"], self.name)
-        if p["one_step_ahead"]:
-            raise ValueError(
-                f"{self.name}: one_step_ahead=True is out of range [False]: the next block's attention is not "
-                "available inside one block; informativeness uses the reducing block's own attention"
-            )
-        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         r = self.params["r"]

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_strategy
-from .base import Merge, TokenStrategy, check_bool, check_float
+from .base import Merge, TokenStrategy
+from .params import Bool, Float
 
 
 def pitome_merge(metric: torch.Tensor, r: int, n_prefix: int, margin: float, alpha: float, protect: bool) -> Merge:
@@ -66,19 +67,18 @@ def _similarity(sim: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> to
 
 @register_strategy("pitome")
 class PiToMe(TokenStrategy):
-    defaults = {"ratio": 0.9, "margin": None, "alpha": 1.0, "prop_attn": False}
+    param_spec = {
+        # at most half of the patch tokens can merge in one bipartite step
+        "ratio": Float(0.9, "share of patch tokens each block keeps", low=0.5, high=1.0),
+        "margin": Float(None, "energy margin m of every block; None: 0.75 - 0.75 l / L by depth", low=-1.0,
+                        high=1.0, optional=True),
+        "alpha": Float(1.0, "ELU slope below the margin in the energy score", low=0.0, high=math.inf,
+                       low_open=True, high_open=True),
+        "prop_attn": Bool(False, "proportional attention (log of token sizes added to the logits)"),
+    }
     example_params = {"ratio": 0.8}
     keep_all_params = {"ratio": 1.0}
     compute_knob = "ratio"
-
-    def _check(self):
-        p = self.params
-        # at most half of the patch tokens can merge in one bipartite step
-        p["ratio"] = check_float("ratio", p["ratio"], 0.5, 1.0, owner=self.name)
-        if p["margin"] is not None:
-            p["margin"] = check_float("margin", p["margin"], -1.0, 1.0, owner=self.name)
-        p["alpha"] = check_float("alpha", p["alpha"], 0.0, math.inf, low_open=True, high_open=True, owner=self.name)
-        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
 
     def merges(self, n_tokens: int, n_prefix: int) -> int:
         patches = n_tokens - n_prefix

@@ -18,21 +18,18 @@ import warnings
 
 import torch
 
-from .base import Selection, TokenStrategy, check_float, check_int
+from .base import Selection, TokenStrategy
+from .params import Blocks, Float, Int, check_layers  # noqa: F401  (check_layers: its old home)
 
 RATE_PARAMS = ("prune_layers", "keep_rate")
 
 
-def check_layers(name: str, value, owner: str) -> list[int]:
-    """A non-empty, strictly increasing list of block indices >= 0."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"{owner}: {name} must be a non-empty list of block indices, got {value!r}")
-    layers = [check_int(f"{name}[{i}]", v, 0, None, owner) for i, v in enumerate(value)]
-    if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"{owner}: {name}={layers} must be sorted and without repeats")
-    return layers
+START_LAYER = Int(1, "the block that prunes (one-stage form)", low=0)
+PRUNE_LAYERS = Blocks(None, "with keep_rate: the blocks that prune (multi-stage form)", optional=True)
+KEEP_RATE = Float(None, "each block of prune_layers keeps ceil(keep_rate x (N - 1)) patch tokens", low=0.0,
+                  high=1.0, low_open=True, optional=True)
+KEEP = Int(98, "patch tokens kept after start_layer (class token excluded)", low=0)
+MULTI_STAGE = {"prune_layers": PRUNE_LAYERS, "keep_rate": KEEP_RATE}
 
 
 class PruneOnceStrategy(TokenStrategy):
@@ -44,9 +41,6 @@ class PruneOnceStrategy(TokenStrategy):
 
     budget_params: tuple[str, ...] = ("keep",)
     extra_tokens = 0
-    param_help = {"start_layer": "int >= 0: the block that prunes (absolute budget)",
-                  "prune_layers": "list of block indices (increasing, >= 0), with keep_rate: the blocks that prune",
-                  "keep_rate": "float in (0, 1]: each listed block keeps ceil(keep_rate x (N - 1)) patch tokens"}
     keep_all_params: dict | None = {"prune_layers": [1, 2], "keep_rate": 1.0}
 
     def __init__(self, **params):
@@ -63,7 +57,6 @@ class PruneOnceStrategy(TokenStrategy):
         """Check the schedule: the absolute form's `start_layer`, or `prune_layers` + `keep_rate`."""
         p = self.params
         if not self.multi_stage:
-            p["start_layer"] = check_int("start_layer", p["start_layer"], 0, None, self.name)
             return
         absolute = [n for n in ("start_layer", *self.budget_params) if n in self.given]
         if absolute and self.budget_params:
@@ -75,8 +68,6 @@ class PruneOnceStrategy(TokenStrategy):
         missing = [n for n in RATE_PARAMS if p.get(n) is None]
         if missing:
             raise ValueError(f"{self.name}: prune_layers and keep_rate go together; {missing[0]} is missing")
-        p["prune_layers"] = check_layers("prune_layers", p["prune_layers"], self.name)
-        p["keep_rate"] = check_float("keep_rate", p["keep_rate"], 0.0, 1.0, low_open=True, owner=self.name)
         if self.budget_params:  # the absolute form does not apply: record that in the resolved parameters
             for n in ("start_layer", *self.budget_params):
                 p[n] = None
@@ -97,6 +88,19 @@ class PruneOnceStrategy(TokenStrategy):
     def check_pooling(self, reads_patch_tokens: bool) -> None:
         if not self.multi_stage:  # keep_rate > 0 always keeps at least one patch-side token
             super().check_pooling(reads_patch_tokens)
+
+    @classmethod
+    def knob_for(cls, fixed):
+        """With `prune_layers` given, a strategy that also has the one-stage form searches `keep_rate`."""
+        return "keep_rate" if "prune_layers" in fixed and "keep_rate" in cls.param_spec else cls.compute_knob
+
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        if knob == "keep_rate":  # below 1 / patches every stage keeps one token
+            return 0.5 / patches, 1.0
+        if knob in cls.budget_params:  # the one-stage budget, prefix tokens excluded
+            return 0, patches
+        return super().knob_range(knob, params, patches, depth)
 
     # ------------------------------------------------------------ schedule
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import check_int
+from .params import seed_param
 from .constants import schedule_constant
-from .prune_once import PruneOnceStrategy
+from .prune_once import KEEP, MULTI_STAGE, START_LAYER, PruneOnceStrategy
 
 
 def random_positions(n_patches: int, keep: int, seed: int, layer: int, n_prefix: int, batch: int, device) -> torch.Tensor:
@@ -26,17 +26,13 @@ def _draw(n_patches: int, keep: int, seed: int, layer: int, n_prefix: int) -> to
 
 @register_strategy("random_drop")
 class RandomDrop(PruneOnceStrategy):
-    param_help = {"keep": "int >= 0: patch tokens kept after start_layer (class token excluded)",
-                  "seed": "int >= 0: the draw, shared by every image"}
-    defaults = {"keep": 98, "start_layer": 1, "seed": 0, "prune_layers": None, "keep_rate": None}
+    param_spec = {"keep": KEEP, "start_layer": START_LAYER, "seed": seed_param("the draw, shared by every image"),
+                  **MULTI_STAGE}
     compute_knob = "keep"
     example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
 
     def _check(self):
-        self.params["seed"] = check_int("seed", self.params["seed"], 0, None, self.name)
         self._check_start_layer()
-        if not self.multi_stage:
-            self.params["keep"] = check_int("keep", self.params["keep"], 0, None, self.name)
 
     def budget(self):
         return self.params["keep"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, bipartite_macs, check_bool, check_int_or_list, check_int
+from .base import TokenStrategy, bipartite_macs
+from .params import Bool, Int
 from .bipartite import BipartitePlan, cosine_scores, plan_moves
 
 
@@ -57,17 +58,19 @@ def mlerp(b: torch.Tensor, moving: torch.Tensor, into_b: torch.Tensor) -> torch.
 
 @register_strategy("tofu")
 class ToFu(TokenStrategy):
-    defaults = {"r": 8, "merge_start_layer": None, "prop_attn": False}
+    param_spec = {
+        "r": Int(8, "tokens pruned or merged in each block", low=0, per_block=True),
+        "merge_start_layer": Int(None, "first block that merges (earlier ones prune); None: n_layers // 2 + 1",
+                                 low=0, optional=True),
+        "prop_attn": Bool(False, "proportional attention (log of token sizes added to the logits)"),
+    }
     example_params = {"r": 6, "merge_start_layer": 2}
     keep_all_params = {"r": 0}
     compute_knob = "r"
 
-    def _check(self):
-        p = self.params
-        p["r"] = check_int_or_list("r", p["r"], 0, self.name)
-        if p["merge_start_layer"] is not None:
-            p["merge_start_layer"] = check_int("merge_start_layer", p["merge_start_layer"], 0, None, self.name)
-        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         r, start = self.params["r"], self.params["merge_start_layer"]

@@ -17,7 +17,8 @@ import warnings
 import torch
 
 from ..registry import register_strategy
-from .base import Merge, TokenStrategy, bipartite_macs, check_bool, check_choice, check_float, check_int
+from .base import Merge, TokenStrategy, bipartite_macs
+from .params import Bool, Choice, Float, Int, seed_param
 from .tome_cap import SHORT_MATCH, short_match_note
 from .constants import schedule_constant
 
@@ -109,24 +110,18 @@ class ToMe(TokenStrategy):
     compute_knob = "r"
     example_params = {"r": 8}
     keep_all_params = {"r": 0}
-    defaults = {"r": 8, "prop_attn": True, "match_fraction": 1.0, "seed": 0, "on_short_match": "cap"}
-    param_help = {"r": "int >= 0, or a per-block list: tokens merged in each block",
-                  "prop_attn": "bool: proportional attention (log of token sizes added to the logits)",
-                  "match_fraction": "float in (0, 1]: share of tokens taking part in matching (the seeds' p)",
-                  "seed": "int >= 0: draws the matching tokens when match_fraction < 1",
-                  "on_short_match": "cap | raise: when a block cannot merge r tokens"}
+    param_spec = {
+        "r": Int(8, "tokens merged in each block", low=0, per_block=True),
+        "prop_attn": Bool(True, "proportional attention (log of token sizes added to the logits)"),
+        "match_fraction": Float(1.0, "share of tokens taking part in matching (the seeds' p)", low=0.0, high=1.0,
+                                low_open=True),
+        "seed": seed_param("draws the matching tokens when match_fraction < 1"),
+        "on_short_match": Choice("cap", "what a block that cannot merge r tokens does", choices=SHORT_MATCH),
+    }
 
-    def _check(self):
-        p = self.params
-        r = p["r"]
-        if isinstance(r, (list, tuple)):
-            p["r"] = [check_int(f"r[{i}]", v, 0, None, self.name) for i, v in enumerate(r)]
-        else:
-            p["r"] = check_int("r", r, 0, None, self.name)
-        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
-        p["match_fraction"] = check_float("match_fraction", p["match_fraction"], 0.0, 1.0, low_open=True, owner=self.name)
-        p["seed"] = check_int("seed", p["seed"], 0, None, self.name)
-        check_choice("on_short_match", p["on_short_match"], SHORT_MATCH, self.name)
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         r = self.params["r"]

@@ -21,7 +21,8 @@ import functools
 import torch
 
 from ..registry import register_strategy
-from .base import TokenStrategy, check_int
+from .base import TokenStrategy
+from .params import Int
 from .constants import schedule_constant
 
 
@@ -71,18 +72,21 @@ class DominantContextual:
 
 @register_strategy("visionzip")
 class VisionZip(TokenStrategy):
-    defaults = {"dominant": 54, "contextual": 10, "layer": None}
+    param_spec = {
+        "dominant": Int(54, "tokens kept by class attention, the class token included", low=1),
+        "contextual": Int(10, "tokens the remaining ones are folded into", low=0),
+        "layer": Int(None, "the block that reduces; None: the second to last", low=0, optional=True),
+    }
     example_params = {"dominant": 17, "contextual": 8, "layer": 1}
     keep_all_params = {"dominant": 65, "contextual": 0}
     compute_knob = "dominant"
     needs_class_token = True
 
-    def _check(self):
-        p = self.params
-        p["dominant"] = check_int("dominant", p["dominant"], 1, None, self.name)
-        p["contextual"] = check_int("contextual", p["contextual"], 0, None, self.name)
-        if p["layer"] is not None:
-            p["layer"] = check_int("layer", p["layer"], 0, None, self.name)
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        if knob == "dominant":  # dominant tokens count the class token
+            return 1, max(1, patches + 1 - int(params.get("contextual") or 0))
+        return super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         layer = self.params["layer"]
