@@ -61,7 +61,7 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        words = [self.strategy] + [f"{k}={literal(v)}" for k, v in self.params]
+        words = [self.strategy] + [f"{k}={naming.label_value(v)}" for k, v in self.params]
         if self.match is not None:
             words.append(f"[MACs target {self.match['target_ratio']:g}]")
         return " ".join(words + ([f"--seed {self.seed}"] if self.seed is not None else []))

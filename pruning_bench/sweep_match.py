@@ -11,10 +11,18 @@ result file records it as `pruning.match` (see `record.result.MATCH_ENV`).
 
 Everything that can be refused without a model (a ratio outside (0, 1], a strategy without a knob,
 the knob given in the grid, parameters the strategy rejects) is refused before the model is built.
+
+Matching takes seconds per point, so it says what it does on stderr (one line per search stage) and
+keeps what it found in the sweep's log folder (`match_macs.json`, keyed by model, strategy, fixed
+parameters and target): a resumed sweep, or a dry run after another, reads the values back instead of
+searching again. A target the knob cannot reach within 1% of the baseline MACs is said, with its gap.
 """
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -22,6 +30,7 @@ from . import sweep_outputs
 from .sweep import BASELINE, SweepPoint, parse_grid, split_top_level, strategy_seed_axis
 
 FLAG = "--match_macs"
+CACHE_NAME = "match_macs.json"  # in the sweep's log folder
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -40,6 +49,10 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
+class ModelBuildError(ValueError):
+    """The evaluated model cannot be built to match on (said as it is, not as a grid entry's error)."""
+
+
 def _fixed_combinations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
@@ -47,10 +60,40 @@ def _fixed_combinations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 class Matcher:
     """Expands grid entries into matched points; `model` must be set (`build_model`) before `expand`."""
 
-    def __init__(self, ratios: list[float], model=None, tolerance: float = 1e-4):
+    CACHE_VERSION = 2  # bump when the search changes what it returns
+
+    def __init__(self, ratios: list[float], model=None, tolerance: float = 1e-4, cache_path: str | None = None,
+                 model_key: Any = None, progress: bool = True):
         self.ratios = list(ratios)
         self.model, self.tolerance = model, tolerance  # tolerance: of a float knob, as in match_macs
+        self.cache_path, self.model_key, self.progress = cache_path, model_key, progress
         self._found: dict[tuple, Any] = {}  # (strategy, fixed, ratio) -> MatchedParams: one search each
+        self.build = None  # builds `model` the first time a search needs it (a fully cached sweep never does)
+
+    def _cache_key(self, strategy: str, fixed: dict[str, Any], ratio: float) -> str:
+        return json.dumps([self.CACHE_VERSION, self.model_key, strategy, sorted(fixed.items()), ratio, self.tolerance],
+                          sort_keys=True, default=repr)
+
+    def _read_cache(self) -> dict:
+        if not self.cache_path or not os.path.isfile(self.cache_path):
+            return {}
+        try:
+            with open(self.cache_path, encoding="utf-8") as handle:
+                cached = json.load(handle)
+            return cached if isinstance(cached, dict) else {}
+        except (OSError, ValueError):  # an unreadable cache is searched again, then rewritten
+            return {}
+
+    def _write_cache(self, key: str, found) -> None:
+        if not self.cache_path:
+            return
+        from .record import atomic
+
+        cached = self._read_cache()
+        cached[key] = {"params": dict(found), "knob": found.knob, "ratio": found.ratio, "target": found.target,
+                       "gap": found.gap, "gmacs": found.gmacs, "baseline_gmacs": found.baseline_gmacs}
+        os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
+        atomic.write_json(self.cache_path, cached, indent=1, sort_keys=True)
 
     def check(self, grids: list[str], strategy_seeds: list[int] | None = None) -> None:
         """Every refusal that needs no model: one ValueError naming the grid entry."""
@@ -90,14 +133,46 @@ class Matcher:
         """`pb.match_macs` on the sweep's model, once per (strategy, fixed parameters, ratio)."""
         from .match import match_macs
 
+        from .match import MATCH_WITHIN, MatchedParams, MatchGapWarning
+
         key = (strategy, repr(sorted(fixed.items())), ratio)
-        if key not in self._found:
+        if key in self._found:
+            return self._found[key]
+        cache_key = self._cache_key(strategy, fixed, ratio)
+        cached = self._read_cache().get(cache_key)
+        if cached is not None:
+            found = MatchedParams(cached["params"])
+            for name in ("knob", "ratio", "target", "gap", "gmacs", "baseline_gmacs"):
+                setattr(found, name, cached[name])
+            found.evaluated, found.schedules = {}, {}
+            self._say(f"{strategy} {fixed or ''} at {ratio:g}: {found.knob}={found[found.knob]} gives "
+                      f"{found.ratio:.4f} (matched before, read from {self.cache_path})")
+            if abs(found.gap) > MATCH_WITHIN:
+                self._say(f"warning: {strategy} cannot reach MAC ratio {ratio:g} within {MATCH_WITHIN:g}: "
+                          f"{found.knob}={found[found.knob]} gives {found.ratio:.4f} (gap {found.gap:+.4f})")
+        else:
+            if self.model is None and self.build is not None:
+                try:
+                    self.model = self.build()
+                except ValueError as exc:
+                    raise ModelBuildError(str(exc)) from None
             if self.model is None:
                 raise RuntimeError("Matcher.model is not set: build it with build_model first")
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("ignore", UserWarning)
-                self._found[key] = match_macs(self.model, strategy, ratio, tolerance=self.tolerance, **fixed)
-        return self._found[key]
+                warnings.simplefilter("always", MatchGapWarning)
+                found = match_macs(self.model, strategy, ratio, tolerance=self.tolerance, progress=self.progress,
+                                   **fixed)
+            for warning in caught:
+                if issubclass(warning.category, MatchGapWarning):
+                    self._say(f"warning: {warning.message}")
+            self._write_cache(cache_key, found)
+        self._found[key] = found
+        return found
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(f"pruning-bench sweep: {text}", file=sys.stderr, flush=True)
 
     def expand(self, text: str, strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
         """One point per (fixed combination, target ratio, strategy seed), the knob set to its matched value."""
@@ -112,6 +187,8 @@ class Matcher:
             for ratio in self.ratios:
                 try:
                     found = self.resolve(strategy, fixed, ratio)
+                except ModelBuildError:
+                    raise
                 except (KeyError, ValueError, TypeError) as exc:
                     raise ValueError(f"--grid {text!r}: {FLAG} {ratio:g} with {fixed}: {exc}") from None
                 match = {"strategy": strategy, "knob": found.knob, "value": found[found.knob], "target_ratio": ratio,
@@ -128,6 +205,7 @@ def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK
     import torch
 
     args = sweep_outputs.parse_eval_args(eval_args, driver)
+    print(f"pruning-bench sweep: building the evaluated model to match MACs on", file=sys.stderr, flush=True)
     if driver == sweep_outputs.PRUNING_BENCH:
         from .clip_benchmark_ext.flags import parse_prune_params
         from .evaluate.models import load_model
@@ -154,13 +232,26 @@ def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, _, _ = load_clip(model_type=args.model_type, model_name=name, pretrained=pretrained,
+            from .clip_benchmark_ext.random_init import weights_for_open_clip
+
+            weights = weights_for_open_clip(pretrained) if args.model_type == "open_clip" else pretrained
+            model, _, _ = load_clip(model_type=args.model_type, model_name=name, pretrained=weights,
                                     cache_dir=args.model_cache_dir, device="cpu")
     except ImportError:
         raise
     except Exception as exc:  # open_clip fails in many ways (unknown name, missing weights, no network)
         raise _load_error(name, pretrained, exc) from None
     return model.eval()
+
+
+def model_key(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK) -> list:
+    """What the model matched on depends on: the driver's model arguments (its weights are part of it,
+    since a saved pruned model has fewer heads or blocks)."""
+    args = sweep_outputs.parse_eval_args(eval_args, driver)
+    if driver == sweep_outputs.PRUNING_BENCH:
+        return [driver, args.model, args.pretrained, args.img_size, sorted(args.model_arg or [])]
+    models = sorted({(model, pretrained) for model, pretrained, _, _ in sweep_outputs.clip_benchmark_runs(args)})
+    return [driver, args.model_type, [list(m) for m in models]]
 
 
 def _load_error(name: str, pretrained, exc: Exception) -> ValueError:

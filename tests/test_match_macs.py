@@ -34,8 +34,12 @@ def test_integer_knob_is_closest_among_all_values(strategy, fixed, values):
     base = found.baseline_gmacs * 1e9
     brute = {v: counted_ratio(model, strategy, {**fixed, knob: v}, base) for v in values}
     best_error = min(abs(r - target) for r in brute.values())
-    assert abs(found.ratio - target) == pytest.approx(best_error, abs=1e-12)
-    assert found.ratio == pytest.approx(brute[found[knob]])
+    if isinstance(found[knob], list):  # a per-block schedule (tome's r list): at least as close as any one value
+        assert abs(found.ratio - target) <= best_error + 1e-12
+        assert found.ratio == pytest.approx(counted_ratio(model, strategy, dict(found), base))
+    else:
+        assert abs(found.ratio - target) == pytest.approx(best_error, abs=1e-12)
+        assert found.ratio == pytest.approx(brute[found[knob]])
     assert {k: v for k, v in found.items() if k != knob} == fixed
     assert len(found.evaluated) < len(brute)  # a search, not a scan
 

@@ -71,7 +71,7 @@ def test_clip_benchmark_points_get_seed_in_flag_and_name(tmp_path):
     tome = [r for r in runs if not r.point.is_baseline and r.point.seed == 1 and dict(r.point.params)["seed"] == 9]
     [run] = tome
     name = run.outputs[0].name
-    assert name.startswith("tiny_1_tome-") and "-seed9" in name and "{" not in name
+    assert name.startswith("tiny_1_tome-") and "-strategy_seed9" in name and "{" not in name
     assert shlex.join(run.command).count("--seed 1") == 1 and "--prune_param seed=9" in shlex.join(run.command)
 
 

@@ -24,7 +24,7 @@ import sys
 import types
 from typing import Any
 
-from . import flags, saved_models
+from . import flags, random_init, saved_models
 from ..record import atomic, naming, notes as noting, result as record
 from ..record.check import file_problem
 
@@ -392,7 +392,8 @@ def wrap_run(cli, original):
     @functools.wraps(original)
     def run(args):
         with saved_models.loading_saved_models(cli, args, fail):  # --pretrained naming a pb.save_pruned file
-            return run_one(args)
+            with random_init.random_init_words(cli):  # --pretrained none: random weights, as everywhere
+                return run_one(args)
 
     def run_one(args):
         config = getattr(args, "pruning_config", None)

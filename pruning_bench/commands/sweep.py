@@ -2,6 +2,7 @@
 through `clip_benchmark eval` or `pruning-bench eval`."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def _run(args, planned: list) -> int:
             if r.point.match is not None:
                 m = r.point.match
                 print(f"          MACs target {m['target_ratio']:g}: {m['knob']}={sweep.literal(m['value'])} "
-                      f"achieves {m['achieved_ratio']:.4f}")
+                      f"achieves {m['achieved_ratio']:.4f} (gap {m['achieved_ratio'] - m['target_ratio']:+.4f})")
             print(f"          {' '.join(map(str, r.outputs))}")
         print(f"{len(runs)} point(s), {len(pending)} to run")
         return 0
@@ -171,10 +172,12 @@ def _matcher(args, eval_args: list[str], driver: str, seeds, strategy_seeds):
         return None
     from .. import sweep, sweep_match
 
-    matcher = sweep_match.Matcher(sweep_match.parse_ratios(args.match_macs))
+    matcher = sweep_match.Matcher(sweep_match.parse_ratios(args.match_macs), progress=not args.quiet,
+                                  cache_path=os.path.join(args.log_dir, sweep_match.CACHE_NAME))
     matcher.check(args.grid, strategy_seeds)
     sweep.check_eval_args(eval_args, seeds=seeds is not None)
-    matcher.model = sweep_match.build_model(eval_args, driver)
+    matcher.model_key = sweep_match.model_key(eval_args, driver)
+    matcher.build = lambda: sweep_match.build_model(eval_args, driver)  # only when a target is not cached
     return matcher
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   # live: the offline reference ViT (real DINOv2 weights), ToMe r=8, 3 ImageNet images
-  pruning-bench visualize --model reference --strategy tome --param r=8 --dataset wds/imagenet1k \\
+  pruning-bench visualize --model reference --prune_strategy tome --prune_param r=8 --dataset wds/imagenet1k \\
       --dataset_root ../shared/data/wds_imagenet1k_sample --n_images 3 -o reports/tome_r8.png
-  pruning-bench visualize --model reference --strategy anchor_diversity --param k_anchors=10 --param top_m=50 \\
+  pruning-bench visualize --model reference --prune_strategy anchor_diversity --prune_param k_anchors=10 --prune_param top_m=50 \\
       --images cat.jpg dog.jpg --blocks 1 6 11 -o maps.png
   # from a clip_benchmark run with --extract_attention (selection strategies; images re-read from the data set)
   pruning-bench visualize --attention_file results/cifar10.attention.pt --dataset_root ../shared/data/wds_cifar10 -o maps.png
@@ -37,8 +37,11 @@ def add_parser(subparsers):
     live.add_argument("--pretrained", default=None,
                       help="timm: none (random init) or a checkpoint file; open_clip: a checkpoint file or '' (random)")
     live.add_argument("--img_size", type=int, default=None, help="input resolution (reference: multiple of 14)")
-    live.add_argument("--strategy", default="tome", help="token strategy (default: tome)")
-    live.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="strategy parameter, repeatable")
+    # spelled as in `clip_benchmark eval` and `pruning-bench eval`; --strategy / --param stay as aliases
+    live.add_argument("--prune_strategy", "--strategy", dest="strategy", default="tome",
+                      help="token strategy (default: tome)")
+    live.add_argument("--prune_param", "--param", dest="param", action="append", default=[], metavar="KEY=VALUE",
+                      help="strategy parameter, repeatable")
     images = parser.add_argument_group("images")
     images.add_argument("--images", nargs="+", default=None, metavar="FILE", help="image files")
     images.add_argument("--dataset", default=None,

@@ -10,24 +10,56 @@ from typing import Any
 PLACEHOLDER = "{pruning}"
 BASELINE_SLUG = "baseline"
 _MAX_SLUG = 100
+SIGNIFICANT = 4  # digits a float keeps in a slug or a label
+# a strategy parameter whose name the file name already uses for something else, and how it is written
+RENAMED = {"seed": "strategy_seed"}  # `_seedS` is the run's (training / evaluation) seed
+
+
+def float_text(value: float) -> str:
+    """A float with at most 4 significant digits (`0.5747`, `1.0`, `1e-05`)."""
+    if value.is_integer() and abs(value) < 1e15:
+        return f"{value:.1f}"
+    return f"{value:.{SIGNIFICANT}g}"
+
+
+def label_value(value: Any) -> str:
+    """A parameter value as a label shows it: floats to 4 significant digits, lists joined by commas."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return float_text(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(label_value(v) for v in value) + "]"
+    return str(value)
 
 
 def _value_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return f"{value:.1f}"
+    if isinstance(value, float):
+        return float_text(value)
     if isinstance(value, (list, tuple)):
         return "x".join(_value_text(v) for v in value)
     return str(value)
+
+
+def _rounded(value: Any) -> bool:
+    """Whether writing `value` with 4 significant digits loses something (then the slug adds a digest)."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return float(float_text(value)) != value
+    if isinstance(value, (list, tuple)):
+        return any(_rounded(v) for v in value)
+    return False
 
 
 def pruning_slug(strategy: str | None, resolved: dict[str, Any]) -> str:
     """`anchor_diversity-alpha0.5-k_anchors10-start_layer1-top_m50`: the strategy and every scalar parameter.
 
     Parameters that are None (unset options) or not plain values (a calibration iterable) are left
-    out; an over-long slug is cut and completed by a hash of the full configuration, so distinct
-    configurations stay distinct.
+    out; floats keep 4 significant digits; a strategy's `seed` is written `strategy_seed`, so that a
+    file name never holds the key `seed` twice (the run's seed is added as `_seedS`). When rounding lost
+    digits, or the slug is over-long (then cut), a hash of the full configuration completes it, so
+    distinct configurations stay distinct.
     """
     if not strategy:
         return BASELINE_SLUG
@@ -35,10 +67,12 @@ def pruning_slug(strategy: str | None, resolved: dict[str, Any]) -> str:
     for key in sorted(resolved):
         value = resolved[key]
         if isinstance(value, (bool, int, float, str, list, tuple)):
-            parts.append(f"{key}{_value_text(value)}")
+            parts.append(f"{RENAMED.get(key, key)}{_value_text(value)}")
     slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
+    digest = hashlib.sha1(json.dumps([strategy, resolved], sort_keys=True, default=repr).encode()).hexdigest()[:10]
+    if any(_rounded(v) for v in resolved.values()) and len(slug) <= _MAX_SLUG:
+        slug = f"{slug}-{digest}"
     if len(slug) > _MAX_SLUG:
-        digest = hashlib.sha1(json.dumps([strategy, resolved], sort_keys=True, default=repr).encode()).hexdigest()[:10]
         slug = f"{slug[:_MAX_SLUG - 11]}-{digest}"
     return slug
 
