@@ -11,7 +11,7 @@ EXAMPLES = """examples:
       --dataset wds/cifar10 --dataset_root ../shared/data/wds_cifar10 --model ViT-B-32 --pretrained openai \\
       --task zeroshot_classification --output "results/{dataset}_{model}_{pretrained}_{pruning}.json"
   pruning-bench sweep --grid "tome r=4,8" --emit commands -- ... > runs.txt     # one command per line
-  pruning-bench sweep --grid "tome r=4,8" --emit slurm --emit_to sweep.sbatch --sbatch "--gres=gpu:1" -- ...
+  pruning-bench sweep --grid "tome r=4,8" --emit slurm --emit_to sweep.sbatch --sbatch=--gres=gpu:1 -- ...
   pruning-bench sweep --executable pruning-bench --grid "tome r=8" --grid "random_drop keep=98" \
       --seeds 0,1,2 --strategy_seeds 0,1 -- --model vit_tiny_patch16_224 --dataset wds/cifar10 \
       --dataset_root ../shared/data/wds_cifar10 --task finetune --train_samples 512 --test_samples 256

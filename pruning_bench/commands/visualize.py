@@ -35,7 +35,7 @@ def add_parser(subparsers):
     live.add_argument("--model", default=None,
                       help="`reference` (offline DINOv2 ViT-S/14), a timm model name, or open_clip:NAME")
     live.add_argument("--pretrained", default=None,
-                      help="timm: none (random init) or a checkpoint file; open_clip: a checkpoint file or '' (random)")
+                      help="none (random init, any model source) or a checkpoint file")
     live.add_argument("--img_size", type=int, default=None, help="input resolution (reference: multiple of 14)")
     # spelled as in `clip_benchmark eval` and `pruning-bench eval`; --strategy / --param stay as aliases
     live.add_argument("--prune_strategy", "--strategy", dest="strategy", default="tome",
@@ -71,7 +71,10 @@ def _load_live_model(args):
         name = args.model.split(":", 1)[1]
         if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(f"--model {args.model}: {name!r} is not an open_clip model (open_clip.list_models())")
-        model, _, transform = open_clip.create_model_and_transforms(name, pretrained=args.pretrained or None)
+        from ..clip_benchmark_ext.random_init import weights_for_open_clip
+
+        weights = weights_for_open_clip(args.pretrained) or None  # none / random / '': random weights
+        model, _, transform = open_clip.create_model_and_transforms(name, pretrained=weights)
         return model.eval(), transform
     from ..evaluate.models import load_model
 
