@@ -133,12 +133,16 @@ def test_pretrained_none_is_random_weights_through_clip_benchmark(tiny_clip_dir,
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
 
 
-def test_pretrained_none_builds_the_sweep_model_and_the_eval_model(tiny_clip_dir, tmp_path):
-    args = ["--dataset", "wds/tiny", "--dataset_root", str(tmp_path / "wds"), "--model", f"local-dir:{tiny_clip_dir}",
+def test_pretrained_none_builds_the_sweep_model_and_the_eval_model(tmp_path):
+    """A named open_clip model (open_clip itself refuses `pretrained='none'`), through every loader."""
+    args = ["--dataset", "wds/tiny", "--dataset_root", str(tmp_path / "wds"), "--model", "ViT-S-32",
             "--pretrained", "none", "--task", "zeroshot_classification", "--output", str(tmp_path / "r_{pruning}.json")]
     assert not sweep_match.build_model(args, "clip_benchmark").training
+    from pruning_bench.commands.visualize import _load_live_model
     from pruning_bench.evaluate.models import load_model
 
-    for name in (f"open_clip:local-dir:{tiny_clip_dir}", "vit_tiny_patch16_224"):
+    model, _ = _load_live_model(argparse.Namespace(model="open_clip:ViT-S-32", pretrained="none", img_size=None))
+    assert not model.training
+    for name in ("open_clip:ViT-S-32", "vit_tiny_patch16_224"):
         loaded = load_model(name, "none", image_size=None if name.startswith("open") else 32, check=False)
         assert loaded.pretrained == "none"
