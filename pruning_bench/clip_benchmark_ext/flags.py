@@ -153,7 +153,9 @@ def resolve(args: argparse.Namespace) -> PruningConfig:
     max_samples = getattr(args, "max_samples", None)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max_samples={max_samples} must be at least 1")
-    if max_samples is not None and str(getattr(args, "dataset", "")).startswith("wds/") and \
+    datasets = getattr(args, "dataset", None) or []  # a list when parsed (nargs="+"), one name inside `run`
+    datasets = [datasets] if isinstance(datasets, str) else datasets
+    if max_samples is not None and any(str(d).startswith("wds/") for d in datasets) and \
             (getattr(args, "num_workers", 0) or 0) > 1:
         raise ValueError(f"--max_samples takes the first N images of the stream in order, which parallel webdataset "
                          f"workers do not keep; use --num_workers 0 or 1 (got {args.num_workers})")
