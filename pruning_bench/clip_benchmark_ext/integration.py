@@ -303,7 +303,7 @@ class PruningSession:
         self.saved_model = {"path": self.config.save_model, "heads_per_block": architecture["heads_per_block"],
                             "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
                             "blocks_kept": architecture["blocks_kept"],
-                            "token_strategy_not_saved": architecture["token_strategy"]}
+                            "token_strategy": architecture["token_strategy"]}
 
     # -- result file
     def pruning_record(self) -> dict[str, Any] | None:

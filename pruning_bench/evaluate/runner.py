@@ -320,7 +320,7 @@ def save_model(args, model) -> dict:
     return {"saved_model": {"path": path, "heads_per_block": architecture["heads_per_block"],
                             "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
                             "blocks_kept": architecture["blocks_kept"],
-                            "token_strategy_not_saved": architecture["token_strategy"]}}
+                            "token_strategy": architecture["token_strategy"]}}
 
 
 def _finetune(args, config, loaded, test, train, calibration):
