@@ -178,3 +178,52 @@ def test_result_files_of_a_run_are_readable_by_the_group_under_umask_022(monkeyp
     [path] = tmp_path.glob("*.json")
     assert path.stat().st_mode & 0o777 == 0o644
     assert np.isfinite(read(path)["metrics"]["acc1"])
+
+
+# ---------------------------------------------------------------- per-image outcomes reach the paired bootstrap
+
+
+def configurations(prefix):
+    import pandas as pd
+
+    return pd.read_csv(f"{prefix}_configurations.csv").set_index("strategy")
+
+
+def test_single_seed_clip_benchmark_pair_gets_the_paired_bootstrap(monkeypatch, tmp_path, data):
+    from pruning_bench.cli import main
+
+    clip_benchmark_eval(monkeypatch, data, tmp_path / "runs", "--measure_efficiency")
+    clip_benchmark_eval(monkeypatch, data, tmp_path / "runs", *PRUNE)
+    assert main(["report", str(tmp_path / "runs"), "-o", str(tmp_path / "r"), "--no-plot"]) == 0
+    assert configurations(tmp_path / "r").loc["cls_topk", "delta_method"] == "bootstrap"
+    assert (tmp_path / "r.md").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_pruning_bench_eval_writes_per_image_correctness_and_identity(tmp_path):
+    from pruning_bench.cli import main
+    from pruning_bench.evaluate.synthetic import write_colour_webdataset
+
+    root = write_colour_webdataset(tmp_path / "wds", n_train=9, n_test=6, classes=3)
+    common = ["--model", "vit_tiny_patch16_224", "--img_size", "32", "--model_arg", "patch_size=8", "--model_arg",
+              "depth=2", "--dataset", "wds/colours", "--dataset_root", str(root), "--task", "probe",
+              "--train_samples", "9", "--test_samples", "5", "--batch_size", "4", "--throughput_repeats", "1",
+              "--efficiency_batch_size", "2", "--no_progress", "--seed", "2", "--output", str(tmp_path / "r" / "{pruning}.json")]
+    assert main(["eval", *common]) == 0
+    assert main(["eval", *common, "--enable_pruning", "--prune_strategy", "tome", "--prune_param", "r=2"]) == 0
+    for path in (tmp_path / "r").glob("*.json"):
+        result = read(path)
+        assert result["seed"] == 2 and result["result_file"] == path.name
+        assert result["model_args"] == {"patch_size": 8, "depth": 2}
+        test = result["data"]["test"]
+        assert test["images"] == 5 and test["subset"] == "first 5" and test["dataset_root"] == str(root)
+        assert result["per_image"]["n"] == 5
+        assert outcomes_mean(result["per_image"]) == pytest.approx(result["metrics"]["acc1"], abs=1e-12)
+    assert main(["report", str(tmp_path / "r"), "-o", str(tmp_path / "rep"), "--no-plot"]) == 0
+    assert configurations(tmp_path / "rep").loc["tome", "delta_method"] == "bootstrap"
+    assert main(["eval", *common, "--max_samples", "3"]) == 2  # clip_benchmark's flag; here --test_samples
