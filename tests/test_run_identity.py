@@ -60,6 +60,9 @@ def test_max_samples_evaluates_the_first_n_images_and_records_identity(monkeypat
                                       "subset": "first 4", "max_samples": 4}
     assert result["per_image"]["n"] == 4
     assert outcomes_mean(result["per_image"]) == pytest.approx(result["metrics"]["acc1"], abs=1e-12)
+    settings = result.get("efficiency") or result  # measured (pruned), else recorded by the run itself
+    assert (settings["batch_size"], settings["amp"], settings["device"], settings["dtype"]) == (4, False, "cpu", "float32")
+    assert settings["image_size"] == [32, 32] and settings["threads"] >= 1
 
 
 def test_the_first_n_images_are_the_first_n_of_the_full_run(monkeypatch, tmp_path, data):
@@ -117,14 +120,14 @@ def test_pairing_follows_the_seed_and_the_image_count(monkeypatch, tmp_path, dat
 
 def test_build_csv_cells_are_json_and_report_the_same_table(monkeypatch, tmp_path, data):
     runs = tmp_path / "runs"
-    clip_benchmark_eval(monkeypatch, data, runs, "--measure_efficiency", "--max_samples", "5")
+    clip_benchmark_eval(monkeypatch, data, runs, "--max_samples", "5")  # no efficiency: the run records its settings
     clip_benchmark_eval(monkeypatch, data, runs, *PRUNE, "--max_samples", "5")
     monkeypatch.setattr(sys, "argv", ["clip_benchmark", "build", str(runs), "--output", str(tmp_path / "b.csv")])
     cli.main()
     with open(tmp_path / "b.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
-        for key in ("data", "efficiency", "per_image"):
+        for key in ("data", "per_image") + (("efficiency",) if row["strategy"] == "cls_topk" else ()):
             assert isinstance(json.loads(row[key]), dict), key
     assert json.loads(next(r for r in rows if r["strategy"] == "cls_topk")["pruning"])["strategy"] == "cls_topk"
     assert_same_tables(compare(load_results([runs])), compare(load_results([tmp_path / "b.csv"])), tmp_path / "b.csv")

@@ -364,6 +364,17 @@ class PruningSession:
                   **{k: v for k, v in seen.items() if k in ("per_image", "per_query")}}
         if output:
             fields["result_file"] = os.path.basename(output)
+        if not self.config.measure_efficiency and self.model is not None:  # else `efficiency` holds these
+            from ..record.efficiency import compute_dtype
+
+            import torch
+
+            images = seen.get("images")
+            fields.update(batch_size=min(self.args.batch_size, images or self.args.batch_size), amp=bool(self.args.amp),
+                          device=str(self.args.device), dtype=compute_dtype(self.args.device, self.args.amp, self.model),
+                          threads=torch.get_num_threads())
+            if self.images:
+                fields["image_size"] = list(self.images[0].shape[-2:])
         return fields
 
 

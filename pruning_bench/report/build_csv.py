@@ -19,7 +19,8 @@ from pathlib import Path
 
 BUILD_KEYS = ("dataset", "model", "pretrained", "task", "language", "model_fullname")
 TOP_LEVEL = set(BUILD_KEYS) | {"seed", "split", "classnames", "templates", "attention_output", "command",
-                               "pruning_slug", "strategy", "gmacs", "gflops", "images_per_second", "result_file"}
+                               "pruning_slug", "strategy", "gmacs", "gflops", "images_per_second", "result_file",
+                               "batch_size", "dtype", "device", "amp", "threads"}
 
 
 class CsvRecord:
@@ -52,6 +53,18 @@ def literal(text: str):
         return None
 
 
+def scalar(text: str):
+    """A top-level cell as the JSON value it was written from: a number or a boolean when it reads as one."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def is_build_csv(path: Path) -> bool:
     """By extension, or by content: a header line naming `dataset` and `model` rather than a JSON object."""
     if path.suffix.lower() == ".csv":
@@ -75,7 +88,7 @@ def build_csv_records(path: Path) -> list[CsvRecord]:
                 if isinstance(nested, (dict, list)):
                     record[key] = nested
                 elif key in TOP_LEVEL:
-                    record[key] = cell
+                    record[key] = scalar(cell)
                 else:
                     metrics[key] = cell
             record["metrics"] = metrics

@@ -145,9 +145,10 @@ def result_row(path: Path) -> dict[str, Any]:
         "gflops": _number(efficiency.get("gflops")),
         "images_per_second": _number(efficiency.get("images_per_second")),
         "peak_activation_mb": _number((efficiency.get("memory") or {}).get("peak_activation_mb")),
-        "batch_size": efficiency.get("batch_size"),
-        "dtype": efficiency.get("dtype"),
-        "device": efficiency.get("device"),
+        # measured with efficiency; else as the run recorded them (the plugin's runs without efficiency)
+        "batch_size": efficiency.get("batch_size", data.get("batch_size")),
+        "dtype": efficiency.get("dtype", data.get("dtype")),
+        "device": efficiency.get("device", data.get("device")),
         "tokens_per_layer": " ".join(map(str, tokens)),
         "file": str(path),
         "result_name": str(data.get("result_file") or getattr(path, "name", "") or path),
