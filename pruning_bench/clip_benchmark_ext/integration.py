@@ -27,8 +27,8 @@ import sys
 import types
 from typing import Any
 
-from . import flags, outcomes, saved_models
-from ..record import atomic, identity, naming, notes as noting, result as record
+from . import build, flags, outcomes, saved_models
+from ..record import atomic, naming, notes as noting, result as record
 from ..record.check import file_problem
 
 # Per-unit importances (12 x 3072 floats on ViT-B): kept in `handle.stats()`, left out of result files.
@@ -356,27 +356,8 @@ class PruningSession:
     def identity(self, output: str | None) -> dict[str, Any]:
         """The run's seed, the images it evaluated and their outcomes, and its own file name (`record.identity`)."""
         seen = self.outcomes.fields() if self.outcomes is not None else {}
-        split = getattr(self.args, "split", "test")
-        fields = {"seed": self.args.seed,
-                  "data": {"test": identity.test_block(split=split, images=seen.get("images"),
-                                                       dataset_root=dataset_root(self.args),
-                                                       max_samples=self.config.max_samples)},
-                  **{k: v for k, v in seen.items() if k in ("per_image", "per_query")}}
-        if output:
-            fields["result_file"] = os.path.basename(output)
-        if not self.config.measure_efficiency and self.model is not None:  # else `efficiency` holds these
-            from ..record.efficiency import compute_dtype
-
-            import torch
-
-            images = seen.get("images")
-            fields.update(batch_size=min(self.args.batch_size, images or self.args.batch_size), amp=bool(self.args.amp),
-                          device=str(self.args.device), dtype=compute_dtype(self.args.device, self.args.amp, self.model),
-                          threads=torch.get_num_threads())
-            if self.images:
-                fields["image_size"] = list(self.images[0].shape[-2:])
-        return fields
-
+        return outcomes.run_identity(self.args, self.config, seen, dataset_root(self.args), output,
+                                     model=self.model, first_batch=self.images[0] if self.images else None)
 
 def _patched(module, **replacements):
     """A stand-in for a module with some attributes replaced (the real module is left untouched)."""
@@ -498,40 +479,5 @@ def extend_cli(cli) -> None:
     run = wrap_run(cli, cli.run)
     get_parser_args._pruning_bench = run._pruning_bench = True
     cli.get_parser_args, cli.run = get_parser_args, run
-    cli.main_build = wrap_main_build(cli, cli.main_build)
+    cli.main_build = build.wrap_main_build(cli, cli.main_build)
 
-
-class _JsonCellWriter:
-    """csv.DictWriter whose nested cells (dicts, lists) are JSON, not Python reprs."""
-
-    def __init__(self, real_csv):
-        self.real_csv = real_csv
-
-    def DictWriter(self, *a, **kw):  # noqa: N802 (csv's name)
-        import json
-
-        writer = self.real_csv.DictWriter(*a, **kw)
-        writerow = writer.writerow
-
-        def json_cells(row):
-            return writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
-
-        writer.writerow = json_cells
-        return writer
-
-    def __getattr__(self, name):
-        return getattr(self.real_csv, name)
-
-
-def wrap_main_build(cli, original):
-    """`clip_benchmark build`: nested blocks (`pruning`, `efficiency`, `data`, ...) are written as JSON cells."""
-    @functools.wraps(original)
-    def main_build(base):
-        real = cli.csv
-        cli.csv = _JsonCellWriter(real)
-        try:
-            return original(base)
-        finally:
-            cli.csv = real
-
-    return main_build

@@ -12,6 +12,7 @@ clip_benchmark returns only averages. Its own functions are observed, never re-i
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -86,3 +87,26 @@ def first_n(dataset, n: int):
             raise ValueError(f"--max_samples cannot limit a {type(dataset).__name__} stream")
         return dataset.slice(n)
     return _Subset(dataset, range(min(n, len(dataset))))
+
+
+def run_identity(args, config, seen: dict[str, Any], root: str, output: str | None, *, model=None,
+                 first_batch=None) -> dict[str, Any]:
+    """The result fields that say what the run was (`record.identity`): seed, the test images, the outcomes
+    seen, the file's own name and, when no `efficiency` block holds them, the settings that timing and
+    numerics depend on (batch size, amp, dtype, device, threads, image size)."""
+    fields = {"seed": args.seed,
+              "data": {"test": identity.test_block(split=getattr(args, "split", "test"), images=seen.get("images"),
+                                                   dataset_root=root, max_samples=config.max_samples)},
+              **{k: v for k, v in seen.items() if k in ("per_image", "per_query")}}
+    if output:
+        fields["result_file"] = os.path.basename(output)
+    if not config.measure_efficiency and model is not None:
+        from ..record.efficiency import compute_dtype
+
+        images = seen.get("images")
+        fields.update(batch_size=min(args.batch_size, images or args.batch_size), amp=bool(args.amp),
+                      device=str(args.device), dtype=compute_dtype(args.device, args.amp, model),
+                      threads=torch.get_num_threads())
+        if first_batch is not None:
+            fields["image_size"] = list(first_batch.shape[-2:])
+    return fields
