@@ -93,11 +93,11 @@ def lead_interval(best, other) -> tuple[float, float, float]:
     """(mean, low, high) of best's score minus other's (see the module docstring for the interval used)."""
     a, b = _outcomes(best), _outcomes(other)
     if a is not None and b is not None and a.shape[1] == b.shape[1]:
-        return config_difference_interval(a, b)
+        return tuple(float(v) for v in config_difference_interval(a, b))
     parts = [(r["score"], r["score_std"], int(r["n"]), r["images_evaluated"]) for r in (best, other)]
     if any(pd.isna(p[0]) or pd.isna(p[3]) or p[3] <= 0 for p in parts):
         return best["score"] - other["score"], math.nan, math.nan
-    return scores_bound_interval(*parts)
+    return tuple(float(v) for v in scores_bound_interval(*parts))
 
 
 def _verdicts(ordered: pd.DataFrame) -> pd.Series:
