@@ -17,7 +17,7 @@ Chance: a configuration at exactly 1/10 accuracy (10 classes, images shared acro
 "above chance". "before" rows are the intervals the report used until now, written out here for comparison.
 
 Records go to OUT.jsonl after each cell (a rerun skips finished cells) and OUT.md is rewritten each time.
-    python benchmarks/coverage.py                      # 1,000 trials per cell, about 3 minutes on 2 cores
+    python benchmarks/coverage.py --trials 2000        # reports/coverage.md: 1.5 min on a shared 2-core CPU
     python benchmarks/coverage.py --trials 400 --out /tmp/coverage
 """
 from __future__ import annotations
