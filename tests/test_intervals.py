@@ -155,3 +155,27 @@ def test_match_target_achieved_gap_and_clamp_notes_are_shown(tmp_path):
     paths = write_leaderboard(leaderboard(load_results([tmp_path])), tmp_path / "lb", budgets=[0.7])
     board_text = paths[-1].read_text()
     assert "match_gap" in board_text and "+0.0380" in board_text
+
+
+def test_without_per_image_outcomes_identical_seeds_get_a_bound_not_zero_width(tmp_path):
+    """Results that carry no per-image correctness: the seed spread (0 here) plus a binomial bound on the images."""
+    for seed in range(3):
+        result(tmp_path, f"b{seed}", acc=0.70, seed=seed)
+        result(tmp_path, f"p{seed}", acc=0.699, seed=seed, strategy="tome")
+    row = config(load_results([tmp_path]), "tome")
+    assert row["delta_method"] == "binomial bound + seeds" and not row["delta_significant"]
+    half = 1.959964 * np.sqrt((0.699 * 0.301 + 0.7 * 0.3) / N)
+    assert (row["acc1_delta_low"], row["acc1_delta_high"]) == pytest.approx((-0.001 - half, -0.001 + half), rel=1e-5)
+
+
+def test_configurations_with_different_seed_counts_add_each_ones_seed_part():
+    from pruning_bench.report.uncertainty import config_difference_interval
+
+    rng = np.random.default_rng(5)
+    a = rng.random((3, N)) < np.array([[0.70], [0.74], [0.66]])  # seeds that move accuracy by 4 points
+    b = rng.random((1, N)) < 0.70
+    mean, low, high = config_difference_interval(a, b)
+    assert mean == pytest.approx(a.mean() - b.mean())
+    images_only = 1.96 * np.std(a.mean(0) - b[0], ddof=1) / np.sqrt(N)
+    assert (high - low) / 2 > 2 * images_only  # the 3 seeds' spread (2 dof) dominates
+    assert low < mean < high
