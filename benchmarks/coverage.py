@@ -53,7 +53,7 @@ GOAL = (0.93, 0.97, 0.06)  # coverage low, high, false calls at most
 CHUNK = 200  # trials simulated at once (memory: CHUNK x 3 x 2,000 per array)
 
 METHODS = {  # name: (what it is, used by)
-    "per-image": ("paired bootstrap over images (1 seed) / images + seeds t, Satterthwaite dof (3 seeds)",
+    "per-image": ("paired bootstrap over images (1 seed) / images + seeds t, Satterthwaite dof (2+ seeds)",
                   "report Δ, leaderboard lead"),
     "agreement bound": ("bound from top-1 agreement (+ seed spread, t)", "report Δ, no per-image outcomes"),
     "binomial bound": ("binomial bound per run (+ seed spread, t)", "report Δ, no per-image outcomes"),
@@ -222,6 +222,16 @@ def _cell_text(record: dict, name: str) -> str:
     return f"{c['covered'] / t:.3f} / {c['false'] / t:.3f}"
 
 
+def _summary_table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    shown = pd.DataFrame(rows).astype(object)
+    for column in ("coverage_min", "coverage_max", "false_max"):
+        shown[column] = [f"{v:.3f}" if not np.isnan(v) else "" for v in shown[column]]
+    shown["half_width_pp"] = [f"{v:.2f}" if not np.isnan(v) else "" for v in shown["half_width_pp"]]
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
 def markdown(records: list[dict], command: str) -> str:
     import pandas as pd
 
@@ -233,7 +243,7 @@ def markdown(records: list[dict], command: str) -> str:
              "trials below the Monte Carlo standard error of a coverage near 0.95 is about "
              f"{np.sqrt(0.95 * 0.05 / max(r['trials'] for r in records)):.3f}.", "", "## Reading", "", reading(rows), "",
              "## Summary", "",
-             pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"), "", "## Methods", ""]
+             _summary_table(rows), "", "## Methods", ""]
     lines += [f"- `{name}`: {what}; {used}." for name, (what, used) in METHODS.items()]
     lines += [f"- `{name}`: {what}." for name, what in CHANCE_METHODS.items()]
     lines += ["", "## Coverage / false-call rate per cell", "",

@@ -179,3 +179,12 @@ def test_configurations_with_different_seed_counts_add_each_ones_seed_part():
     images_only = 1.96 * np.std(a.mean(0) - b[0], ddof=1) / np.sqrt(N)
     assert (high - low) / 2 > 2 * images_only  # the 3 seeds' spread (2 dof) dominates
     assert low < mean < high
+
+
+def test_configurations_csv_keeps_no_packed_outcomes(tmp_path):
+    base = np.random.default_rng(6).random(N) < 0.7
+    result(tmp_path, "b", correct=base)
+    result(tmp_path, "p", correct=~base, strategy="tome")
+    write_report(compare(load_results([tmp_path])), tmp_path / "out" / "r", with_plot=False)
+    configs = pd.read_csv(tmp_path / "out" / "r_configurations.csv")
+    assert "per_image_correct" not in configs and configs["per_image_n"].eq(N).all()

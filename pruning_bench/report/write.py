@@ -213,7 +213,7 @@ def write_report(table: pd.DataFrame, output: str | Path, *, title: str | None =
     write_text(csv_path, table.drop(columns=["per_image_correct", "acc1_baseline_per_image_correct"],
                                     errors="ignore").to_csv(index=False))
     write_text(md_path, markdown(table, title or f"Pruning comparison: {output.name}", configs))
-    write_text(configs_path, configs.to_csv(index=False))
+    write_text(configs_path, configs.drop(columns=["per_image_correct"], errors="ignore").to_csv(index=False))
     written = [csv_path, md_path]
     if with_plot:
         written += write_plots(table, output, configs)
