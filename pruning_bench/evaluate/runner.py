@@ -356,6 +356,8 @@ def _finetune(args, config, loaded, test, train, calibration):
                           "augmentation": "none", "head": f"new linear head, {num_classes} classes",
                           "deterministic": "torch.use_deterministic_algorithms(True, warn_only=True)",
                           "timing": outcome.timing()}, **saved}
+    if outcome.test_correct is not None:
+        extra["per_image"] = identity.packed(outcome.test_correct)
     if rows:
         extra["rounds"] = rows
         extra["training"]["rounds"] = {"count": n_rounds, "ratios": "compound: each round removes its ratio of "
