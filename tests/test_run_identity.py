@@ -230,3 +230,13 @@ def test_pruning_bench_eval_writes_per_image_correctness_and_identity(tmp_path):
     assert main(["report", str(tmp_path / "r"), "-o", str(tmp_path / "rep"), "--no-plot"]) == 0
     assert configurations(tmp_path / "rep").loc["tome", "delta_method"] == "bootstrap"
     assert main(["eval", *common, "--max_samples", "3"]) == 2  # clip_benchmark's flag; here --test_samples
+
+
+def test_a_pruned_run_says_what_it_applied_to_which_model_and_any_clamp(monkeypatch, tmp_path, data, capsys):
+    clip_benchmark_eval(monkeypatch, data, tmp_path, "--enable_pruning", "--prune_strategy", "cls_topk",
+                        "--prune_param", "keep=100", "--max_samples", "4")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pruning-bench:")]
+    applied = [line for line in lines if "applied cls_topk-keep100-start_layer1" in line]
+    assert len(applied) == 1 and data["model"] in applied[0]
+    [result] = [read(p) for p in tmp_path.glob("*.json")]
+    assert result["pruning"]["notes"] and all(any(note in line for line in lines) for note in result["pruning"]["notes"])
