@@ -132,3 +132,28 @@ def test_a_fixed_count_strategy_reports_no_per_image_fields():
         count = pb.count_flops(model, _images().float())
         assert "tokens_per_image" not in h.stats()
     assert count.per_image is None and "padding_overhead" not in count.as_dict()
+
+
+def test_a_compiled_forward_pads_to_the_static_width_and_matches_eager():
+    """Compiled fullgraph, per-image counts stay per image: the padding is the strategy's static width, never
+    a host read of the counts, and outputs and per-image counts equal the eager (trimmed) forward's."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = tiny_timm(global_pool="avg").eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:128] *= 16
+    x = _images().float()
+    with pb.prune(model, "ats", prune_layers=[1, 2], keep_rate=0.5) as h:
+        counter = CompileCounter()
+        compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=False)
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            got = compiled(x)
+            compiled_stats = h.stats()
+            want = model(x)
+            eager_stats = h.stats()
+    assert counter.frame_count == 1
+    assert len({tuple(c) for c in eager_stats["tokens_per_image"]}) > 1
+    assert compiled_stats["tokens_per_image"] == eager_stats["tokens_per_image"]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
