@@ -53,12 +53,40 @@ def load_saved(path: str, device="cpu"):
     return model, transform(model), tokenizer(model)
 
 
-def with_saved_token_strategy(args, fail):
-    """`args` whose pruning configuration re-applies the token strategy the saved `--pretrained` records
-    (or, with `--prune_no_reapply`, records that it is left out); `args` itself when there is none."""
-    import argparse
+def reapplying(config, token: dict | None, path: str, command: str):
+    """`config` for a run of the saved model at `path`, whose file records the token strategy `token` (or None):
+    re-applying it (the default) or, with `--prune_no_reapply`, recording that it is left out. One line on
+    stderr says which. ValueError (one line) when the run asks for another strategy on top or it cannot be re-applied."""
     import dataclasses
     import sys
+
+    from .flags import _resolved_params
+
+    if not token:
+        return config
+    described = f"{token['strategy']} ({', '.join(f'{k}={v}' for k, v in token['params'].items() if v is not None)})"
+    if not config.reapply:
+        print(f"{command}: {path} was saved with the token strategy {described}; evaluated without it "
+              "(--prune_no_reapply)", file=sys.stderr)
+        return dataclasses.replace(config, saved_token_strategy=token)
+    if config.enabled:
+        raise ValueError(f"--pretrained {path} carries the token strategy {token['strategy']}, re-applied by default; "
+                         f"give --prune_no_reapply to evaluate --prune_strategy {config.strategy} on it instead")
+    try:
+        resolved, _ = _resolved_params(token["strategy"], dict(token["params"]))
+    except ValueError as exc:
+        raise ValueError(f"--pretrained {path}: its recorded token strategy cannot be re-applied ({exc}); give "
+                         "--prune_no_reapply to evaluate it without") from None
+    print(f"{command}: {path} was saved with the token strategy {described}; re-applied "
+          "(--prune_no_reapply to evaluate without it)", file=sys.stderr)
+    return dataclasses.replace(config, enabled=True, measure_efficiency=True, strategy=token["strategy"],
+                               params=dict(token["params"]), resolved=resolved, reapplied_from=path)
+
+
+def with_saved_token_strategy(args, fail):
+    """`args` whose pruning configuration re-applies the token strategy the saved `--pretrained` records
+    (see `reapplying`); `args` itself when there is none."""
+    import argparse
 
     from . import flags
     from ..saved import read_architecture
@@ -68,29 +96,10 @@ def with_saved_token_strategy(args, fail):
     if not token:
         return args
     config = getattr(args, "pruning_config", None)
-    if config is None:
-        try:
-            config = flags.resolve(args)
-        except ValueError as exc:
-            fail(str(exc))
-    described = f"{token['strategy']} ({', '.join(f'{k}={v}' for k, v in token['params'].items() if v is not None)})"
-    if not config.reapply:
-        config = dataclasses.replace(config, saved_token_strategy=token)
-        print(f"pruning-bench: {path} was saved with the token strategy {described}; evaluated without it "
-              "(--prune_no_reapply)", file=sys.stderr)
-    elif config.enabled:
-        fail(f"--pretrained {path} carries the token strategy {token['strategy']}, re-applied by default; give "
-             f"--prune_no_reapply to evaluate --prune_strategy {config.strategy} on it instead")
-    else:
-        try:
-            resolved, _ = flags._resolved_params(token["strategy"], dict(token["params"]))
-        except ValueError as exc:
-            fail(f"--pretrained {path}: its recorded token strategy cannot be re-applied ({exc}); "
-                 "give --prune_no_reapply to evaluate it without")
-        config = dataclasses.replace(config, enabled=True, measure_efficiency=True, strategy=token["strategy"],
-                                     params=dict(token["params"]), resolved=resolved, reapplied_from=path)
-        print(f"pruning-bench: {path} was saved with the token strategy {described}; re-applied "
-              "(--prune_no_reapply to evaluate without it)", file=sys.stderr)
+    try:
+        config = reapplying(config or flags.resolve(args), token, path, "pruning-bench")
+    except ValueError as exc:
+        fail(str(exc))
     args = argparse.Namespace(**vars(args))
     args.pruning_config = config
     return args

@@ -210,28 +210,13 @@ def _root(args) -> str | None:
 def saved_token_strategy(model, config: flags.PruningConfig, pretrained) -> flags.PruningConfig:
     """The configuration that re-applies the token strategy a saved `--pretrained` records (one line says so), or
     `config` itself; `--prune_no_reapply` keeps the file's strategy out and records that it did."""
-    import dataclasses
+    from ..clip_benchmark_ext.saved_models import reapplying
 
     token = (getattr(model, "pb_saved_architecture", None) or {}).get("token_strategy")
-    if not token:
-        return config
-    described = f"{token['strategy']} ({', '.join(f'{k}={v}' for k, v in token['params'].items() if v is not None)})"
-    if not config.reapply:
-        print(f"pruning-bench eval: {pretrained} was saved with the token strategy {described}; evaluated without "
-              "it (--prune_no_reapply)", file=sys.stderr)
-        return dataclasses.replace(config, saved_token_strategy=token)
-    if config.enabled:
-        raise EvalError(f"--pretrained {pretrained} carries the token strategy {token['strategy']}, re-applied by "
-                        f"default; give --prune_no_reapply to evaluate --prune_strategy {config.strategy} on it instead")
     try:
-        resolved, _ = flags._resolved_params(token["strategy"], dict(token["params"]))
+        return reapplying(config, token, pretrained, "pruning-bench eval")
     except ValueError as exc:
-        raise EvalError(f"--pretrained {pretrained}: its recorded token strategy cannot be re-applied ({exc}); give "
-                        "--prune_no_reapply to evaluate it without") from None
-    print(f"pruning-bench eval: {pretrained} was saved with the token strategy {described}; re-applied "
-          "(--prune_no_reapply to evaluate without it)", file=sys.stderr)
-    return dataclasses.replace(config, enabled=True, measure_efficiency=True, strategy=token["strategy"],
-                               params=dict(token["params"]), resolved=resolved, reapplied_from=pretrained)
+        raise EvalError(str(exc)) from None
 
 
 def _efficiency(model, test, loaded, args, handle):
