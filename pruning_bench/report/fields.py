@@ -12,10 +12,15 @@ import math
 import statistics
 from typing import Any
 
-# settings a pruned run must share with its baseline (besides model, pretrained, dataset, task, language)
-SETTINGS = ["split", "test_samples", "train_samples", "image_size", "batch_size", "dtype", "amp", "device", "threads"]
+# settings a pruned run must share with its baseline (besides model, pretrained, dataset, task, language): the
+# run's identity but the strategy and the seed (see record/identity.py): which images (root, split, count,
+# subset rule), model arguments, and the timing conditions. Runs differing only in seed are one configuration.
+SETTINGS = ["dataset_root", "split", "test_samples", "subset", "train_samples", "model_args", "image_size",
+            "batch_size", "dtype", "amp", "device", "threads"]
+# a pruned run's baseline has its seed too (random-init weights, probes and shuffling change with it)
+PAIRING_SETTINGS = ["seed"]
 # and, for tasks that train or fit something, these too
-TRAINING_SETTINGS = ["seed", "training"]
+TRAINING_SETTINGS = ["training"]
 TRAINING_TASKS = {"finetune", "probe", "linear_probe"}
 # entries of a result's `training` block that are measurements, not settings
 TRAINING_MEASUREMENTS = {"timing", "step_seconds", "warmup_steps", "images_per_second", "seconds", "seconds_per_epoch",
@@ -117,6 +122,18 @@ def config_params(params: dict | None) -> str:
     return format_params({k: v for k, v in (params or {}).items() if k != "seed"})
 
 
+def match_fields(data: dict) -> dict[str, Any]:
+    """`--match_macs` target and achieved MACs ratio (`pruning.match`, else the flat `match_target_ratio`) and the
+    run's clamp notes (`pruning.notes`, joined with "; ")."""
+    pruning = data.get("pruning") if isinstance(data.get("pruning"), dict) else {}
+    match = pruning.get("match") if isinstance(pruning.get("match"), dict) else {}
+    notes = pruning.get("notes") if isinstance(pruning.get("notes"), list) else []
+    return {"match_target": _number(_first(match.get("target_ratio"), data.get("match_target_ratio"))),
+            "match_achieved": _number(match.get("achieved_ratio")),
+            "match_knob": _text(match.get("knob")),
+            "notes": "; ".join(str(n) for n in notes)}
+
+
 def run_fields(data: dict) -> dict[str, Any]:
     """The extra columns of one result (see the module docstring)."""
     metrics = data.get("metrics") or {}
@@ -133,10 +150,13 @@ def run_fields(data: dict) -> dict[str, Any]:
         "config_params": config_params(params),
         "split": _text(_first(test.get("split"), data.get("split"))),
         "test_samples": _text(_first(test.get("images"), data.get("test_samples"))),
+        "dataset_root": _text(_first(test.get("dataset_root"), data.get("dataset_root"))),
+        "subset": _text(test.get("subset")),
+        "model_args": _text(data.get("model_args")),
         "train_samples": _text(_first(train.get("images"), data.get("train_samples"))),
         "image_size": _text(_first(efficiency.get("image_size"), data.get("image_size"))),
-        "amp": _text(efficiency.get("amp")),
-        "threads": _text(efficiency.get("threads")),
+        "amp": _text(_first(efficiency.get("amp"), data.get("amp"))),
+        "threads": _text(_first(efficiency.get("threads"), data.get("threads"))),
         "training": _text({k: v for k, v in training.items() if k not in TRAINING_MEASUREMENTS} or None),
         "classes": _number(_first(test.get("classes"), data.get("classes"),
                                   len(data["classnames"]) if isinstance(data.get("classnames"), list) else None)),
@@ -146,6 +166,7 @@ def run_fields(data: dict) -> dict[str, Any]:
         "per_image_correct": per_image.get("correct") or "",
         "per_image_n": _number(per_image.get("n")),
     }
+    row.update(match_fields(data))
     row.update({name: _number(metrics.get(name)) for name in FIDELITY_METRICS})
     row.update(recall_fields(metrics))
     row.update(timing_fields(efficiency))
