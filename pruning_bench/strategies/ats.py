@@ -27,9 +27,9 @@ import warnings
 import torch
 
 from ..registry import register_strategy
-from .base import AttentionProbe, check_float
+from .base import AttentionProbe
+from .params import Blocks, Float
 from .per_image import PaddedSelection, PerImageStrategy, packed
-from .prune_once import check_layers
 
 EPS = 1e-6  # the reference's normaliser guard
 PADDING_SHIFT = 0.1  # the reference pushes the CDF of padding tokens this far
@@ -71,20 +71,24 @@ def ats_selection(score: torch.Tensor, steps: torch.Tensor, n_prefix: int, paddi
 
 @register_strategy("ats")
 class ATS(PerImageStrategy):
-    param_help = {"prune_layers": "list of block indices (increasing, >= 0): the blocks that sample",
-                  "keep_rate": "float in (0, 1]: at the s-th listed block at most int(keep_rate^(s+1) x P) + 1 "
-                               "samples, P the input's patch count"}
-    defaults = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
+    param_spec = {
+        "prune_layers": Blocks([3, 6, 9], "the blocks that sample"),
+        "keep_rate": Float(0.7, "at the s-th listed block at most int(keep_rate^(s+1) x P) + 1 samples, P the "
+                                "input's patch count", low=0.0, high=1.0, low_open=True),
+    }
     needs_class_token = True
     compute_knob = "keep_rate"
     example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}
     keep_all_params = {"prune_layers": [1, 2], "keep_rate": 1.0}
 
     def _check(self):
-        p = self.params
-        p["prune_layers"] = check_layers("prune_layers", p["prune_layers"], self.name)
-        p["keep_rate"] = check_float("keep_rate", p["keep_rate"], 0.0, 1.0, low_open=True, owner=self.name)
         self._patches = None
+
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        if knob == "keep_rate":  # below 1 / patches every stage keeps one token
+            return 0.5 / patches, 1.0
+        return super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["prune_layers"]

@@ -24,8 +24,8 @@ import warnings
 import torch
 
 from ..registry import register_strategy
-from .base import AttentionProbe, Merge, TokenStrategy, bipartite_macs, check_bool, check_float, check_int
-from .prune_once import check_layers
+from .base import AttentionProbe, Merge, TokenStrategy, bipartite_macs
+from .params import Blocks, Bool, Float, Int
 from .tome import bipartite_soft_matching
 
 PREFIX_SCORE = 2.0  # above any normalised score: the reference's way of keeping the class token
@@ -73,22 +73,21 @@ def ppt_reduction(score: torch.Tensor, metric: torch.Tensor, n_prefix: int, r: i
 
 @register_strategy("ppt")
 class PPT(TokenStrategy):
-    param_help = {"r": "int >= 0: tokens removed in each block of pp_loc_list",
-                  "pp_loc_list": "list of block indices (increasing, >= 0): the blocks that prune or pool",
-                  "threshold": "float >= 0: an image whose score variance is below it is pooled, else pruned",
-                  "prop_attn": "bool: proportional attention (log of token sizes added to the logits)"}
-    defaults = {"r": 50, "pp_loc_list": [3, 6, 9], "threshold": 7e-5, "prop_attn": True}
+    param_spec = {
+        "r": Int(50, "tokens removed in each block of pp_loc_list", low=0),
+        "pp_loc_list": Blocks([3, 6, 9], "the blocks that prune or pool"),
+        "threshold": Float(7e-5, "an image whose score variance is below it is pooled, else pruned", low=0.0,
+                           high=float("inf")),
+        "prop_attn": Bool(True, "proportional attention (log of token sizes added to the logits)"),
+    }
     needs_class_token = True
     compute_knob = "r"
     example_params = {"r": 8, "pp_loc_list": [1, 2], "threshold": 2e-4}
     keep_all_params = {"r": 0, "pp_loc_list": [1, 2]}
 
-    def _check(self):
-        p = self.params
-        p["r"] = check_int("r", p["r"], 0, None, self.name)
-        p["pp_loc_list"] = check_layers("pp_loc_list", p["pp_loc_list"], self.name)
-        p["threshold"] = check_float("threshold", p["threshold"], 0.0, float("inf"), owner=self.name)
-        p["prop_attn"] = check_bool("prop_attn", p["prop_attn"], self.name)
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["pp_loc_list"]
