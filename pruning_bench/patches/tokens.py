@@ -4,7 +4,9 @@ Each block's class is swapped for a subclass whose `forward` asks the strategy h
 leave the block. A block that keeps every token (and needs no size bias) runs its own, unmodified
 `forward`, so budgets that keep everything are exact no-ops. A reducing block runs attention with
 its q/k exposed, adds the attention residual, lets the strategy select or merge tokens, then runs
-its MLP on the survivors. Swapping classes (not storing bound methods on instances) keeps
+its MLP on the survivors. A strategy whose `placement` is "exit" reduces at the block's exit instead:
+the MLP runs on every token and the reduction takes the block's output (what enters the next block),
+with the decision still made from the block's own attention. Swapping classes (not storing bound methods on instances) keeps
 `nn.DataParallel` replicas and `state_dict` intact.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ class TokenRun:
         self.source = None
         self.tokens_in: list[int] = []
         self.tokens_mlp: list[int] = []
+        self.tokens_out: list[int] = []
         self.records: list[dict] = []
         if x is not None and self.trace_source:
             B, N, _ = x.shape
@@ -67,6 +70,7 @@ class TokenRun:
         bias_needed = self.size is not None and self.strategy.uses_size_bias()
         if n_out == N and not bias_needed and not self.record_attention:
             self.tokens_mlp.append(N)
+            self.tokens_out.append(N)
             return original() if self.rope is None else original(**self.family.block_call(rope))
         if any(a is not None and a is not False for a in extra_args):
             raise ValueError("token reduction cannot be combined with an attention mask")
@@ -77,8 +81,23 @@ class TokenRun:
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
         out, probe = attention_with_probe(attn, norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
+        del out
+        if self.strategy.placement == "exit":  # the MLP sees every token; the block's output is reduced
+            self.tokens_mlp.append(N)
+            x = x + layout.mlp_residual(block, mlp(norm2(x)))
+            x = self._reduce(layer, x, probe, rope, n_out)
+            self.tokens_out.append(int(x.shape[1]))
+            return x
+        x = self._reduce(layer, x, probe, rope, n_out)
+        del probe  # q and k must not stay alive through the MLP: they would raise peak memory
+        self.tokens_mlp.append(int(x.shape[1]))
+        self.tokens_out.append(int(x.shape[1]))
+        return x + layout.mlp_residual(block, mlp(norm2(x)))
+
+    def _reduce(self, layer: int, x: torch.Tensor, probe, rope, n_out: int) -> torch.Tensor:
+        """`x` (B, N, C) taken to `n_out` tokens by the strategy, with sizes, rotary rows and sources following."""
         kept = None
-        if n_out < N:
+        if n_out < int(x.shape[1]):
             reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
             size = self.size
             rows = None if rope is None else self._rope_rows(rope, x)
@@ -93,9 +112,7 @@ class TokenRun:
             cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
             self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept,
                                  "owner": None if self.source is None else owner_of_inputs(self.source)})
-        del out, probe  # q and k must not stay alive through the MLP: they would raise peak memory
-        self.tokens_mlp.append(int(x.shape[1]))
-        return x + layout.mlp_residual(block, mlp(norm2(x)))
+        return x
 
     def _rope_rows(self, rope: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The rotary table as one row per token (B, N, R), prefix rows zero, to reduce with the tokens."""
@@ -108,7 +125,8 @@ class TokenRun:
         return torch.cat([prefix, table], dim=1)
 
     def stats(self) -> dict:
-        return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+        return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp),
+                "out_tokens_per_layer": list(self.tokens_out)}
 
 
 def reduced_rope(reduction, rows: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
@@ -154,7 +172,7 @@ class TokenAttachment:
     @property
     def removed(self) -> bool:
         """Whether a block of the last forward removed tokens."""
-        return any(m < n for n, m in zip(self.run.tokens_in, self.run.tokens_mlp))
+        return any(m < n for n, m in zip(self.run.tokens_in, self.run.tokens_out))
 
     def restore(self) -> None:
         while self._swapped:

@@ -218,7 +218,7 @@ class AttentionProbe:
 
 
 class TokenStrategy(Strategy):
-    """A strategy that reduces the tokens of a block between its attention and its MLP.
+    """A strategy that reduces the tokens of a block after its attention (before its MLP, or at its exit).
 
     Subclasses implement `plan_block` (how many tokens leave a block given how many enter, and a
     note when the budget had to be clamped) and `reduce` (which tokens, for that count).
@@ -226,6 +226,10 @@ class TokenStrategy(Strategy):
 
     kind = "token"
     needs_class_token = False  # True when tokens are ranked by the class token's attention
+    # where a reducing block reduces: "attention" (after its attention, before its MLP, as ToMe) or "exit"
+    # (after its MLP: what enters the next block, as methods that reduce between blocks); the decision
+    # reads the block's own attention either way
+    placement = "attention"
 
     @abc.abstractmethod
     def plan_block(self, layer: int, n_tokens: int, n_prefix: int, n_layers: int) -> tuple[int, str | None]:
