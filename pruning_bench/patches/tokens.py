@@ -6,7 +6,9 @@ leave the block. A block that keeps every token (and needs no size bias) runs it
 its q/k exposed, adds the attention residual, lets the strategy select or merge tokens, then runs
 its MLP on the survivors. A strategy whose `placement` is "exit" reduces at the block's exit instead:
 the MLP runs on every token and the reduction takes the block's output (what enters the next block),
-with the decision still made from the block's own attention. Swapping classes (not storing bound methods on instances) keeps
+with the decision still made from the block's own attention. With "ahead" (MCTF's one-step-ahead
+attention) the block's input is reduced from its attention map before the attention output is formed,
+and the reduced tokens attend with the reduction's merged map. Swapping classes (not storing bound methods on instances) keeps
 `nn.DataParallel` replicas and `state_dict` intact.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from ..families import Family, locate
 from ..strategies.base import Selection, TokenStrategy
-from .attention import attention_with_probe
+from .attention import attention_from_weights, attention_probe, attention_with_probe
 from .pooling import patched_vit_class
 
 _BLOCK_CLASSES: dict[type, type] = {}
@@ -79,6 +81,8 @@ class TokenRun:
         norm1, attn, norm2, mlp = layout.parts(block)
         bias = self.size.log()[:, None, None, :, 0] if bias_needed else None
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
+        if self.strategy.placement == "ahead":
+            return self._reduce_ahead(block, layout, x, bias, rotate, rope, n_out)
         out, probe = attention_with_probe(attn, norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
         del out
@@ -94,11 +98,24 @@ class TokenRun:
         self.tokens_out.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
 
+    def _reduce_ahead(self, block, layout, x, bias, rotate, rope, n_out: int) -> torch.Tensor:
+        """Reduce the block's input from its attention map before the attention output is formed; the block then
+        runs on the reduced tokens with the reduction's attention map (`merge_attention`) in place of its own."""
+        norm1, attn, norm2, mlp = layout.parts(block)
+        probe = attention_probe(attn, norm1(x), bias, rotate, self.n_prefix)
+        x = self._reduce(block._pb_layer, x, probe, rope, n_out)
+        weights = self._last_reduction.merge_attention() if self._last_reduction is not None else probe.attention_map()
+        del probe
+        x = x + layout.attn_residual(block, attention_from_weights(attn, norm1(x), weights))
+        self.tokens_mlp.append(int(x.shape[1]))
+        self.tokens_out.append(int(x.shape[1]))
+        return x + layout.mlp_residual(block, mlp(norm2(x)))
+
     def _reduce(self, layer: int, x: torch.Tensor, probe, rope, n_out: int) -> torch.Tensor:
         """`x` (B, N, C) taken to `n_out` tokens by the strategy, with sizes, rotary rows and sources following."""
-        kept = None
+        kept = self._last_reduction = None
         if n_out < int(x.shape[1]):
-            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
+            reduction = self._last_reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
             size = self.size
             rows = None if rope is None else self._rope_rows(rope, x)
             x, self.size = reduction.reduce_features(x, size)  # first: some strategies settle their plan here
