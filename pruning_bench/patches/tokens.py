@@ -100,10 +100,10 @@ class TokenRun:
         if self.strategy.placement == "exit":  # the MLP sees every token; the block's output is reduced
             self._entering_mlp(x)
             x = x + layout.mlp_residual(block, mlp(norm2(x)))
-            x = self._reduce(layer, x, probe, rope, n_out, reducing)
+            x, _ = self._reduce(layer, x, probe, rope, n_out, reducing)
             self.tokens_out.append(int(x.shape[1]))
             return x
-        x = self._reduce(layer, x, probe, rope, n_out, reducing)
+        x, _ = self._reduce(layer, x, probe, rope, n_out, reducing)
         del probe  # q and k must not stay alive through the MLP: they would raise peak memory
         self._entering_mlp(x)
         self.tokens_out.append(int(x.shape[1]))
@@ -118,20 +118,21 @@ class TokenRun:
         runs on the reduced tokens with the reduction's attention map (`merge_attention`) in place of its own."""
         norm1, attn, norm2, mlp = layout.parts(block)
         probe = attention_probe(attn, norm1(x), bias, rotate, self.n_prefix)
-        x = self._reduce(block._pb_layer, x, probe, rope, n_out, reducing)
-        weights = self._last_reduction.merge_attention() if self._last_reduction is not None else probe.attention_map()
+        x, reduction = self._reduce(block._pb_layer, x, probe, rope, n_out, reducing)
+        weights = reduction.merge_attention() if reduction is not None else probe.attention_map()
         del probe
         x = x + layout.attn_residual(block, attention_from_weights(attn, norm1(x), weights))
         self._entering_mlp(x)
         self.tokens_out.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
 
-    def _reduce(self, layer: int, x: torch.Tensor, probe, rope, n_out: int, reducing: bool) -> torch.Tensor:
-        """`x` (B, N, C) taken to `n_out` tokens by the strategy, with sizes, rotary rows and sources following."""
-        kept = self._last_reduction = None
+    def _reduce(self, layer: int, x: torch.Tensor, probe, rope, n_out: int, reducing: bool):
+        """(`x` (B, N, C) taken to `n_out` tokens by the strategy, with sizes, rotary rows and sources following;
+        the reduction, or None). The reduction is returned, never stored: a compiled graph would have to rebuild it."""
+        kept = reduction = None
         if reducing:
             per_image = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
-            reduction = self._last_reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **per_image)
+            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **per_image)
             if isinstance(reduction, PaddedSelection):
                 reduction = self._padded(reduction)
             size = self.size
@@ -147,7 +148,7 @@ class TokenRun:
             cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
             self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept,
                                  "owner": None if self.source is None else owner_of_inputs(self.source)})
-        return x
+        return x, reduction
 
     def _padded(self, reduction: PaddedSelection) -> PaddedSelection:
         """Carry a per-image selection's mask on. An eager forward cuts the padding to the batch's longest
