@@ -1,6 +1,7 @@
 """dpc_knn and kmedoids against the clustering algorithms as Haurum et al. describe them, one image and one
 token at a time (DPC-KNN from TCFormer with equal token weights; K-Medoids started from the tokens that
-receive the most attention). The reduction runs after the block's attention, like every token strategy.
+receive the most attention). As the authors do, the reduction runs between blocks: before each listed
+block, on the previous block's output, with the previous block's attention.
 """
 import math
 
@@ -51,13 +52,9 @@ def paper_kmedoids(tokens, weight, n_clusters, iterations):
 
 def paper_forward(model, image, prune_layers, keep_rate, method, **params):
     x = model.norm_pre(model._pos_embed(model.patch_embed(image[None])))[0]
+    weights = None
     for index, block in enumerate(model.blocks):
-        attn = block.attn
-        n, heads = x.shape[0], attn.num_heads
-        q, k, v = attn.qkv(block.norm1(x)).reshape(n, 3, heads, -1).unbind(1)
-        weights = (torch.einsum("nhd,mhd->hnm", q, k) * q.shape[-1] ** -0.5).softmax(dim=-1)
-        x = x + block.ls1(attn.proj(torch.einsum("hnm,mhd->nhd", weights, v).reshape(n, -1)))
-        if index in prune_layers:
+        if index in prune_layers:  # between blocks: the previous block's output and attention
             patches = x[1:]
             n_clusters = math.ceil(keep_rate * patches.shape[0])
             if method == "dpc_knn":
@@ -66,6 +63,11 @@ def paper_forward(model, image, prune_layers, keep_rate, method, **params):
                 received = weights.sum(dim=(0, 1))[1:]  # over heads and queries
                 reduced = paper_kmedoids(patches, received, n_clusters, params["cluster_iters"])
             x = torch.cat([x[:1], reduced])
+        attn = block.attn
+        n, heads = x.shape[0], attn.num_heads
+        q, k, v = attn.qkv(block.norm1(x)).reshape(n, 3, heads, -1).unbind(1)
+        weights = (torch.einsum("nhd,mhd->hnm", q, k) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        x = x + block.ls1(attn.proj(torch.einsum("hnm,mhd->nhd", weights, v).reshape(n, -1)))
         x = x + block.ls2(block.mlp(block.norm2(x)))
     return model.forward_head(model.norm(x[None]))[0]
 
@@ -93,10 +95,11 @@ def test_image_alone_or_among_copies_gives_the_same_clusters(method):
     model = tiny_timm()
     torch.manual_seed(4)
     x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad(), pb.prune(model, method, prune_layers=[0, 1, 2], keep_rate=0.6) as h:
+    with torch.no_grad(), pb.prune(model, method, prune_layers=[1, 2, 3], keep_rate=0.6) as h:
         together = model(x)
         alone = torch.cat([model(x[i : i + 1]) for i in (0, 5)])
     assert h.stats()["tokens_per_layer"] == [65, 40, 25, 16]
+    assert h.stats()["mlp_tokens_per_layer"] == [65, 40, 25, 16]  # each block's MLP sees every token entering it
     assert torch.allclose(together[[0, 5]], alone, atol=1e-5, rtol=0)
 
 
@@ -111,7 +114,9 @@ def test_dpc_knn_defaults_and_sizes():
 
 @pytest.mark.parametrize("method,params,match", [("dpc_knn", {"k_neighbors": 0}, "k_neighbors=0 is out of range"),
                                                  ("kmedoids", {"cluster_iters": -1}, "cluster_iters=-1 is out of range"),
-                                                 ("kmedoids", {"keep": 5}, "unknown parameter")])
+                                                 ("kmedoids", {"keep": 5}, "unknown parameter"),
+                                                 ("dpc_knn", {"prune_layers": [0, 2]}, r"block 0, out of range \[1, 3\]"),
+                                                 ("kmedoids", {"prune_layers": [4]}, r"out of range \[0, 3\]")])
 def test_bad_parameters(method, params, match):
     with pytest.raises(ValueError, match=match):
         pb.prune(tiny_timm(), method, **params)

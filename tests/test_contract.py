@@ -64,7 +64,7 @@ def _decision_macs(strategy, model, stats) -> float:
     heads = int(getattr(getattr(attn, family.block_layout(attn).attn), "num_heads"))
     decision = DecisionDims(dims.embed_dim, dims.blocks[0].attn_dim // heads, dims.blocks[0].attn_dim)
     return sum(strategy.decision_macs(i, n, m, family.n_prefix, decision)
-               for i, (n, m) in enumerate(zip(stats["tokens_per_layer"], stats["mlp_tokens_per_layer"])) if m < n)
+               for i, (n, m) in enumerate(zip(stats["tokens_per_layer"], stats["out_tokens_per_layer"])) if m < n)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

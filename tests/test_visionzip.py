@@ -1,7 +1,7 @@
 """VisionZip against its algorithm written one image and one token at a time (Yang et al., CVPR 2025):
 in one block, the class token plus the dominant - 1 patches it attends to most, then contextual tokens
 (uniformly strided targets among the rest, each plus the mean of the remaining tokens whose keys are
-closest to it); plus the contract."""
+closest to it), taken at the block's exit as the authors do; plus the contract."""
 import pytest
 import torch
 
@@ -41,9 +41,9 @@ def paper_visionzip_forward(model, image, dominant, contextual, layer):
         q, k, v = attn.qkv(block.norm1(x)).reshape(n, 3, heads, -1).unbind(1)
         weights = (torch.einsum("nhd,mhd->hnm", q, k) * q.shape[-1] ** -0.5).softmax(-1)
         x = x + block.ls1(attn.proj(torch.einsum("hnm,mhd->nhd", weights, v).reshape(n, -1)))
-        if index == layer:
-            x = paper_visionzip_step(x, weights[:, 0].sum(0), k.mean(dim=1), dominant, contextual)
         x = x + block.ls2(block.mlp(block.norm2(x)))
+        if index == layer:  # the block's output, with its own attention and keys
+            x = paper_visionzip_step(x, weights[:, 0].sum(0), k.mean(dim=1), dominant, contextual)
     return model.forward_head(model.norm(x[None]))[0]
 
 

@@ -128,3 +128,80 @@ def _in_proj_attention(attn, h, bias):
     if hasattr(attn, "out_drop"):
         out = attn.out_drop(out)
     return out, AttentionProbe(q, k, logit_fn, v)
+
+
+# ---------------------------------------------------------------- attention split at its softmax weights
+# For a strategy that decides from a block's attention map before the block's output is formed (MCTF's
+# one-step-ahead attention): the probe computes q and k only; the output is then formed from given
+# softmax weights and the values of (possibly merged) tokens.
+
+
+def _projection_rows(attn, h, which: int) -> torch.Tensor:
+    """Projection `which` (0 q, 1 k, 2 v) of `h` (B, N, d) as (B, heads, N, head_dim), from any in-projection."""
+    B, N, _ = h.shape
+    separate = getattr(attn, "qkv", None) is None and getattr(attn, "q_proj", None) is not None
+    if separate:
+        out = (attn.q_proj, attn.k_proj, attn.v_proj)[which](h)
+    else:
+        fused = getattr(attn, "qkv", None)
+        weight = fused.weight if fused is not None else attn.in_proj_weight
+        if fused is not None and getattr(attn, "q_bias", None) is not None:  # timm Eva
+            bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        else:
+            bias = fused.bias if fused is not None else attn.in_proj_bias
+        rows = weight.shape[0] // 3
+        part = slice(which * rows, (which + 1) * rows)
+        out = F.linear(h, weight[part], None if bias is None else bias[part])
+    return out.reshape(B, N, attn.num_heads, -1).transpose(1, 2)
+
+
+def attention_probe(attn, h: torch.Tensor, bias: torch.Tensor | None, rotate=None, n_prefix: int = 0) -> AttentionProbe:
+    """q and k of `attn` on `h` (the values and the output are left to `attention_from_weights`)."""
+    in_proj = getattr(attn, "qkv", None) is None and getattr(attn, "q_proj", None) is None
+    if in_proj and not hasattr(attn, "in_proj_weight"):
+        raise UnsupportedModelError(f"no token-reduction support for attention module {type(attn).__name__}")
+    if in_proj and rotate is not None:
+        raise UnsupportedModelError(f"rotary embeddings with attention module {type(attn).__name__} are not supported")
+    q, k = _projection_rows(attn, h, 0), _projection_rows(attn, h, 1)
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    head_dim = q.shape[-1]
+    if in_proj and getattr(attn, "logit_scale", None) is not None:
+        scale = torch.clamp(attn.logit_scale, max=attn.logit_scale_max).exp()
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+
+        def logit_fn(qq, kk):
+            logits = (qq @ kk.transpose(-2, -1)) * scale
+            return logits if bias is None else logits + bias
+
+        return AttentionProbe(q, k, logit_fn)
+    if in_proj:
+        if hasattr(attn, "ln_q"):
+            q, k = attn.ln_q(q), attn.ln_k(k)
+        return AttentionProbe(q, k, _scaled_logits(head_dim ** -0.5, bias))
+    if getattr(attn, "q_norm", None) is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = _rotated(q, rotate, n_prefix), _rotated(k, rotate, n_prefix)
+    return AttentionProbe(q, k, _scaled_logits(float(getattr(attn, "scale", head_dim ** -0.5)), bias))
+
+
+def attention_from_weights(attn, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The output of `attn` for tokens `h` (B, N, d) given its softmax weights (B, heads, N, N)."""
+    B, N, _ = h.shape
+    v = _projection_rows(attn, h, 2)
+    out = F.dropout(weights.to(v.dtype), _dropout_p(attn)) @ v
+    if getattr(attn, "qkv", None) is None and getattr(attn, "q_proj", None) is None:  # in-projection layout
+        if getattr(attn, "head_scale", None) is not None:
+            out = out * attn.head_scale
+        out = out.transpose(1, 2).reshape(B, N, -1)
+        if hasattr(attn, "ln_inner"):
+            out = attn.ln_inner(out)
+        out = attn.out_proj(out)
+        return attn.out_drop(out) if hasattr(attn, "out_drop") else out
+    out = out.transpose(1, 2).reshape(B, N, -1)
+    out = attn.norm(out) if getattr(attn, "norm", None) is not None else out
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(h).sigmoid()
+    proj = attn.proj if getattr(attn, "proj", None) is not None else attn.out_proj
+    out = proj(out)
+    return attn.proj_drop(out) if getattr(attn, "proj_drop", None) is not None else out

@@ -4,7 +4,11 @@ Each block's class is swapped for a subclass whose `forward` asks the strategy h
 leave the block. A block that keeps every token (and needs no size bias) runs its own, unmodified
 `forward`, so budgets that keep everything are exact no-ops. A reducing block runs attention with
 its q/k exposed, adds the attention residual, lets the strategy select or merge tokens, then runs
-its MLP on the survivors. Swapping classes (not storing bound methods on instances) keeps
+its MLP on the survivors. A strategy whose `placement` is "exit" reduces at the block's exit instead:
+the MLP runs on every token and the reduction takes the block's output (what enters the next block),
+with the decision still made from the block's own attention. With "ahead" (MCTF's one-step-ahead
+attention) the block's input is reduced from its attention map before the attention output is formed,
+and the reduced tokens attend with the reduction's merged map. Swapping classes (not storing bound methods on instances) keeps
 `nn.DataParallel` replicas and `state_dict` intact.
 """
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from ..families import Family, locate
 from ..strategies.base import Selection, TokenStrategy
 from ..strategies.per_image import PaddedSelection, key_mask_bias
-from .attention import attention_with_probe
+from .attention import attention_from_weights, attention_probe, attention_with_probe
 from .pooling import patched_vit_class
 
 _BLOCK_CLASSES: dict[type, type] = {}
@@ -43,6 +47,7 @@ class TokenRun:
         self.source = None
         self.tokens_in: list[int] = []
         self.tokens_mlp: list[int] = []
+        self.tokens_out: list[int] = []
         self.records: list[dict] = []
         self.mask = None  # (B, N) bool once images keep different numbers of tokens: False marks padding
         self.counts_in: list[torch.Tensor | None] = []  # per block: valid tokens per image (None: all N)
@@ -74,6 +79,7 @@ class TokenRun:
         reducing = n_out < N or (getattr(self.strategy, "per_image", False) and self.strategy.reduces_at(layer))
         if not reducing and not bias_needed and not self.record_attention and self.mask is None:
             self.tokens_mlp.append(N)
+            self.tokens_out.append(N)
             self.counts_mlp.append(None)
             return original() if self.rope is None else original(**self.family.block_call(rope))
         if any(a is not None and a is not False for a in extra_args):
@@ -86,9 +92,44 @@ class TokenRun:
             padding = key_mask_bias(self.mask, x.dtype)
             bias = padding if bias is None else bias + padding
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
+        if self.strategy.placement == "ahead":
+            return self._reduce_ahead(block, layout, x, bias, rotate, rope, n_out, reducing)
         out, probe = attention_with_probe(attn, norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
-        kept = None
+        del out
+        if self.strategy.placement == "exit":  # the MLP sees every token; the block's output is reduced
+            self._entering_mlp(x)
+            x = x + layout.mlp_residual(block, mlp(norm2(x)))
+            x, _ = self._reduce(layer, x, probe, rope, n_out, reducing)
+            self.tokens_out.append(int(x.shape[1]))
+            return x
+        x, _ = self._reduce(layer, x, probe, rope, n_out, reducing)
+        del probe  # q and k must not stay alive through the MLP: they would raise peak memory
+        self._entering_mlp(x)
+        self.tokens_out.append(int(x.shape[1]))
+        return x + layout.mlp_residual(block, mlp(norm2(x)))
+
+    def _entering_mlp(self, x: torch.Tensor) -> None:
+        self.tokens_mlp.append(int(x.shape[1]))
+        self.counts_mlp.append(None if self.mask is None else self.mask.sum(dim=1))
+
+    def _reduce_ahead(self, block, layout, x, bias, rotate, rope, n_out: int, reducing: bool) -> torch.Tensor:
+        """Reduce the block's input from its attention map before the attention output is formed; the block then
+        runs on the reduced tokens with the reduction's attention map (`merge_attention`) in place of its own."""
+        norm1, attn, norm2, mlp = layout.parts(block)
+        probe = attention_probe(attn, norm1(x), bias, rotate, self.n_prefix)
+        x, reduction = self._reduce(block._pb_layer, x, probe, rope, n_out, reducing)
+        weights = reduction.merge_attention() if reduction is not None else probe.attention_map()
+        del probe
+        x = x + layout.attn_residual(block, attention_from_weights(attn, norm1(x), weights))
+        self._entering_mlp(x)
+        self.tokens_out.append(int(x.shape[1]))
+        return x + layout.mlp_residual(block, mlp(norm2(x)))
+
+    def _reduce(self, layer: int, x: torch.Tensor, probe, rope, n_out: int, reducing: bool):
+        """(`x` (B, N, C) taken to `n_out` tokens by the strategy, with sizes, rotary rows and sources following;
+        the reduction, or None). The reduction is returned, never stored: a compiled graph would have to rebuild it."""
+        kept = reduction = None
         if reducing:
             per_image = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
             reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **per_image)
@@ -107,10 +148,7 @@ class TokenRun:
             cls_attention = probe.attention_rows(slice(0, 1))[:, 0] if self.n_prefix else None
             self.records.append({"layer": layer, "cls_attention": cls_attention, "kept_index": kept,
                                  "owner": None if self.source is None else owner_of_inputs(self.source)})
-        del out, probe  # q and k must not stay alive through the MLP: they would raise peak memory
-        self.tokens_mlp.append(int(x.shape[1]))
-        self.counts_mlp.append(None if self.mask is None else self.mask.sum(dim=1))
-        return x + layout.mlp_residual(block, mlp(norm2(x)))
+        return x, reduction
 
     def _padded(self, reduction: PaddedSelection) -> PaddedSelection:
         """Carry a per-image selection's mask on. An eager forward cuts the padding to the batch's longest
@@ -142,7 +180,8 @@ class TokenRun:
         return torch.cat([prefix, table], dim=1)
 
     def stats(self) -> dict:
-        stats = {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+        stats = {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp),
+                 "out_tokens_per_layer": list(self.tokens_out)}
         if all(c is None for c in self.counts_in + self.counts_mlp):
             return stats
         # per-image budgets: each image's own counts, and per block the most any image kept (the padded
@@ -199,7 +238,7 @@ class TokenAttachment:
     @property
     def removed(self) -> bool:
         """Whether a block of the last forward removed tokens."""
-        return any(m < n for n, m in zip(self.run.tokens_in, self.run.tokens_mlp))
+        return any(m < n for n, m in zip(self.run.tokens_in, self.run.tokens_out))
 
     def restore(self) -> None:
         while self._swapped:

@@ -221,9 +221,14 @@ class AttentionProbe:
         logits = self.logit_fn(q, self.k)
         return logits.float().softmax(dim=-1).mean(dim=1)
 
+    def attention_map(self) -> torch.Tensor:
+        """The full softmax attention (B, heads, N, N), in the dtype of q (softmax in at least float32)."""
+        logits = self.logit_fn(self.q, self.k)
+        return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(self.q.dtype)
+
 
 class TokenStrategy(Strategy):
-    """A strategy that reduces the tokens of a block between its attention and its MLP.
+    """A strategy that reduces the tokens of a block after its attention (before its MLP, or at its exit).
 
     Subclasses implement `plan_block` (how many tokens leave a block given how many enter, and a
     note when the budget had to be clamped) and `reduce` (which tokens, for that count).
@@ -231,6 +236,11 @@ class TokenStrategy(Strategy):
 
     kind = "token"
     needs_class_token = False  # True when tokens are ranked by the class token's attention
+    # where a reducing block reduces: "attention" (after its attention, before its MLP, as ToMe), "exit"
+    # (after its MLP: what enters the next block, as methods that reduce between blocks) or "ahead" (the
+    # block's input, from its attention map before the output is formed; the reduction's `merge_attention()`
+    # gives the map the reduced tokens attend with); the decision reads the block's own attention each time
+    placement = "attention"
 
     @abc.abstractmethod
     def plan_block(self, layer: int, n_tokens: int, n_prefix: int, n_layers: int) -> tuple[int, str | None]:

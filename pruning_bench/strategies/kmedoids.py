@@ -1,18 +1,20 @@
 """kmedoids: K-Medoids token clustering as compared by Haurum et al. (TokenReduction `models/kmedoids.py`).
 
-At each block of `prune_layers` (default 3, 6, 9), K = ceil(keep_rate * P) medoids are chosen among the
-P patch-side tokens and only the medoids are kept (a selection, nothing is averaged):
-1. token weight w_i = the attention token i receives, summed over heads and queries (the reference's
-   non-`equal_weight` mode, which needs no training and no random start);
+Before each block of `prune_layers` (default 3, 6, 9), that is at the exit of the block before it, as the
+authors reduce between blocks, K = ceil(keep_rate * P) medoids are chosen among the P patch-side tokens
+and only the medoids are kept (a selection, nothing is averaged):
+1. token weight w_i = the attention token i received in the block just run, summed over heads and
+   queries (the reference's non-`equal_weight` mode, which needs no training and no random start);
 2. the K tokens of largest weight start as medoids;
 3. `cluster_iters` times (default 3): every token joins its nearest medoid (Euclidean distance on the
    features), then each cluster's new medoid is its member with the smallest w_i * sum_j d_ij.
    As in the reference, the sum runs over every token j, not only the cluster's members, and an
    empty cluster takes token 0 as its medoid.
 
-The weights come from the block's own attention, computed after it (the reference uses the previous
-block's attention and clusters the tokens entering the block). Kept medoids stay in their original
-order; a medoid shared by two clusters is kept twice, as in the reference.
+Kept medoids stay in their original order (the reference lists them by cluster: the same tokens, and
+the blocks after are indifferent to order); a medoid shared by two clusters is kept twice, as in the
+reference. The cluster count follows keep_rate's rule (ceil(keep_rate * P)); the reference's single-rate
+form keeps int(P0 * keep_rate ** (stage + 1)) of the P0 patches entering the model.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class KMedoids(PruneOnceStrategy):
     param_spec = {"keep_rate": KEEP_RATE.with_default(0.7), "prune_layers": PRUNE_LAYERS.with_default([3, 6, 9]),
                   "cluster_iters": Int(3, "assignment / medoid-update rounds after the heaviest-token start", low=0)}
     needs_class_token = False
+    placement = "exit"
     budget_params = ()
     compute_knob = "keep_rate"
     example_params = {"prune_layers": [1, 2], "keep_rate": 0.5}

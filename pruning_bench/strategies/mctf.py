@@ -1,4 +1,4 @@
-"""mctf: Multi-Criteria Token Fusion (Lee et al., CVPR 2024), r tokens merged per block.
+"""mctf: Multi-Criteria Token Fusion with one-step-ahead attention (Lee et al., CVPR 2024; mlvlab/MCTF).
 
 ToMe pairs tokens by similarity alone; MCTF multiplies three criteria into one pairing score, so a
 pair merges when it is similar, uninformative and small:
@@ -9,18 +9,20 @@ pair merges when it is similar, uninformative and small:
   tokens have merged).
 A tau of 0 switches a criterion off. With `bidirection`, r // 2 A tokens first merge into B, then
 r - r // 2 B tokens merge into the A tokens that stayed (the paper's bidirectional matching). Merged
-features are averages weighted by received attention x size, sizes add up, and attention gets the
-log-size bias (`prop_attn`).
+features are averages weighted by received attention x size / max size, sizes add up, and later
+blocks get the log-size attention bias (`prop_attn`).
 
-Training-free settings: tau_sim 1, tau_info 20, tau_size 40, bidirection on, r per block, as in the
-authors' evaluation defaults (the off-the-shelf rows of the paper use the same criteria as training;
-only the weights are not fine-tuned). One-step-ahead attention (informativeness from the *next*
-block's attention, computed before merging and carried over) needs the next block, which a hook
-inside one block cannot see: `one_step_ahead` must stay False, and informativeness comes from the
-reducing block's own attention, the paper's ablation without it. Two costs follow and are counted:
-the full head-averaged attention map is recomputed from the block's q and k (the fused attention
-kernel does not return it), and similarity is taken on the block's tokens after the attention
-residual (the authors use the block's input, which the hook no longer holds).
+One-step-ahead (`one_step_ahead`, default on), inside one block as the authors' code does: the block's
+attention map is computed on its input tokens; those tokens are merged (similarity on the block's
+input, informativeness from that map); the map itself is merged (keys summed, queries averaged with the
+merge weights), and the merged tokens attend with it, so the block's attention is not computed twice.
+Without it, the block runs whole and its output is merged with the block's own attention (the authors'
+"W/O one-step-ahead" path, placed at the block's exit).
+
+Defaults are the authors' evaluation scripts (`run/eval_deit_*_mctf.sh`): r 16 in blocks 1 to the last
+(`activate_layer`, default every block but the first), tau_sim 1, tau_info 20, tau_size 40,
+bidirection, one-step-ahead, proportional attention, and their cap: a block merges at most
+t - 10 of its t tokens, and at most half of the non-prefix ones.
 """
 from __future__ import annotations
 
@@ -28,17 +30,18 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, bipartite_macs
-from .params import Bool, Custom, Float, Int, check_bool
+from .params import Blocks, Bool, Float, Int
 from .bipartite import plan_moves, prefix_to_front
 
 
 class MultiCriteriaMerge:
     """One MCTF step. The pairing depends on token sizes, so it is planned when `reduce_features` sees them."""
 
-    def __init__(self, metric, received, r, n_prefix, taus, bidirection):
-        self.metric, self.received, self.r, self.n_prefix = metric, received, r, n_prefix
+    def __init__(self, metric, attention, r, n_prefix, taus, bidirection):
+        self.metric, self.attention, self.r, self.n_prefix = metric, attention, r, n_prefix
+        self.received = attention.mean(dim=(1, 2))  # (B, N): attention received, over heads and queries
         self.taus, self.bidirection = taus, bidirection
-        self.plan = None
+        self.plan = self.weight = None
 
     def _plan(self, size):
         tau_sim, tau_info, tau_size = self.taus
@@ -92,18 +95,21 @@ class MultiCriteriaMerge:
         self._plan(size)
         if size is None:
             size = torch.ones_like(x[..., :1])
-        weight = self.received[..., None].to(x.dtype) * (size / size.amax(dim=1, keepdim=True))
-        x = self.apply(x * weight, "sum") / self.apply(weight, "sum")
+        self.weight = self.received[..., None].to(x.dtype) * (size / size.amax(dim=1, keepdim=True))
+        x = self.apply(x * self.weight, "sum") / self.apply(self.weight, "sum")
         return x, self.apply(size, "sum")
 
-
-def _not_ahead(name, value, owner):
-    if check_bool(name, value, owner):
-        raise ValueError(
-            f"{owner}: {name}=True is out of range [False]: the next block's attention is not "
-            "available inside one block; informativeness uses the reducing block's own attention"
-        )
-    return False
+    def merge_attention(self) -> torch.Tensor:
+        """The attention map (B, heads, N, N) merged to the reduced tokens: keys summed, queries averaged with
+        the merge weights (rows still sum to 1); what the merged tokens attend with (one-step-ahead)."""
+        B, H, N, _ = self.attention.shape
+        keys = self.apply(self.attention.permute(0, 3, 1, 2).reshape(B, N, H * N), "sum")  # (B, N', H * N)
+        M = keys.shape[1]
+        keys = keys.reshape(B, M, H, N).permute(0, 2, 3, 1)  # (B, H, N queries, N' keys)
+        weight = self.weight.to(keys.dtype)
+        rows = self.apply((keys * weight[:, None]).permute(0, 2, 1, 3).reshape(B, N, H * M), "sum")
+        rows = rows / self.apply(weight, "sum")
+        return rows.reshape(B, M, H, M).transpose(1, 2)
 
 
 def _tau(default, criterion):
@@ -117,41 +123,65 @@ class MCTF(TokenStrategy):
         "r": Int(16, "tokens merged in each block", low=0, per_block=True),
         "tau_sim": _tau(1.0, "similarity"), "tau_info": _tau(20.0, "informativeness"), "tau_size": _tau(40.0, "size"),
         "bidirection": Bool(True, "r // 2 merges A into B, then the rest B into A"),
-        "one_step_ahead": Custom(False, "informativeness from the next block's attention (not available here)",
-                                 text="False", checker=_not_ahead),
+        "one_step_ahead": Bool(True, "merge a block's input and attend with the merged attention map (the authors' "
+                                     "evaluation); False merges the block's output"),
         "prop_attn": Bool(True, "proportional attention (log of token sizes added to the logits)"),
+        "activate_layer": Blocks(None, "the blocks that merge (None: every block but the first)", optional=True),
     }
     example_params = {"r": 8}
     keep_all_params = {"r": 0}
     compute_knob = "r"
+    MIN_TOKENS = 10  # the authors' cap: a block leaves at least this many tokens
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
         return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
 
+    @property
+    def placement(self):
+        return "ahead" if self.params["one_step_ahead"] else "exit"
+
     def check_model(self, n_layers, n_prefix):
-        r = self.params["r"]
+        r, active = self.params["r"], self.params["activate_layer"]
         if isinstance(r, list) and len(r) > n_layers:
             raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        if active is not None and active[-1] >= n_layers:
+            raise ValueError(f"{self.name}: activate_layer={active} has block {active[-1]}, out of range "
+                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
 
     def r_at(self, layer: int) -> int:
-        r = self.params["r"]
+        r, active = self.params["r"], self.params["activate_layer"]
+        if (layer == 0) if active is None else (layer not in active):
+            return 0
         return (r[layer] if layer < len(r) else 0) if isinstance(r, list) else r
 
     def plan_block(self, layer, n_tokens, n_prefix, n_layers):
-        return plan_moves(self.params["r"], self.r_at(layer), layer, n_tokens, n_prefix)
+        r, note = self.r_at(layer), None
+        if r and n_tokens - r < self.MIN_TOKENS:
+            capped = max(0, n_tokens - self.MIN_TOKENS)
+            note = (f"r={r} at block {layer} would leave fewer than {self.MIN_TOKENS} of its {n_tokens} tokens; "
+                    f"capped to {capped}, as the authors' code does")
+            r = capped
+            if r == 0:
+                return n_tokens, note
+        n_out, clamp = plan_moves(self.params["r"], r, layer, n_tokens, n_prefix)
+        return n_out, clamp or note
 
     def reduce(self, layer, x, probe, n_prefix, n_out):
         p = self.params
-        # attention each token receives, averaged over heads and queries: the informativeness criterion
-        # and the merge weights
-        received = probe.attention_rows(slice(None)).mean(dim=1)
-        return MultiCriteriaMerge(x, received, int(x.shape[1]) - n_out, n_prefix,
+        # the block's attention map: informativeness, merge weights and (one-step-ahead) the merged map
+        return MultiCriteriaMerge(x, probe.attention_map(), int(x.shape[1]) - n_out, n_prefix,
                                   (p["tau_sim"], p["tau_info"], p["tau_size"]), p["bidirection"])
 
     def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
-        # the recomputed attention map (the fused kernel does not return it) and the A-B similarity
-        return n_tokens * n_tokens * dims.attn_dim + bipartite_macs(n_tokens, n_prefix, dims.width)
+        """Beyond the formula (N tokens through attention, N' = `n_out` after): the A-B similarity; with
+        one-step-ahead, the values, A @ V and output projection run on N' tokens only (a saving, hence the
+        negative terms); without it, the attention map is recomputed (the fused kernel does not return it)."""
+        similarity = bipartite_macs(n_tokens, n_prefix, dims.width)
+        if not self.params["one_step_ahead"]:
+            return n_tokens * n_tokens * dims.attn_dim + similarity
+        saved = 2 * (n_tokens - n_out) * dims.width * dims.attn_dim + (n_tokens**2 - n_out**2) * dims.attn_dim
+        return similarity - saved
 
     def uses_size_bias(self):
         return self.params["prop_attn"]

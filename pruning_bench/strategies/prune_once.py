@@ -10,6 +10,10 @@ Two forms, never both:
   rate applies to the patch-side tokens only.
 
 Prefix tokens (class token, registers) are always kept and never count against the budget.
+
+A strategy that reduces between blocks (`placement = "exit"`, the clustering methods as their authors run
+them) reads `prune_layers` as its authors' reduction locations: the listed blocks receive the reduced
+tokens, so the block before each one reduces at its exit, from its own attention.
 """
 from __future__ import annotations
 
@@ -79,6 +83,9 @@ class PruneOnceStrategy(TokenStrategy):
                 raise ValueError(f"{self.name}: start_layer={start} is out of range [0, {n_layers - 1}] for a {n_layers}-block model")
             return
         layers = self.params["prune_layers"]
+        if self.placement == "exit" and layers[0] == 0:
+            raise ValueError(f"{self.name}: prune_layers={layers} has block 0, out of range [1, {n_layers - 1}]: "
+                             "the reduction runs between blocks, so block 1 is the first that can receive reduced tokens")
         if layers[-1] >= n_layers:
             raise ValueError(f"{self.name}: prune_layers={layers} has block {layers[-1]}, out of range "
                              f"[0, {n_layers - 1}] for a {n_layers}-block model")
@@ -112,6 +119,8 @@ class PruneOnceStrategy(TokenStrategy):
     def kept_at(self, layer: int, patches: int) -> int | None:
         """Patch-side tokens block `layer` keeps out of `patches`, or None when it does not prune."""
         if self.multi_stage:
+            if self.placement == "exit":  # block `layer` reduces what enters the next block
+                layer += 1
             if layer not in self.params["prune_layers"]:
                 return None
             return math.ceil(self.params["keep_rate"] * patches)  # EViT's rounding, float product included

@@ -9,10 +9,10 @@ survives. In block `layer` (default: the second to last, the layer VisionZip rea
   every other remaining token joins the target whose head-averaged key is most cosine-similar, and
   a contextual token is its target plus the mean of the tokens that joined it, as the authors'
   code computes it.
-Output: dominant tokens in their original order, then the contextual tokens in target order. The
-authors reduce after the block's MLP; here, as for every token strategy, the reduction sits before
-it, so the MLP of `layer` runs on the reduced tokens (dominant tokens are the same; contextual tokens
-are averaged before the MLP instead of after). No proportional attention, as in their code.
+Output: dominant tokens in their original order, then the contextual tokens in target order. As the
+authors do, the reduction takes the output of block `layer` (after its MLP), with that block's
+attention and keys; the blocks after it run on the reduced tokens. No proportional attention, as in
+their code.
 """
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ class VisionZip(TokenStrategy):
     keep_all_params = {"dominant": 65, "contextual": 0}
     compute_knob = "dominant"
     needs_class_token = True
+    placement = "exit"
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
