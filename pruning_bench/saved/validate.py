@@ -63,7 +63,7 @@ def _header(path: str) -> tuple[str, dict | None, str]:
         return "truncated", header, (f"a truncated {'pruning-bench saved model' if ours else 'safetensors file'} "
                                      f"(its tensors need {needed} bytes of data, the file holds {data})")
     return ("saved_model" if ours else "safetensors"), header, "a pruning-bench saved model" if ours else \
-        "a safetensors file without pruning-bench metadata"
+        f"a safetensors file with no {METADATA_KEY!r} metadata"
 
 
 def kind(path) -> str:
@@ -140,8 +140,8 @@ def _check_known(path: str, architecture: dict[str, Any]) -> None:
 
         name = architecture.get("open_clip_model")
         if open_clip.get_model_config(str(name)) is None and not isinstance(architecture.get("model_cfg"), dict):
-            raise ValueError(f"{path}: the saved open_clip config {name!r} is not registered here and the file "
-                             "carries no config")
+            raise ValueError(f"{path}: the saved open_clip record is incomplete or malformed: the config {name!r} "
+                             "is not registered here and the file carries none")
         if architecture.get("model_class", "CLIP") not in ("CLIP", "CustomTextCLIP", "CoCa"):
             raise ValueError(f"{path}: the saved open_clip class {architecture.get('model_class')!r} is not CLIP, "
                              "CustomTextCLIP or CoCa")
@@ -175,7 +175,9 @@ def _check_bounds(path: str, architecture: dict[str, Any], tensors: dict) -> Non
     config = architecture.get("constructor_args") if architecture.get("family", "timm") == "timm" else \
         (architecture.get("model_cfg") or {}).get("vision_cfg")
     config = config if isinstance(config, dict) else {}
-    depth = max(_ints(config.get("depth")) + _ints(config.get("layers")) + [0])
+    text = (architecture.get("model_cfg") or {}).get("text_cfg") if isinstance(architecture.get("model_cfg"), dict) else {}
+    depth = max(_ints(config.get("depth")) + _ints(config.get("layers")) +
+                _ints((text if isinstance(text, dict) else {}).get("layers")) + [0])
     if depth > len(tensors):
         raise ValueError(f"{path}: the saved depth {depth} is more blocks than the file's {len(tensors)} tensors hold")
     sizes = _ints(config.get("img_size")) + _ints(config.get("image_size"))

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..finite_images import refuse_non_finite
 
 class Strategy(abc.ABC):
     """A configured strategy. Subclasses declare `defaults` and validate in `_check`."""
@@ -87,6 +88,7 @@ class CalibrationBatches:
             for i, batch in enumerate(self.batches):
                 images = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
                 self.current = (i, tuple(getattr(images, "shape", ())))
+                refuse_non_finite(images, f"calibration batch {i}")  # before it shapes a decision
                 yield batch
         finally:
             self.current = None
