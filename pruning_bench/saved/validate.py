@@ -180,9 +180,36 @@ def _check_bounds(path: str, architecture: dict[str, Any], tensors: dict) -> Non
                 _ints((text if isinstance(text, dict) else {}).get("layers")) + [0])
     if depth > len(tensors):
         raise ValueError(f"{path}: the saved depth {depth} is more blocks than the file's {len(tensors)} tensors hold")
+    _check_widths(path, architecture, widest)
     sizes = _ints(config.get("img_size")) + _ints(config.get("image_size"))
     if sizes and max(sizes) ** 2 > max(largest, 1) * 4096:
         raise ValueError(f"{path}: the saved image size {max(sizes)} does not fit the stored tensors")
+
+
+_NOT_WIDTHS = {"img_size", "image_size", "depth", "layers", "patch_size"}
+
+
+def _widths(config: dict, prefix: str = ""):
+    """(name, value) of every width a config builds: its integers (sizes and depths aside), MLP ratio x width."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _widths(value, f"{prefix}{key}.")
+        elif key not in _NOT_WIDTHS:
+            for number in _ints(value):
+                yield f"{prefix}{key}", number
+    base = config.get("embed_dim", config.get("width"))
+    if isinstance(config.get("mlp_ratio"), (int, float)) and isinstance(base, int):
+        yield f"{prefix}mlp_ratio x width", int(config["mlp_ratio"] * base)
+
+
+def _check_widths(path: str, architecture: dict, widest: int) -> None:
+    """The model as first built (before its blocks are cut to the saved widths) is no wider than the stored tensors."""
+    config = architecture.get("constructor_args") if architecture.get("family", "timm") == "timm" else \
+        architecture.get("model_cfg")
+    for name, value in _widths(config if isinstance(config, dict) else {}):
+        if value > widest:
+            raise ValueError(f"{path}: the saved {name}={value} does not fit the stored tensors "
+                             f"(none is wider than {widest})")
 
 
 def _check_shapes(path: str, architecture: dict[str, Any], tensors: dict) -> None:
