@@ -25,7 +25,7 @@ import sys
 import types
 from typing import Any
 
-from . import flags, saved_models
+from . import flags, saved_models, webdataset_checks
 from ..record import atomic, naming, notes as noting, result as record
 from ..record.atomic_file import AtomicFile, ResultWriteError, opener_for
 from ..record.check import file_problem
@@ -420,6 +420,7 @@ def wrap_run(cli, original):
             # where upstream would lose the result after the whole evaluation (a missing output folder) or
             # skip a point that never finished (an incomplete file): the only departures of a plain run
             prepare_outputs(args, config, resolved_task(args))
+            webdataset_checks.check(args, dataset_root(args), fail)
             with atomic_result(cli, output_path(args, resolved_task(args))):
                 return original(args)
         task = resolved_task(args)
@@ -430,6 +431,7 @@ def wrap_run(cli, original):
         args = argparse.Namespace(**vars(args))
         args.output = naming.output_template(args.output, slug, config.enabled)
         prepare_outputs(args, config, task)
+        webdataset_checks.check(args, dataset_root(args), fail)
         session = PruningSession(args, config, slug)
         saved = {name: getattr(cli, name) for name in ("load_clip", "json", *_TASK_MODULES.values())}
         cli.load_clip = session.load_clip(saved["load_clip"])

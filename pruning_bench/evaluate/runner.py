@@ -244,7 +244,8 @@ def _compare(args, config, loaded, test, train, calibration):
                                             pruned_logits=output.logits)
     metrics["seconds_unpruned_features"] = reference.seconds
     metrics["seconds_evaluated_features"] = output.seconds
-    extra["feature_cache"] = {"directory": args.feature_cache, "reused": list(cache.hits)}
+    extra["feature_cache"] = {"directory": args.feature_cache, "reused": list(cache.hits),
+                              **({"notes": cache.notes} if cache.notes else {})}
     return metrics, pruned, efficiency_record, extra
 
 

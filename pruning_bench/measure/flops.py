@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .analytic import find_blocks, image_tower
+from .image_fit import check_channels, naming_size_mismatch
 
 
 class UncountedMatmulError(RuntimeError):
@@ -246,10 +247,11 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     `matmul_like_skipped` and named in the note.
     """
     check_images(images)
+    check_channels(model, images)
     tower = image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
-    with counting_mode(tower):
+    with naming_size_mismatch(model, images), counting_mode(tower):
         analysis = make_analysis(tower, images)
         total = analysis.total()
         by_module = analysis.by_module()
