@@ -213,7 +213,8 @@ def unreadable_image(path, data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError, truncated or corrupt data
-        raise ValueError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+        reason = "no image format PIL knows" if type(exc).__name__ == "UnidentifiedImageError" else str(exc)
+        raise ValueError(f"{path} is not a readable image ({type(exc).__name__}: {reason})") from None
 
 
 def image_files(folder) -> list[Path]:
