@@ -1,10 +1,9 @@
 """The second round of `benchmarks/robustness.py`: finished work lost, silent wrongs and tracebacks found by an
 independent battery, each now a row that must land in the first two columns.
 
-Judged with the helpers of `robustness_cases.py`. Faults that need privileges or hardware this machine does
-not give (a full disk, a read-only folder for root) are made the way the kernel makes them where it can (a
-file-size limit, `RLIMIT_FSIZE`, in a child process) and otherwise by the call that would fail (`os.access`
-answering as it does for a non-root user).
+Judged with the helpers of `robustness_cases.py`. A full disk is made as the kernel makes it (a file-size
+limit, `RLIMIT_FSIZE`, in a child process); a read-only folder, which root can still write, by `os.access`
+answering as it does for a non-root user.
 """
 from __future__ import annotations
 
@@ -157,11 +156,12 @@ def _saved(tmp) -> Path:
     return tmp / "good.safetensors"
 
 
-def _edited(tmp, edit) -> Path:
+def _edited(tmp, edit, good: Path | None = None) -> Path:
+    """`good` (a saved tiny ViT by default) with its metadata record changed by `edit`, as m.safetensors."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    good = _saved(tmp)
+    good = good or _saved(tmp)
     with safe_open(str(good), framework="pt") as handle:
         record = json.loads(handle.metadata()["pruning_bench"])
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
@@ -246,14 +246,7 @@ def _cb_saved_widths(tmp):
         warnings.simplefilter("ignore")
         with pb.prune(model, "head_prune", head_ratio=0.5, importance="magnitude"):
             pb.save_pruned(model, tmp / "good.safetensors", model_name=name)
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(tmp / "good.safetensors"), framework="pt") as handle:
-        record = json.loads(handle.metadata()["pruning_bench"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    record["heads_per_block"] = [3] * len(record["heads_per_block"])
-    save_file(tensors, str(tmp / "m.safetensors"), metadata={"pruning_bench": json.dumps(record)})
+    _edited(tmp, lambda r: r.__setitem__("heads_per_block", [3] * len(r["heads_per_block"])), tmp / "good.safetensors")
     data = tiny.write_webdataset(tmp / "wds", n_test=2, n_train=0)
     code = ("import sys, open_clip; open_clip.add_model_config(sys.argv[1]); from clip_benchmark.cli import main; "
             "sys.argv = ['clip_benchmark'] + sys.argv[2:]; main()")

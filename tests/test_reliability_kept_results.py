@@ -132,3 +132,28 @@ def test_result_write_error_names_the_file(tmp_path):
     error = ResultWriteError(tmp_path / "x.json", OSError(27, "File too large"))
     assert str(error) == f"cannot write {tmp_path / 'x.json'} (File too large); nothing was written"
     assert isinstance(error, OSError) and os.strerror(27) == "File too large"
+
+
+@pytest.mark.parametrize("flag", ["--output", "--prune_save_model"])
+def test_clip_benchmark_paths_that_are_directories_are_refused_before_the_model_loads(monkeypatch, tmp_path, capsys,
+                                                                                       flag):
+    from clip_benchmark import cli
+
+    name = tiny.register_tiny_clip(tmp_path)
+    root = tiny.write_webdataset(tmp_path / "wds", n_test=2, n_train=0)
+    (tmp_path / "r.json").mkdir()
+    (tmp_path / "m.safetensors").mkdir()
+    output = tmp_path / ("r.json" if flag == "--output" else "ok.json")
+    loads = []
+    monkeypatch.setattr(cli, "load_clip", lambda *a, **k: loads.append(1))
+    monkeypatch.setattr(sys, "argv", ["clip_benchmark", "eval", "--dataset", "wds/tiny", "--dataset_root", str(root),
+                                      "--model", name, "--pretrained", "", "--task", "zeroshot_classification",
+                                      "--num_workers", "0", "--output", str(output),
+                                      *([] if flag == "--output" else ["--enable_pruning", "--prune_strategy", "tome",
+                                                                        "--prune_save_model",
+                                                                        str(tmp_path / "m.safetensors")])])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2 and not loads
+    line = one_error(capsys, "clip_benchmark")
+    assert flag in line and "is a directory" in line

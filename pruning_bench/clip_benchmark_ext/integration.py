@@ -375,6 +375,8 @@ def prepare_outputs(args, config, task: str) -> None:
     if config.save_model:
         targets.append(("--prune_save_model", config.save_model))
     for flag, path in targets:
+        if os.path.isdir(path):  # found now, not after the whole evaluation
+            fail(f"{flag} {path} is a directory, not a file")
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
