@@ -130,7 +130,7 @@ def test_linear_probe_features_are_keyed_by_the_pruning(monkeypatch, tmp_path, d
     clip_benchmark_eval(monkeypatch, data, tmp_path, task="linear_probe")
     clip_benchmark_eval(monkeypatch, data, tmp_path, *PRUNE, task="linear_probe")
     folders = sorted(p.name for p in (tmp_path / "features").iterdir())
-    assert folders == ["pb-tiny-vit--wds_tiny", "pb-tiny-vit--wds_tiny__cls_topk-keep4-start_layer1"]
+    assert folders == ["pb-tiny-vit--wds_tiny", "pb-tiny-vit--wds_tiny__cls_topk-keep4-start_layer1__seed0"]  # random init: seeded
     base, pruned = (torch.load(tmp_path / "features" / f / "features_test.pt") for f in folders)
     assert not torch.equal(base, pruned)  # the pruned run computed its own features
     result = read(tmp_path / "linear_probe_cls_topk-keep4-start_layer1.json")

@@ -36,3 +36,8 @@ def test_finetune_with_pruning_is_reproducible(tmp_path, capsys):
     assert baseline["metrics"]["train_loss"] != m["train_loss"]  # merging changed the training itself
     other_seed = finetune(tmp_path, root, "d", "--seed", "8")  # the later --seed wins
     assert other_seed["metrics"]["train_loss"] != baseline["metrics"]["train_loss"]
+    from pruning_bench.report.uncertainty import unpack_correct
+
+    for run in (first, baseline):  # per-image correctness after the last epoch, so a pair gets a paired interval
+        correct = unpack_correct(run["per_image"]["correct"], run["per_image"]["n"])
+        assert len(correct) == 6 and correct.mean() == run["metrics"]["acc1"]

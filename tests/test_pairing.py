@@ -62,17 +62,44 @@ def test_training_tasks_pair_by_seed_and_training_settings(tmp_path):
     assert math.isnan(other["acc1_delta"]) and "training" in other["pairing_note"] and "0.01" in other["pairing_note"]
 
 
-def test_seed_does_not_split_pairing_for_inference_tasks(tmp_path):
-    write(tmp_path / "base.json", seed=0)
-    write(tmp_path / "pruned.json", strategy="tome", seed=3)
-    assert compare(load_results([tmp_path])).set_index("strategy").loc["tome", "has_baseline"]
+def test_seed_splits_pairing_for_every_task(tmp_path):
+    """Random-init weights change with the seed: a seed-0 run is never compared with the seed-1 baseline."""
+    for seed in (0, 1):
+        write(tmp_path / f"base{seed}.json", seed=seed, acc1=0.5 + seed / 10)
+    write(tmp_path / "pruned1.json", strategy="tome", seed=1, acc1=0.55)
+    write(tmp_path / "pruned3.json", strategy="tome", seed=3, acc1=0.55)
+    table = compare(load_results([tmp_path])).set_index("file")
+    assert table.loc[str(tmp_path / "pruned1.json"), "baseline_file"] == str(tmp_path / "base1.json")
+    assert table.loc[str(tmp_path / "pruned1.json"), "acc1_delta"] == pytest.approx(-0.05)
+    lone = table.loc[str(tmp_path / "pruned3.json")]
+    assert math.isnan(lone["acc1_delta"]) and "seed 3 vs" in lone["pairing_note"]
 
 
-def test_two_matching_baselines_the_closest_in_time_is_used_and_named(tmp_path):
-    write(tmp_path / "early.json", acc1=0.70, ips=90.0, mtime=1_000)
-    write(tmp_path / "late.json", acc1=0.80, ips=100.0, mtime=5_000)
-    write(tmp_path / "pruned.json", strategy="tome", acc1=0.75, ips=150.0, mtime=4_000)
+@pytest.mark.parametrize("field, run_value, base_value", [
+    ("dataset_root", "/data/a", "/data/b"), ("subset", "first 64", "first 256"), ("split", "test", "val")])
+def test_which_images_is_part_of_identity(tmp_path, field, run_value, base_value):
+    def with_test(path, value, **kw):
+        write(path, **kw)
+        data = json.loads(path.read_text())
+        data["data"]["test"][field] = value
+        path.write_text(json.dumps(data))
+
+    with_test(tmp_path / "base.json", base_value)
+    with_test(tmp_path / "pruned.json", run_value, strategy="tome")
     pruned = compare(load_results([tmp_path])).set_index("strategy").loc["tome"]
-    assert pruned["baseline_file"] == str(tmp_path / "late.json") and pruned["speedup"] == pytest.approx(1.5)
-    assert "2 matching baselines" in pruned["pairing_note"] and "late.json" in pruned["pairing_note"]
-    assert "closest in time" in pruned["pairing_note"]
+    assert math.isnan(pruned["acc1_delta"]) and f"{field} {run_value} vs {base_value}" in pruned["pairing_note"]
+
+
+def test_two_matching_baselines_a_fixed_rule_not_time_chooses_and_the_note_names_both(tmp_path):
+    for mtimes in ((1_000, 5_000), (5_000, 1_000)):  # file times never matter
+        write(tmp_path / "b_late.json", acc1=0.80, ips=100.0, mtime=mtimes[0])
+        write(tmp_path / "a_early.json", acc1=0.70, ips=90.0, mtime=mtimes[1])
+        write(tmp_path / "pruned.json", strategy="tome", acc1=0.75, ips=150.0, mtime=4_000)
+        pruned = compare(load_results([tmp_path])).set_index("strategy").loc["tome"]
+        assert pruned["baseline_file"] == str(tmp_path / "a_early.json")  # both measured: first by file name
+        note = pruned["pairing_note"]
+        assert "2 matching baselines" in note and "a_early.json" in note and "b_late.json" in note
+        assert "first by result file name" in note and "closest in time" not in note
+    write(tmp_path / "a_early.json", acc1=0.70, gmacs=None)  # not measured for efficiency: the other one wins
+    pruned = compare(load_results([tmp_path])).set_index("strategy").loc["tome"]
+    assert pruned["baseline_file"] == str(tmp_path / "b_late.json")

@@ -21,8 +21,14 @@ import types
 import torch
 
 
+# Lists that `topk_accuracy` appends each (logits, target) call to: how `outcomes` keeps per-image correctness.
+ACCURACY_RECORDERS: list[list] = []
+
+
 def topk_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
     """Share of rows whose target is among the k highest logits, for each k (clip_benchmark's definition)."""
+    for recorder in ACCURACY_RECORDERS:
+        recorder.append((output.detach(), target.detach()))
     pred = output.topk(max(topk), 1, True, True)[1].t()
     correct = pred.eq(target.view(1, -1).expand_as(pred))
     n = len(target)

@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where --extract_attention saves (torch.save); default: the result JSON's name with .attention.pt")
     group.add_argument("--attention_images", type=int, default=8, metavar="N",
                        help="how many of the first evaluation images --extract_attention keeps (default 8)")
+    group.add_argument("--max_samples", type=int, default=None, metavar="N",
+                       help="evaluate only the first N images of the evaluated split, in its stored order (the "
+                            "webdatasets here interleave classes, so a prefix is class-balanced); recorded in the "
+                            "result with the image count and the seed, for pruned and plain runs alike")
+    group.add_argument("--prune_no_reapply", action="store_true",
+                       help="--pretrained names a saved model that records a token strategy: evaluate it without "
+                            "that strategy (by default it is re-applied, and said so)")
     group.add_argument("--prune_save_model", default=None, metavar="PATH",
                        help="after the evaluation, save the pruned open_clip model (pb.save_pruned, safetensors); "
                             "load it again with --pretrained PATH")
@@ -100,11 +107,20 @@ class PruningConfig:
     attention_images: int = 8
     calibration_images: int = 0  # > 0: the strategy needs calibration images, which the runner supplies
     save_model: str | None = None  # --prune_save_model: where the pruned model is saved after the evaluation
+    max_samples: int | None = None  # --max_samples: the first N images of the evaluated split
+    reapply: bool = True  # False: --prune_no_reapply
+    reapplied_from: str | None = None  # the saved model whose recorded token strategy this run re-applies
+    saved_token_strategy: dict | None = None  # a saved model's token strategy left out (--prune_no_reapply)
 
     @property
     def active(self) -> bool:
         """Whether the run differs from a plain clip_benchmark run at all."""
         return self.enabled or self.measure_efficiency or self.extract_attention
+
+    @property
+    def records(self) -> bool:
+        """Whether the plugin writes its own fields (identity, per-image outcomes) into the result."""
+        return self.active or self.max_samples is not None or self.saved_token_strategy is not None
 
 
 def resolve(args: argparse.Namespace) -> PruningConfig:
@@ -134,6 +150,15 @@ def resolve(args: argparse.Namespace) -> PruningConfig:
         raise ValueError(f"--prune_save_model {save_model!r} must end in .safetensors (the format it writes)")
     if getattr(args, "throughput_repeats", 3) < 1:
         raise ValueError(f"--throughput_repeats={args.throughput_repeats} must be at least 1")
+    max_samples = getattr(args, "max_samples", None)
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"--max_samples={max_samples} must be at least 1")
+    datasets = getattr(args, "dataset", None) or []  # a list when parsed (nargs="+"), one name inside `run`
+    datasets = [datasets] if isinstance(datasets, str) else datasets
+    if max_samples is not None and any(str(d).startswith("wds/") for d in datasets) and \
+            (getattr(args, "num_workers", 0) or 0) > 1:
+        raise ValueError(f"--max_samples takes the first N images of the stream in order, which parallel webdataset "
+                         f"workers do not keep; use --num_workers 0 or 1 (got {args.num_workers})")
     config = PruningConfig(
         enabled=enabled,
         measure_efficiency=enabled or bool(getattr(args, "measure_efficiency", False)),
@@ -142,6 +167,8 @@ def resolve(args: argparse.Namespace) -> PruningConfig:
         attention_output=getattr(args, "attention_output", None),
         attention_images=getattr(args, "attention_images", 8),
         save_model=save_model,
+        max_samples=max_samples,
+        reapply=not getattr(args, "prune_no_reapply", False),
     )
     if enabled:
         config.strategy = strategy or DEFAULT_STRATEGY

@@ -2,14 +2,17 @@
 
 `extend_cli` replaces two module attributes, `get_parser_args` and `run`, with wrappers; `main` and
 `main_eval` look both up at call time, so every path through the command goes through them.
-Without `--enable_pruning`, `--measure_efficiency` and `--extract_attention` the wrapped `run` calls
-clip_benchmark's own `run` with the very same arguments: a plain run stays a plain run (except that
-a `--pretrained` file written by `pb.save_pruned` is loaded by `saved_models`, which open_clip cannot do).
+Without `--enable_pruning`, `--measure_efficiency`, `--extract_attention` and `--max_samples` the
+wrapped `run` calls clip_benchmark's own `run` with the very same arguments: a plain run stays a plain
+run (except that a `--pretrained` file written by `pb.save_pruned` is loaded by `saved_models`, which
+open_clip cannot do, and a token strategy that file records is re-applied unless `--prune_no_reapply`).
 
-During a pruning run, four names of the cli module are swapped for the duration of that one
-`run` call and put back afterwards:
+With any of them, the result also gets the run's identity (seed, the images evaluated and how they
+were chosen; `record.identity`) and per-image outcomes (`outcomes`), and these names of the cli
+module are swapped for the duration of that one `run` call and put back afterwards:
 - `load_clip`: the strategy is patched in right after the model loads (bad parameters stop here,
-  before any data is read);
+  before any data is read), and one line says what was applied to which model;
+- `build_dataset`: with `--max_samples N`, the evaluated split is cut to its first N images;
 - `zeroshot_classification`, `zeroshot_retrieval`, `linear_probe`: their `evaluate` measures
   efficiency, extracts attention and restores the model right after the evaluation; the linear
   probe gets a feature-cache id that names the pruning configuration;
@@ -25,7 +28,7 @@ import sys
 import types
 from typing import Any
 
-from . import flags, saved_models, webdataset_checks
+from . import build, flags, outcomes, saved_models, webdataset_checks
 from ..record import atomic, naming, notes as noting, result as record
 from ..record.atomic_file import AtomicFile, ResultWriteError, opener_for
 from ..record.check import file_problem
@@ -97,8 +100,8 @@ def wrap_get_parser_args(cli, original):
 
 def _check_tasks(args) -> None:
     config = args.pruning_config
-    if config.active and args.task not in (*flags.PRUNABLE_TASKS, "auto"):
-        fail(f"--enable_pruning/--measure_efficiency/--extract_attention support the tasks "
+    if config.records and args.task not in (*flags.PRUNABLE_TASKS, "auto"):
+        fail(f"--enable_pruning/--measure_efficiency/--extract_attention/--max_samples support the tasks "
              f"{', '.join(flags.PRUNABLE_TASKS)}, not {args.task}")
 
 
@@ -120,6 +123,8 @@ class PruningSession:
         self.attention: dict[str, Any] | None = None
         self.feature_cache: str | None = None
         self.saved_model: dict[str, Any] | None = None
+        self.outcomes: outcomes.Outcomes | None = None
+        self.limited = False
 
     # -- model loading
     def load_clip(self, original):
@@ -184,6 +189,24 @@ class PruningSession:
                 self.handle = pb.prune(model, self.config.strategy, **params)
             except (ValueError, pb.UnsupportedModelError) as exc:
                 fail(str(exc))
+        print(f"pruning-bench: applied {self.slug} to the image encoder of {self.args.model} "
+              f"(pretrained {self.args.pretrained or 'none: random init'})", file=sys.stderr)
+
+    # -- the evaluated images
+    def build_dataset(self, original):
+        """`--max_samples N`: the first data set clip_benchmark's `run` builds (the evaluated split) cut to N images."""
+        @functools.wraps(original)
+        def build_dataset(*a, **kw):
+            dataset = original(*a, **kw)
+            if self.config.max_samples is None or self.limited:
+                return dataset
+            self.limited = True
+            try:
+                return outcomes.first_n(dataset, self.config.max_samples)
+            except ValueError as exc:
+                fail(str(exc))
+
+        return build_dataset
 
     def _start_capture(self, model) -> None:
         """Keep the first evaluation batches seen by the image encoder (for efficiency and attention)."""
@@ -203,13 +226,14 @@ class PruningSession:
             self._capture = None
 
     # -- evaluation
-    def evaluate(self, original, task: str):
+    def evaluate(self, original, task: str, module):
         @functools.wraps(original)
         def evaluate(*a, **kw):
             if task == "linear_probe":
                 a, kw = self._key_feature_cache(original, a, kw)
+            self.outcomes = outcomes.Outcomes(task, getattr(self.args, "recall_k", None))
             try:
-                with noting.noting_warnings(self.notes):  # clamps found during the forward passes are notes too
+                with noting.noting_warnings(self.notes), self.outcomes.observing(module):
                     metrics = original(*a, **kw)
                     self._stop_capture()
                     if self.model is not None:
@@ -226,7 +250,12 @@ class PruningSession:
         import inspect
 
         bound = inspect.signature(original).bind(*a, **kw)
-        bound.arguments["model_id"] = naming.feature_cache_id(bound.arguments["model_id"], self.slug)
+        model_id = naming.feature_cache_id(bound.arguments["model_id"], self.slug)
+        if self.config.max_samples is not None:  # the cached test features are those of the first N images
+            model_id += f"__first{self.config.max_samples}"
+        if str(self.args.pretrained).lower() in ("", "none"):  # random-init weights: the seed draws them
+            model_id += f"__seed{self.args.seed}"
+        bound.arguments["model_id"] = model_id
         self.feature_cache = bound.arguments["model_id"]
         return bound.args, bound.kwargs
 
@@ -276,7 +305,7 @@ class PruningSession:
         self.saved_model = {"path": self.config.save_model, "heads_per_block": architecture["heads_per_block"],
                             "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
                             "blocks_kept": architecture["blocks_kept"],
-                            "token_strategy_not_saved": architecture["token_strategy"]}
+                            "token_strategy": architecture["token_strategy"]}
 
     # -- result file
     def pruning_record(self) -> dict[str, Any] | None:
@@ -332,8 +361,15 @@ class PruningSession:
                       file=sys.stderr)
         if self.saved_model is not None:
             dump["saved_model"] = self.saved_model
-        return record.complete(dump)
+        if self.config.saved_token_strategy is not None:  # --prune_no_reapply: never to be taken for a baseline
+            dump["token_strategy_not_applied"] = {**self.config.saved_token_strategy, "saved_model": self.args.pretrained}
+        return record.complete({**dump, **self.identity(output)})
 
+    def identity(self, output: str | None) -> dict[str, Any]:
+        """The run's seed, the images it evaluated and their outcomes, and its own file name (`record.identity`)."""
+        seen = self.outcomes.fields() if self.outcomes is not None else {}
+        return outcomes.run_identity(self.args, self.config, seen, dataset_root(self.args), output,
+                                     model=self.model, first_batch=self.images[0] if self.images else None)
 
 def _patched(module, **replacements):
     """A stand-in for a module with some attributes replaced (the real module is left untouched)."""
@@ -406,7 +442,7 @@ def wrap_run(cli, original):
     @functools.wraps(original)
     def run(args):
         with saved_models.loading_saved_models(cli, args, fail):  # --pretrained naming a pb.save_pruned file
-            return run_one(args)
+            return run_one(saved_models.with_saved_token_strategy(args, fail))
 
     def run_one(args):
         config = getattr(args, "pruning_config", None)
@@ -415,7 +451,7 @@ def wrap_run(cli, original):
                 config = flags.resolve(args)
             except ValueError as exc:
                 fail(str(exc))
-        if not config.active:
+        if not config.records:
             if naming.PLACEHOLDER in args.output:  # upstream would fail on the unknown key
                 args = argparse.Namespace(**vars(args))
                 args.output = naming.output_template(args.output, naming.BASELINE_SLUG, False)
@@ -427,7 +463,7 @@ def wrap_run(cli, original):
                 return original(args)
         task = resolved_task(args)
         if task not in flags.PRUNABLE_TASKS:
-            fail(f"--enable_pruning/--measure_efficiency/--extract_attention support the tasks "
+            fail(f"--enable_pruning/--measure_efficiency/--extract_attention/--max_samples support the tasks "
                  f"{', '.join(flags.PRUNABLE_TASKS)}, not {task} ({args.dataset})")
         slug = naming.config_slug(config)
         args = argparse.Namespace(**vars(args))
@@ -435,11 +471,12 @@ def wrap_run(cli, original):
         prepare_outputs(args, config, task)
         webdataset_checks.check(args, dataset_root(args), fail)
         session = PruningSession(args, config, slug)
-        saved = {name: getattr(cli, name) for name in ("load_clip", "json", *_TASK_MODULES.values())}
+        saved = {name: getattr(cli, name) for name in ("load_clip", "build_dataset", "json", *_TASK_MODULES.values())}
         cli.load_clip = session.load_clip(saved["load_clip"])
+        cli.build_dataset = session.build_dataset(saved["build_dataset"])
         cli.json = session.json_module(saved["json"])
         for task, name in _TASK_MODULES.items():
-            cli.__dict__[name] = _patched(saved[name], evaluate=session.evaluate(saved[name].evaluate, task))
+            cli.__dict__[name] = _patched(saved[name], evaluate=session.evaluate(saved[name].evaluate, task, saved[name]))
         try:
             with atomic_result(cli, output_path(args, task)):
                 return original(args)
@@ -477,3 +514,5 @@ def extend_cli(cli) -> None:
     run = wrap_run(cli, cli.run)
     get_parser_args._pruning_bench = run._pruning_bench = True
     cli.get_parser_args, cli.run = get_parser_args, run
+    cli.main_build = build.wrap_main_build(cli, cli.main_build)
+

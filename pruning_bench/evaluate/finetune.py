@@ -51,6 +51,7 @@ class FinetuneResult:
     step_images: list[int] = field(default_factory=list)
     warmup_steps: int = 2
     peak_memory: dict | None = None
+    test_correct: np.ndarray | None = None  # per test image, after the last epoch (the result's `per_image`)
 
     def timing(self) -> dict:
         """Per-step compute time after warm-up (min / median / max), data loading apart, images/s."""
@@ -91,10 +92,15 @@ def new_head(model: torch.nn.Module, num_classes: int, seed: int) -> None:
     model.reset_classifier(num_classes)
 
 
-def test_accuracy(model, images: ImageSet, transform, batch_size: int, progress: bool) -> float:
+def test_correct(model, images: ImageSet, transform, batch_size: int, progress: bool) -> np.ndarray:
+    """Per test image: is the model's top-1 prediction its label."""
     model.eval()
     out = extract(model, loader(images, transform, batch_size), total=len(images), desc="test", progress=progress)
-    return float((out.logits.argmax(1) == out.labels).double().mean())
+    return (out.logits.argmax(1) == out.labels).numpy()
+
+
+def test_accuracy(model, images: ImageSet, transform, batch_size: int, progress: bool) -> float:
+    return float(test_correct(model, images, transform, batch_size, progress).mean())
 
 
 @contextmanager
@@ -182,7 +188,8 @@ def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
         result.seconds_per_epoch.append(time.perf_counter() - start)
         result.train_loss.append(float(sum(losses) / seen))
         result.train_acc1.append(correct / seen)
-        result.test_acc1.append(test_accuracy(model, test_set, transform, config.batch_size, config.progress))
+        result.test_correct = test_correct(model, test_set, transform, config.batch_size, config.progress)
+        result.test_acc1.append(float(result.test_correct.mean()))
     model.eval()
     result.acc1 = result.test_acc1[-1] if result.test_acc1 else float("nan")
     return result

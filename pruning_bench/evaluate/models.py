@@ -191,7 +191,7 @@ def load_model(name: str, pretrained: str | None = None, *, image_size: int | No
     if pretrained and pretrained.lower() not in (*RANDOM_INIT, "timm") and claims_saved_model(pretrained):
         if model_args:
             raise ValueError("--model_arg does not apply to a saved pruned model (its architecture is in the file)")
-        model = load_pruned(pretrained)
+        model = load_pruned(pretrained, reapply=False)  # the runner re-applies a token strategy and records it
         if model.pb_saved_architecture.get("family") == "open_clip":
             from ..saved.open_clip_model import transform as open_clip_transform
 

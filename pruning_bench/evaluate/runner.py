@@ -9,7 +9,10 @@ Tasks:
 - `finetune`: train with the strategy active, report test accuracy, GMACs and the training timing;
   with `--rounds N` (a structured strategy) prune and fine-tune N times, each round from the last
   one's weights (`rounds.py`).
-`--save_model PATH` writes the model as evaluated (sliced, fine-tuned) with `pb.save_pruned`.
+`--save_model PATH` writes the model as evaluated (sliced, fine-tuned) with `pb.save_pruned`; a saved
+model given as `--pretrained` gets the token strategy it records re-applied (`--prune_no_reapply`: not).
+Every result records the run's identity (seed, model arguments, the test images: `record.identity`)
+and, for the tasks with labels, per-image correctness of the evaluated model (`per_image`).
 `auto` picks `probe` when the data set has labelled train and test splits, else `fidelity`.
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..clip_benchmark_ext import flags
+from ..record import identity
 from ..record.notes import noting_warnings
 from . import data, fidelity, finetune, results, rounds
 from .features import FeatureCache, Features, extract
@@ -138,11 +142,14 @@ def _run(args) -> int:
         task = resolve_task(args.task, args.dataset, args.dataset_root)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
+    if config.max_samples is not None:
+        raise EvalError("--max_samples is clip_benchmark eval's; here --test_samples N evaluates the first N test images")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.pretrained, image_size=args.img_size,
                         model_args=flags.parse_prune_params(args.model_arg or []))
+    config = saved_token_strategy(loaded.model, config, args.pretrained)
     preflight(loaded.model, config)  # a strategy that cannot fit the model fails now, not after the features
     output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
                                  dataset=args.dataset, task=task)
@@ -169,6 +176,9 @@ def _run(args) -> int:
     if needs_calibration:
         source = train or _calibration_split(args, config.calibration_images) or test
         calibration = calibration_batches(source, loaded.transform, config.calibration_images, args.batch_size)
+    if config.enabled:
+        print(f"pruning-bench eval: applying {results.slug(config)} to the image encoder of {args.model} "
+              f"(pretrained {loaded.pretrained}); clamps follow as notes", file=sys.stderr)
     runner = _finetune if task == "finetune" else _compare
     metrics, pruned, efficiency_record, extra = runner(args, config, loaded, test, train, calibration)
     if calibration is not None:
@@ -176,12 +186,19 @@ def _run(args) -> int:
         if source is test:
             note += " (the data set has no training split; these images are also evaluated)"
         pruned.notes.append(note)
+    if config.saved_token_strategy is not None:  # --prune_no_reapply: the report must not take this for a baseline
+        extra["token_strategy_not_applied"] = {**config.saved_token_strategy, "saved_model": args.pretrained}
     dump = results.result(
         dataset=args.dataset, model=args.model, pretrained=loaded.pretrained, task=task, metrics=metrics,
         pruning=results.pruning_block(args, config, pruned.handle, pruned.notes, loaded.model),
         efficiency_record=efficiency_record,
-        data={"test": test.describe(), **({"train": train.describe()} if train is not None else {})},
+        data={"test": {**test.describe(), **identity.test_block(split=test.split, images=len(test),
+                                                                dataset_root=_root(args),
+                                                                max_samples=args.test_samples
+                                                                if len(test) >= args.test_samples else None)},
+              **({"train": train.describe()} if train is not None else {})},
         checkpoint_check=loaded.checkpoint, image_size=list(loaded.image_size), seed=args.seed,
+        model_args=flags.parse_prune_params(args.model_arg or []) or None, result_file=os.path.basename(output),
         command=["pruning-bench", *sys.argv[1:]] if sys.argv and "pruning-bench" in sys.argv[0] else None,
         **extra,
     )
@@ -191,6 +208,22 @@ def _run(args) -> int:
         kept = "the earlier file is kept" if os.path.exists(output) else "nothing was written"
         raise EvalError(f"--output {output}: cannot write the result ({exc.strerror or exc}); {kept}") from None
     return 0
+
+
+def _root(args) -> str | None:
+    return data.dataset_root(args.dataset_root, args.dataset) if args.dataset_root else None
+
+
+def saved_token_strategy(model, config: flags.PruningConfig, pretrained) -> flags.PruningConfig:
+    """The configuration that re-applies the token strategy a saved `--pretrained` records (one line says so), or
+    `config` itself; `--prune_no_reapply` keeps the file's strategy out and records that it did."""
+    from ..clip_benchmark_ext.saved_models import reapplying
+
+    token = (getattr(model, "pb_saved_architecture", None) or {}).get("token_strategy")
+    try:
+        return reapplying(config, token, pretrained, "pruning-bench eval")
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _efficiency(model, test, loaded, args, handle):
@@ -239,6 +272,7 @@ def _compare(args, config, loaded, test, train, calibration):
         extra.update(save_model(args, model))
     if probe is not None:
         metrics = probe_metrics(probe, reference, output)
+        extra["per_image"] = metrics.pop("per_image")
     else:
         metrics = fidelity.fidelity_metrics(reference, output, reference_logits=reference.logits,
                                             pruned_logits=output.logits)
@@ -257,12 +291,14 @@ def probe_metrics(probe, reference: Features, output: Features) -> dict:
     output_logits = torch.from_numpy(np.asarray(probe.logits(output.features)))
     classes = torch.from_numpy(probe.classifier.classes_)
     labels = reference.labels
-    acc = float((classes[output_logits.argmax(1)] == labels).double().mean())
+    correct = classes[output_logits.argmax(1)] == labels
+    acc = float(correct.double().mean())
     acc_unpruned = float((classes[reference_logits.argmax(1)] == labels).double().mean())
     metrics = {"acc1": acc, "acc1_unpruned": acc_unpruned, "acc1_delta_same_probe": acc - acc_unpruned}
     metrics.update(fidelity.fidelity_metrics(reference, output, reference_logits=reference_logits,
                                              pruned_logits=output_logits))
     metrics["probe"] = probe.describe()
+    metrics["per_image"] = identity.packed(correct.numpy())  # taken out into the result's `per_image`
     return metrics
 
 
@@ -283,7 +319,7 @@ def save_model(args, model) -> dict:
     return {"saved_model": {"path": path, "heads_per_block": architecture["heads_per_block"],
                             "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
                             "blocks_kept": architecture["blocks_kept"],
-                            "token_strategy_not_saved": architecture["token_strategy"]}}
+                            "token_strategy": architecture["token_strategy"]}}
 
 
 def _finetune(args, config, loaded, test, train, calibration):
@@ -319,6 +355,8 @@ def _finetune(args, config, loaded, test, train, calibration):
                           "augmentation": "none", "head": f"new linear head, {num_classes} classes",
                           "deterministic": "torch.use_deterministic_algorithms(True, warn_only=True)",
                           "timing": outcome.timing()}, **saved}
+    if outcome.test_correct is not None:
+        extra["per_image"] = identity.packed(outcome.test_correct)
     if rows:
         extra["rounds"] = rows
         extra["training"]["rounds"] = {"count": n_rounds, "ratios": "compound: each round removes its ratio of "

@@ -87,7 +87,7 @@ def _qkv_attention(attn, h, bias, rotate, n_prefix):
     out = proj(out)
     if getattr(attn, "proj_drop", None) is not None:
         out = attn.proj_drop(out)
-    return out, AttentionProbe(q, k, _scaled_logits(scale, bias))
+    return out, AttentionProbe(q, k, _scaled_logits(scale, bias), v)
 
 
 def _in_proj_attention(attn, h, bias):
@@ -127,4 +127,4 @@ def _in_proj_attention(attn, h, bias):
     out = attn.out_proj(out)
     if hasattr(attn, "out_drop"):
         out = attn.out_drop(out)
-    return out, AttentionProbe(q, k, logit_fn)
+    return out, AttentionProbe(q, k, logit_fn, v)

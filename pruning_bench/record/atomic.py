@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, flushed and fsynced, then renamed.
 
 A reader (or `--skip_existing`, or a resumed sweep) therefore sees either the old file or the whole
-new one, never a 0-byte or truncated file, whatever interrupts the writer.
+new one, never a 0-byte or truncated file, whatever interrupts the writer. The file gets the mode an
+ordinary `open(path, "w")` would give it (0666 less the umask: 0644 under umask 022): `mkstemp` creates
+its temporary file 0600, which would leave results unreadable to collaborators.
 """
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it straight back: there is no other way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
@@ -21,7 +30,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp

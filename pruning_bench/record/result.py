@@ -55,6 +55,9 @@ def pruning_block(config, handle, notes: list[str], slug: str, *, feature_cache:
         record["stats"] = json_safe(stats)
     if feature_cache is not None:
         record["feature_cache"] = feature_cache
+    if getattr(config, "reapplied_from", None):  # a saved model's own token strategy, put back on load
+        record["reapplied_from"] = config.reapplied_from
+        record["notes"].append(f"token strategy re-applied from the saved model {config.reapplied_from}")
     match = matched_target(config)
     if match is not None:
         record["match"] = match

@@ -1,10 +1,12 @@
 """Read a `clip_benchmark build` CSV as result records, so `report` and `leaderboard` take it like JSONs.
 
 `clip_benchmark build` writes one row per result file: the metrics and every top-level key as
-columns, nested blocks (`pruning`, `efficiency`, `data`, `training`, ...) as Python reprs. A row is
-turned back into a record: cells holding a dict or list become top-level blocks, the known top-level
-scalars (and the flat keys such as `pruning_slug`, `strategy`, `gmacs`) stay top-level, and the
-other non-empty cells are the metrics.
+columns, nested blocks (`pruning`, `efficiency`, `data`, `per_image`, ...) as JSON (the plugin makes
+build write JSON; older CSVs hold Python reprs, read too). A row is turned back into a record: cells
+holding a dict or list become top-level blocks, the known top-level scalars (the run's `seed` and
+`result_file`, the flat keys such as `pruning_slug`, `strategy`, `gmacs`) stay top-level, and the
+other non-empty cells are the metrics. The record then carries the same identity and per-image
+outcomes as the JSON file, so the report pairs and bootstraps alike from either.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 
 BUILD_KEYS = ("dataset", "model", "pretrained", "task", "language", "model_fullname")
 TOP_LEVEL = set(BUILD_KEYS) | {"seed", "split", "classnames", "templates", "attention_output", "command",
-                               "pruning_slug", "strategy", "gmacs", "gflops", "images_per_second"}
+                               "pruning_slug", "strategy", "gmacs", "gflops", "images_per_second", "result_file",
+                               "batch_size", "dtype", "device", "amp", "threads"}
 
 
 class CsvRecord:
@@ -37,13 +40,29 @@ class CsvRecord:
 
 
 def literal(text: str):
-    """A nested cell of a build CSV (Python repr, as csv.DictWriter writes it), NaN included; else None."""
+    """A nested cell of a build CSV (JSON, or the Python repr of older CSVs), NaN included; else None."""
     if not text or text[0] not in "{[(":
         return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
     try:
         return ast.literal_eval(re.sub(r"\b(nan|inf)\b", "None", text))
     except (ValueError, SyntaxError):
         return None
+
+
+def scalar(text: str):
+    """A top-level cell as the JSON value it was written from: a number or a boolean when it reads as one."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def is_build_csv(path: Path) -> bool:
@@ -69,7 +88,7 @@ def build_csv_records(path: Path) -> list[CsvRecord]:
                 if isinstance(nested, (dict, list)):
                     record[key] = nested
                 elif key in TOP_LEVEL:
-                    record[key] = cell
+                    record[key] = scalar(cell)
                 else:
                     metrics[key] = cell
             record["metrics"] = metrics

@@ -12,10 +12,15 @@ import math
 import statistics
 from typing import Any
 
-# settings a pruned run must share with its baseline (besides model, pretrained, dataset, task, language)
-SETTINGS = ["split", "test_samples", "train_samples", "image_size", "batch_size", "dtype", "amp", "device", "threads"]
+# settings a pruned run must share with its baseline (besides model, pretrained, dataset, task, language): the
+# run's identity but the strategy and the seed (see record/identity.py): which images (root, split, count,
+# subset rule), model arguments, and the timing conditions. Runs differing only in seed are one configuration.
+SETTINGS = ["dataset_root", "split", "test_samples", "subset", "train_samples", "model_args", "image_size",
+            "batch_size", "dtype", "amp", "device", "threads"]
+# a pruned run's baseline has its seed too (random-init weights, probes and shuffling change with it)
+PAIRING_SETTINGS = ["seed"]
 # and, for tasks that train or fit something, these too
-TRAINING_SETTINGS = ["seed", "training"]
+TRAINING_SETTINGS = ["training"]
 TRAINING_TASKS = {"finetune", "probe", "linear_probe"}
 # entries of a result's `training` block that are measurements, not settings
 TRAINING_MEASUREMENTS = {"timing", "step_seconds", "warmup_steps", "images_per_second", "seconds", "seconds_per_epoch",
@@ -145,10 +150,13 @@ def run_fields(data: dict) -> dict[str, Any]:
         "config_params": config_params(params),
         "split": _text(_first(test.get("split"), data.get("split"))),
         "test_samples": _text(_first(test.get("images"), data.get("test_samples"))),
+        "dataset_root": _text(_first(test.get("dataset_root"), data.get("dataset_root"))),
+        "subset": _text(test.get("subset")),
+        "model_args": _text(data.get("model_args")),
         "train_samples": _text(_first(train.get("images"), data.get("train_samples"))),
         "image_size": _text(_first(efficiency.get("image_size"), data.get("image_size"))),
-        "amp": _text(efficiency.get("amp")),
-        "threads": _text(efficiency.get("threads")),
+        "amp": _text(_first(efficiency.get("amp"), data.get("amp"))),
+        "threads": _text(_first(efficiency.get("threads"), data.get("threads"))),
         "training": _text({k: v for k, v in training.items() if k not in TRAINING_MEASUREMENTS} or None),
         "classes": _number(_first(test.get("classes"), data.get("classes"),
                                   len(data["classnames"]) if isinstance(data.get("classnames"), list) else None)),

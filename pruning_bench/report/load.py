@@ -1,4 +1,10 @@
-"""Read result JSONs (clip_benchmark's keys plus `pruning` and `efficiency`) into one flat table."""
+"""Read result JSONs (clip_benchmark's keys plus `pruning` and `efficiency`) into one flat table.
+
+A row carries the run's identity (`fields.run_fields`, written by `record.identity`) and its per-image
+outcomes as `per_image_correct` / `per_image_n`: a retrieval run's per-query hits of the metric the
+report shows. A run of a saved model evaluated without the token strategy the file records
+(`--prune_no_reapply`) is labelled as such, never as a baseline.
+"""
 from __future__ import annotations
 
 import json
@@ -97,6 +103,26 @@ def read_result(path) -> dict[str, Any]:
     return data
 
 
+def _strategy(data: dict[str, Any]) -> str:
+    """The strategy column: the applied one, a saved one left out, or the baseline."""
+    pruning = data.get("pruning") or {}
+    if pruning.get("strategy"):
+        return pruning["strategy"]
+    left_out = data.get("token_strategy_not_applied")
+    if isinstance(left_out, dict) and left_out.get("strategy"):
+        return f"none (saved with {left_out['strategy']}, not re-applied)"
+    return BASELINE
+
+
+def _outcomes(data: dict[str, Any], metric: str | None) -> dict[str, Any]:
+    """Per-image outcomes of the reported metric: `per_image`, else the metric's `per_query` list."""
+    per_query = data.get("per_query") if isinstance(data.get("per_query"), dict) else {}
+    found = per_query.get(metric) if metric else None
+    if not isinstance(found, dict) or not found.get("correct"):
+        return {}
+    return {"per_image_correct": found["correct"], "per_image_n": _number(found.get("n"))}
+
+
 def result_row(path: Path) -> dict[str, Any]:
     data = read_result(path)
     metrics = data.get("metrics") or {}
@@ -104,13 +130,13 @@ def result_row(path: Path) -> dict[str, Any]:
     efficiency = data.get("efficiency") or {}
     metric = primary_metric(data.get("task", ""), metrics)
     tokens = efficiency.get("tokens_per_layer") or []
-    return {
+    row = {
         "model": data.get("model", ""),
         "pretrained": data.get("pretrained", ""),
         "dataset": data.get("dataset", ""),
         "task": data.get("task", ""),
         "language": data.get("language", ""),
-        "strategy": pruning.get("strategy") or BASELINE,
+        "strategy": _strategy(data),
         "params": format_params(pruning.get("params")),
         "pruned_nothing": pruning.get("effective") is False,  # no block removed a token or a weight
         "metric": metric or "",
@@ -119,14 +145,18 @@ def result_row(path: Path) -> dict[str, Any]:
         "gflops": _number(efficiency.get("gflops")),
         "images_per_second": _number(efficiency.get("images_per_second")),
         "peak_activation_mb": _number((efficiency.get("memory") or {}).get("peak_activation_mb")),
-        "batch_size": efficiency.get("batch_size"),
-        "dtype": efficiency.get("dtype"),
-        "device": efficiency.get("device"),
+        # measured with efficiency; else as the run recorded them (the plugin's runs without efficiency)
+        "batch_size": efficiency.get("batch_size", data.get("batch_size")),
+        "dtype": efficiency.get("dtype", data.get("dtype")),
+        "device": efficiency.get("device", data.get("device")),
         "tokens_per_layer": " ".join(map(str, tokens)),
         "file": str(path),
-        "mtime": path.stat().st_mtime,
+        "result_name": str(data.get("result_file") or getattr(path, "name", "") or path),
         **run_fields(data),
     }
+    if not row["per_image_correct"]:
+        row.update(_outcomes(data, metric))
+    return row
 
 
 def _warn(message: str) -> None:

@@ -10,7 +10,8 @@ the same kind of machine with the same torch thread count: CPU kernels split the
 
 A model saved while a token strategy (ToMe, ...) is still patched in is saved as its plain compact
 weights: a token strategy holds no weights and changes no shape. It is recorded in the metadata
-(`token_strategy`, with its parameters) and a `UserWarning` says the loaded model runs without it.
+(`token_strategy`, with its parameters), and `load_pruned` re-applies it by default, so the model
+that comes back computes what the saved one computed; `reapply=False` gives the bare weights.
 """
 from __future__ import annotations
 
@@ -104,8 +105,8 @@ def save_pruned(model: nn.Module, path, *, model_args: dict | None = None, model
     state = weights(family.saved_module(model))
     if architecture["token_strategy"] is not None:
         warnings.warn(f"save_pruned: the live token strategy {architecture['token_strategy']['strategy']} holds no "
-                      "weights; it is recorded in the file's metadata and the loaded model runs without it",
-                      UserWarning, stacklevel=2)
+                      "weights; it is recorded in the file's metadata and re-applied by load_pruned (with "
+                      "reapply=False the loaded model runs without it)", UserWarning, stacklevel=2)
     if verify and architecture["token_strategy"] is None:  # a live token strategy changes the outputs
         _check_rebuilds(family, model, architecture, state)
     with atomic_path(path) as tmp:
@@ -134,9 +135,27 @@ def _check_rebuilds(family, model: nn.Module, architecture: dict, state: dict) -
                 f"(max difference {float((e - g).abs().max()):.3g}); {family.mismatch_hint()}")
 
 
-def load_pruned(path) -> nn.Module:
+def load_pruned(path, reapply: bool = True) -> nn.Module:
     """The model saved by `save_pruned`, in eval mode, bit-identical to it; `model.pb_saved_architecture`
-    holds the record (family, blocks kept, widths, a token strategy that was live when saving)."""
+    holds the record (family, blocks kept, widths, a token strategy that was live when saving).
+
+    With `reapply` (the default) a recorded token strategy is patched in again (`pb.prune` with its
+    recorded parameters) and its handle kept as `model.pb_token_handle` (`.restore()` takes it out);
+    with `reapply=False` the model runs without it."""
+    model = _load_weights(path)
+    token = model.pb_saved_architecture.get("token_strategy")
+    if reapply and token:
+        from ..api import prune
+
+        try:
+            model.pb_token_handle = prune(model, token["strategy"], **token["params"])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: the recorded token strategy {token['strategy']} cannot be re-applied ({exc}); "
+                             "load it with reapply=False") from None
+    return model
+
+
+def _load_weights(path) -> nn.Module:
     from safetensors.torch import load_file
 
     architecture = check_file(path)  # what the file is, and its record bounded by its tensors, before any build
