@@ -645,4 +645,7 @@ def _clip_benchmark_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return [*_api_cases(), *_report_cases(), *_eval_cases(), *_sweep_cases(), *_clip_benchmark_cases()]
+    from robustness_faults import fault_cases  # the second round (same folder)
+
+    return [*_api_cases(), *_report_cases(), *_eval_cases(), *_sweep_cases(), *_clip_benchmark_cases(),
+            *fault_cases()]

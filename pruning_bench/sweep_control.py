@@ -181,6 +181,20 @@ class PointLock:
                 os.unlink(self.path)
             self.held = False
 
+    def clear_if_stale(self) -> bool:
+        """Remove the lock (and temporary lock files beside it) when every process it names is gone."""
+        holders = self.holders()
+        if holders is None or any(pid_alive(pid) for pid in holders):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.new"):
+            pid = leftover.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        return True
+
     def wait_free(self, poll: float = 0.5) -> None:
         while self.live_holders():
             time.sleep(poll)
@@ -226,6 +240,11 @@ def run_sweep(runs: list["PlannedRun"], *, log_dir: str | os.PathLike, runner: C
     log_dir.mkdir(parents=True, exist_ok=True)
     summary = SweepSummary()
     pending = []
+    stale = [run.lock_path for run in runs if PointLock(run.lock_path).clear_if_stale()]
+    if stale:  # a killed sweep's locks: their processes are gone (finished points included)
+        summary.notes.append(f"removed {len(stale)} stale lock(s) of processes no longer running: "
+                             f"{', '.join(map(str, stale[:3]))}{' ...' if len(stale) > 3 else ''}")
+        print(f"pruning-bench sweep: {summary.notes[-1]}", file=sys.stderr)
     for run in runs:
         (pending if force or not run.finished else summary.skipped).append(run)
     bar = tqdm(total=len(runs), initial=len(summary.skipped), disable=not progress, unit="point", desc="sweep")

@@ -229,6 +229,9 @@ def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK
         named = ", ".join(f"{m} ({p or 'random init'})" for m, p in models) or "none"
         raise ValueError(f"{FLAG} matches the knob on one model; the evaluation arguments name {len(models)}: {named}")
     [(name, pretrained)] = models
+    saved = _saved_or_loaded(args, name, pretrained)
+    if saved is not None:
+        return saved[0].eval()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -252,6 +255,22 @@ def model_key(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK) 
         return [driver, args.model, args.pretrained, args.img_size, sorted(args.model_arg or [])]
     models = sorted({(model, pretrained) for model, pretrained, _, _ in sweep_outputs.clip_benchmark_runs(args)})
     return [driver, args.model_type, [list(m) for m in models]]
+
+
+def _saved_or_loaded(args, name: str, pretrained):
+    """A `--pretrained` file written by `pb.save_pruned` is rebuilt as each point's clip_benchmark run rebuilds it."""
+    import argparse
+
+    from .clip_benchmark_ext import saved_models
+
+    one = argparse.Namespace(**{**vars(args), "model": name, "pretrained": pretrained})
+    path = saved_models.saved_model_path(one)
+    if path is None:
+        return None
+    reason = saved_models.problem(one, path)
+    if reason:
+        raise ValueError(f"{FLAG}: {reason}")
+    return saved_models.load_saved(path)
 
 
 def _load_error(name: str, pretrained, exc: Exception) -> ValueError:

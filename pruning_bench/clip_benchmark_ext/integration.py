@@ -21,14 +21,16 @@ module are swapped for the duration of that one `run` call and put back afterwar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
 import types
 from typing import Any
 
-from . import build, flags, outcomes, random_init, saved_models
+from . import build, flags, outcomes, random_init, saved_models, webdataset_checks
 from ..record import atomic, naming, notes as noting, result as record
+from ..record.atomic_file import AtomicFile, ResultWriteError, opener_for
 from ..record.check import file_problem
 
 # Per-unit importances (12 x 3072 floats on ViT-B): kept in `handle.stats()`, left out of result files.
@@ -318,6 +320,10 @@ class PruningSession:
                 name = getattr(fp, "name", None)
                 if not (isinstance(obj, dict) and "metrics" in obj and isinstance(name, str)):
                     return real.dump(obj, fp, *a, **kw)
+                if isinstance(fp, AtomicFile):  # replaces the file only once the whole result is written
+                    obj = session.complete(obj, name)
+                    fp.write(real.dumps(obj, *a, **kw))
+                    return record.warn_if_ineffective(obj)
                 try:  # the caller's open() already left an empty file: it must not survive a failure
                     obj = session.complete(obj, name)
                     atomic.write_text(name, real.dumps(obj, *a, **kw))
@@ -343,10 +349,16 @@ class PruningSession:
             path = self.config.attention_output or (os.path.splitext(output or "result.json")[0] + ".attention.pt")
             from ..record import attention
 
-            attention.save(path, self.attention, {
-                "model": self.args.model, "pretrained": self.args.pretrained, "dataset": self.args.dataset,
-                "task": dump.get("task"), "strategy": self.config.strategy, "params": self.config.resolved})
-            dump["attention_output"] = path
+            try:
+                attention.save(path, self.attention, {
+                    "model": self.args.model, "pretrained": self.args.pretrained, "dataset": self.args.dataset,
+                    "task": dump.get("task"), "strategy": self.config.strategy, "params": self.config.resolved})
+                dump["attention_output"] = path
+            except Exception as exc:  # keep the evaluation's metrics; say why the attention file is missing
+                dump["attention_output"] = None
+                dump["attention_error"] = f"{path}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+                print(f"pruning-bench: --attention_output {path}: not written ({dump['attention_error']})",
+                      file=sys.stderr)
         if self.saved_model is not None:
             dump["saved_model"] = self.saved_model
         if self.config.saved_token_strategy is not None:  # --prune_no_reapply: never to be taken for a baseline
@@ -399,6 +411,8 @@ def prepare_outputs(args, config, task: str) -> None:
     if config.save_model:
         targets.append(("--prune_save_model", config.save_model))
     for flag, path in targets:
+        if os.path.isdir(path):  # found now, not after the whole evaluation
+            fail(f"{flag} {path} is a directory, not a file")
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -445,7 +459,9 @@ def wrap_run(cli, original):
             # where upstream would lose the result after the whole evaluation (a missing output folder) or
             # skip a point that never finished (an incomplete file): the only departures of a plain run
             prepare_outputs(args, config, resolved_task(args))
-            return original(args)
+            webdataset_checks.check(args, dataset_root(args), fail)
+            with atomic_result(cli, output_path(args, resolved_task(args))):
+                return original(args)
         task = resolved_task(args)
         if task not in flags.PRUNABLE_TASKS:
             fail(f"--enable_pruning/--measure_efficiency/--extract_attention/--max_samples support the tasks "
@@ -454,6 +470,7 @@ def wrap_run(cli, original):
         args = argparse.Namespace(**vars(args))
         args.output = naming.output_template(args.output, slug, config.enabled)
         prepare_outputs(args, config, task)
+        webdataset_checks.check(args, dataset_root(args), fail)
         session = PruningSession(args, config, slug)
         saved = {name: getattr(cli, name) for name in ("load_clip", "build_dataset", "json", *_TASK_MODULES.values())}
         cli.load_clip = session.load_clip(saved["load_clip"])
@@ -462,7 +479,8 @@ def wrap_run(cli, original):
         for task, name in _TASK_MODULES.items():
             cli.__dict__[name] = _patched(saved[name], evaluate=session.evaluate(saved[name].evaluate, task, saved[name]))
         try:
-            return original(args)
+            with atomic_result(cli, output_path(args, task)):
+                return original(args)
         finally:
             for name, value in saved.items():
                 setattr(cli, name, value)
@@ -470,6 +488,23 @@ def wrap_run(cli, original):
                 session.handle.restore()
 
     return run
+
+
+@contextlib.contextmanager
+def atomic_result(cli, output: str):
+    """clip_benchmark's `open(output, "w")` writes a temporary file renamed into place: a failed write (full
+    disk, size limit) keeps the earlier result, and is one line."""
+    before = cli.__dict__.get("open")
+    cli.open = opener_for({output})
+    try:
+        yield
+    except ResultWriteError as exc:
+        fail(f"--output: {exc}")
+    finally:
+        if before is None:
+            del cli.open
+        else:
+            cli.open = before
 
 
 def extend_cli(cli) -> None:

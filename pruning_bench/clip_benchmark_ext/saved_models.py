@@ -20,19 +20,22 @@ from contextlib import contextmanager
 
 def saved_model_path(args) -> str | None:
     """`args.pretrained` when it names a pruning-bench saved model, else None."""
-    from ..saved import is_saved_model
+    from ..saved.validate import claims_saved_model
 
     path = getattr(args, "pretrained", None)
-    if isinstance(path, str) and path.endswith(".safetensors") and os.path.isfile(path) and is_saved_model(path):
+    if isinstance(path, str) and os.path.exists(path) and claims_saved_model(path):  # by content, not by name
         return path
     return None
 
 
 def problem(args, path: str) -> str | None:
     """Why this run cannot evaluate the saved model at `path` (one line), or None."""
-    from ..saved import read_architecture
+    from ..saved.validate import check_file
 
-    architecture = read_architecture(path)
+    try:
+        architecture = check_file(path)  # truncated, foreign, or a record that does not fit its tensors: one line
+    except ValueError as exc:
+        return f"--pretrained {exc}"
     if architecture.get("family") != "open_clip":
         return (f"--pretrained {path} is a saved {architecture.get('family', 'timm')} image model without a text "
                 f"tower; evaluate it with `pruning-bench eval --pretrained {path}`")

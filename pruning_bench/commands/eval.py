@@ -109,6 +109,19 @@ def output_folder_problem(template: str) -> str | None:
     return None
 
 
+def _save_model_problem(args) -> str | None:
+    """--output naming a directory, or a --save_model path that cannot be written or read back: before any model."""
+    import os
+
+    if "{" not in args.output and os.path.isdir(args.output):
+        return f"--output {args.output} is a directory, not a file"
+    if getattr(args, "save_model", None) is None:
+        return None
+    from ..saved.validate import save_path_problem
+
+    return save_path_problem("--save_model", args.save_model)
+
+
 def check_model_args(items: list[str]) -> dict:
     """`--model_arg KEY=VALUE` items, each key once (values read like --prune_param values)."""
     from ..clip_benchmark_ext.flags import parse_value
@@ -131,7 +144,7 @@ def run(args) -> int:
 
     if args.seed is not None and not 0 <= args.seed < 2**63:
         return _error(f"--seed={args.seed} is out of range [0, {2**63 - 1}]")
-    problem = output_folder_problem(args.output)
+    problem = output_folder_problem(args.output) or _save_model_problem(args)
     if problem:
         return _error(problem)
     try:

@@ -162,8 +162,25 @@ def _run(args, planned: list) -> int:
         _emit(text, args.emit_to)
         return 0
 
+    problem = _unwritable(pending, args.log_dir)
+    if problem:
+        return _error(problem)
     planned.extend(runs)
     return run_planned(runs, log_dir=args.log_dir, force=args.force, progress=not args.quiet, report=args.report)
+
+
+def _unwritable(pending: list, log_dir) -> str | None:
+    """A result, lock or log folder that cannot be written, found before the first point runs."""
+    import os
+
+    from ..record.writable import problem
+
+    for run in pending:
+        for path in [*run.outputs, run.lock_path]:
+            found = problem("result" if path in run.outputs else "lock", path)
+            if found:
+                return f"{run.point.label}: {found}"
+    return problem("--log_dir", os.path.join(log_dir, "point.log"))
 
 
 def _matcher(args, eval_args: list[str], driver: str, seeds, strategy_seeds):

@@ -80,8 +80,13 @@ class DecodedImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         from PIL import Image
 
-        with Image.open(io.BytesIO(self.images.encoded[index])) as image:
-            pixels = self.transform(image.convert("RGB"))
+        try:
+            with Image.open(io.BytesIO(self.images.encoded[index])) as image:
+                pixels = self.transform(image.convert("RGB"))
+        except (OSError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data, broken chunks
+            key = self.images.keys[index] if index < len(self.images.keys) else f"#{index}"
+            raise ValueError(f"image {key} of {self.images.source or self.images.name} cannot be decoded "
+                             f"({type(exc).__name__}: {exc})") from None
         label = -1 if self.images.labels is None else int(self.images.labels[index])
         return pixels, label
 
@@ -194,8 +199,22 @@ def read_files(files: list[Path], name: str, source: str, n: int | None = None) 
     files = files[:n] if n is not None else files
     if not files:
         raise ValueError(f"no image files found for {name} ({source})")
-    return ImageSet(name=name, split="test", encoded=[f.read_bytes() for f in files],
-                    keys=[f.name for f in files], source=source)
+    encoded = [f.read_bytes() for f in files]
+    for path, data in zip(files, encoded):
+        unreadable_image(path, data)
+    return ImageSet(name=name, split="test", encoded=encoded, keys=[f.name for f in files], source=source)
+
+
+def unreadable_image(path, data: bytes) -> None:
+    """A ValueError naming `path` when its bytes are not an image PIL can read (checked before any model work)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError, truncated or corrupt data
+        reason = "no image format PIL knows" if type(exc).__name__ == "UnidentifiedImageError" else str(exc)
+        raise ValueError(f"{path} is not a readable image ({type(exc).__name__}: {reason})") from None
 
 
 def image_files(folder) -> list[Path]:

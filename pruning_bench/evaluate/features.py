@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class FeatureCache:
         self.directory = Path(directory) if directory else None
         self._memory: dict[str, Features] = {}
         self.hits: list[str] = []
+        self.notes: list[str] = []
 
     @staticmethod
     def key(**parts) -> str:
@@ -78,16 +80,36 @@ class FeatureCache:
             self.hits.append("memory")
             return self._memory[key]
         if self.directory is not None and self._path(key).is_file():
-            stored = torch.load(self._path(key), map_location="cpu", weights_only=True)
-            if stored.get("key") == key:
+            stored = self._read(key)
+            if stored is not None:
                 self.hits.append("disk")
-                self._memory[key] = Features(stored["features"], stored["labels"], stored.get("logits"),
-                                             float(stored.get("seconds", 0.0)))
-                return self._memory[key]
+                self._memory[key] = stored
+                return stored
         value = compute()
         self._memory[key] = value
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": key, "features": value.features, "labels": value.labels, "logits": value.logits,
-                        "seconds": value.seconds}, self._path(key))
+            from ..record.atomic import atomic_path
+
+            with atomic_path(self._path(key)) as tmp:  # a killed run leaves no half-written entry
+                torch.save({"key": key, "features": value.features, "labels": value.labels, "logits": value.logits,
+                            "seconds": value.seconds}, tmp)
         return value
+
+    def _read(self, key: str) -> Features | None:
+        """The stored entry, or None (with a note) when it is truncated, foreign or not for this key."""
+        path = self._path(key)
+        try:  # weights only: an entry is never unpickled with code
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(stored, dict) or stored.get("key") != key:
+                raise ValueError("written for another key" if isinstance(stored, dict) else "not a cache entry")
+            value = Features(stored["features"], stored["labels"], stored.get("logits"),
+                             float(stored.get("seconds", 0.0)))
+            if not (isinstance(value.features, torch.Tensor) and isinstance(value.labels, torch.Tensor)
+                    and len(value.features) == len(value.labels)):
+                raise ValueError("its tensors do not match")
+            return value
+        except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle, missing field: recompute
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            self.notes.append(f"feature cache entry {path} unusable ({type(exc).__name__}: {reason}); recomputed")
+            print(f"pruning-bench eval: {self.notes[-1]}", file=sys.stderr)
+            return None

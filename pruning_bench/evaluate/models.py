@@ -49,7 +49,20 @@ class LoadedModel:
 
 
 def _state_dict(path: str) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"--pretrained {path} is a directory, not a checkpoint file")
+    if not os.path.exists(path):
+        raise ValueError(f"--pretrained {path}: no such file (nor none / timm)")
+    try:  # weights only: a pickle that would run code is refused by torch, never executed
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (not a zip), EOFError (truncated)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"--pretrained {path} is not a checkpoint torch.load reads as plain tensors "
+                         f"({type(exc).__name__}: {first}); it was not unpickled") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"--pretrained {path} holds a {type(state).__name__}, not a state_dict")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -172,9 +185,10 @@ def check_weights(model: torch.nn.Module, name: str, pretrained: str) -> dict:
 def load_model(name: str, pretrained: str | None = None, *, image_size: int | None = None,
                model_args: dict | None = None, check: bool = True) -> LoadedModel:
     """Build the encoder in eval mode with its preprocessing; `check` runs the random-init check."""
-    from ..saved import is_saved_model, load_pruned
+    from ..saved import load_pruned
+    from ..saved.validate import claims_saved_model
 
-    if pretrained and pretrained.endswith(".safetensors") and is_saved_model(pretrained):
+    if pretrained and pretrained.lower() not in (*RANDOM_INIT, "timm") and claims_saved_model(pretrained):
         if model_args:
             raise ValueError("--model_arg does not apply to a saved pruned model (its architecture is in the file)")
         model = load_pruned(pretrained, reapply=False)  # the runner re-applies a token strategy and records it

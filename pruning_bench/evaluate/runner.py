@@ -162,7 +162,10 @@ def _run(args) -> int:
             return 0
         print(f"pruning-bench eval: {output} {problem}: not a finished run, running it again", file=sys.stderr)
     args.resolved_output, args.resolved_task = output, task
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    from ..record.writable import problem as unwritable
+
+    if unwritable("--output", output):  # the template's filled-in name: a directory, a folder under a file
+        raise EvalError(unwritable("--output", output))
     test = _load_split(args, "test", args.test_samples)
     train = None
     if task in ("probe", "finetune"):
@@ -199,7 +202,11 @@ def _run(args) -> int:
         command=["pruning-bench", *sys.argv[1:]] if sys.argv and "pruning-bench" in sys.argv[0] else None,
         **extra,
     )
-    print(results.write(output, dump))
+    try:
+        print(results.write(output, dump))
+    except OSError as exc:  # full disk, size limit: the atomic writer left any earlier file as it was
+        kept = "the earlier file is kept" if os.path.exists(output) else "nothing was written"
+        raise EvalError(f"--output {output}: cannot write the result ({exc.strerror or exc}); {kept}") from None
     return 0
 
 
@@ -271,7 +278,8 @@ def _compare(args, config, loaded, test, train, calibration):
                                             pruned_logits=output.logits)
     metrics["seconds_unpruned_features"] = reference.seconds
     metrics["seconds_evaluated_features"] = output.seconds
-    extra["feature_cache"] = {"directory": args.feature_cache, "reused": list(cache.hits)}
+    extra["feature_cache"] = {"directory": args.feature_cache, "reused": list(cache.hits),
+                              **({"notes": cache.notes} if cache.notes else {})}
     return metrics, pruned, efficiency_record, extra
 
 
@@ -299,9 +307,15 @@ def save_model(args, model) -> dict:
     path = getattr(args, "save_model", None)
     if not path:
         return {}
-    from ..saved import save_pruned
+    from .. import saved
 
-    architecture = save_pruned(model, path, model_args=flags.parse_prune_params(getattr(args, "model_arg", None) or []))
+    try:
+        architecture = saved.save_pruned(model, path,
+                                         model_args=flags.parse_prune_params(getattr(args, "model_arg", None) or []))
+    except Exception as exc:  # noqa: BLE001 - keep the evaluation; record and say why the model was not saved
+        error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        print(f"pruning-bench eval: --save_model {path}: not saved ({error})", file=sys.stderr)
+        return {"saved_model": {"path": path, "error": error}}
     return {"saved_model": {"path": path, "heads_per_block": architecture["heads_per_block"],
                             "mlp_hidden_per_block": architecture["mlp_hidden_per_block"],
                             "blocks_kept": architecture["blocks_kept"],

@@ -291,6 +291,8 @@ def equivalent_attention(attn: nn.Module, heads: torch.Tensor | None = None) -> 
         if forward is not None:  # the module's own forward assumes its width equals the block's
             new.__class__ = _with_forward(type(attn), forward)
         return new
+    if isinstance(attn, InProjAttention):  # pruned again: keep the calling convention it stands in for
+        return type(attn)(attn, heads)
     cls = PrunedMultiheadAttention if kind == "mha" else PrunedAttention
     return cls(attn, heads)
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .analytic import find_blocks, image_tower, locate
+from .image_fit import check_channels, naming_size_mismatch
 
 
 class UncountedMatmulError(RuntimeError):
@@ -256,12 +257,14 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     `matmul_like_skipped` and named in the note.
     """
     check_images(images)
+    check_channels(model, images)
     tower = image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
-    if batch > 1 and isinstance(images, torch.Tensor) and _keeps_per_image_counts(model):
-        return _count_per_image(model, images, strict)
-    return _count_as_run(model, tower, images, batch, strict)
+    with naming_size_mismatch(model, images):  # images the model cannot take: named, not a trace's traceback
+        if batch > 1 and isinstance(images, torch.Tensor) and _keeps_per_image_counts(model):
+            return _count_per_image(model, images, strict)
+        return _count_as_run(model, tower, images, batch, strict)
 
 
 def _count_as_run(model: nn.Module, tower: nn.Module, images, batch: int, strict: bool) -> FlopCount:

@@ -171,15 +171,18 @@ def load_results(paths: Iterable[str | os.PathLike], on_skip=None) -> pd.DataFra
     raises `ResultFileError` naming it when none is."""
     from .build_csv import rows_of  # a `clip_benchmark build` CSV gives one row per line
 
+    from .distinct import distinct  # copies, repeats and temporary files: one run counted once
+
     rows, skipped = [], []
-    for path in result_files(paths):
+    files, repeats = distinct(result_files(paths))
+    for path in files:
         try:
             rows += rows_of(path)
         except (ResultFileError, UnicodeDecodeError) as exc:
             skipped.append(str(exc) if isinstance(exc, ResultFileError) else f"{path} is not a result file (not text)")
     if skipped and not rows:
         raise ResultFileError(skipped[0] + (f" (and {len(skipped) - 1} other file(s) unusable)" if len(skipped) > 1 else ""))
-    for message in skipped:
+    for message in skipped + repeats:
         (on_skip or _warn)(f"skipped {message}")
     if not rows:
         raise ValueError("no result JSON files found")

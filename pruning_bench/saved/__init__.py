@@ -27,6 +27,7 @@ from ..record.atomic import atomic_path
 from . import open_clip_model, timm_vit
 from .common import FORMAT, METADATA_KEY, first_line, is_saved_model, read_architecture, weights
 from .timm_vit import _timm_vit, constructor_args  # noqa: F401  (names other modules import)
+from .validate import check_file
 
 FAMILIES = (timm_vit, open_clip_model)
 
@@ -157,7 +158,7 @@ def load_pruned(path, reapply: bool = True) -> nn.Module:
 def _load_weights(path) -> nn.Module:
     from safetensors.torch import load_file
 
-    architecture = read_architecture(path)
+    architecture = check_file(path)  # what the file is, and its record bounded by its tensors, before any build
     try:
         state = load_file(str(path))
     except Exception as exc:  # truncated or corrupted tensor data

@@ -69,9 +69,9 @@ def shrink_blocks(blocks: list[nn.Module], heads: list[int], hidden: list[int]) 
             raise ValueError(f"block {i}: saved widths ({heads[i]} heads, {hidden[i]} MLP) do not fit the rebuilt "
                              f"model's ({full_heads} heads, {full_hidden} MLP)")
         if heads[i] < full_heads:
-            setattr(block, part_name(block, "attn"), equivalent_attention(attn, torch.arange(heads[i])))
+            setattr(block, part_name(block, "attn"), equivalent_attention(attn, torch.arange(heads[i], device="cpu")))
         if hidden[i] < full_hidden:
-            setattr(block, part_name(block, "mlp"), sliced_mlp(mlp, torch.arange(hidden[i])))
+            setattr(block, part_name(block, "mlp"), sliced_mlp(mlp, torch.arange(hidden[i], device="cpu")))
 
 
 def probe_images(channels: int, size, dtype: torch.dtype) -> torch.Tensor:

@@ -135,7 +135,8 @@ def _fresh(architecture: dict) -> nn.Module:
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # "no pretrained weights loaded": the saved ones load right after
         try:
-            return open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
+            return open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False,
+                                          device=torch.get_default_device())  # "meta" while validating a file
         finally:
             logging.disable(previous)
     if "timm_model_name" in cfg.get("vision_cfg", {}):

@@ -16,6 +16,7 @@ import torch
 from .params import (MAX_SEED, Bool, Blocks, Calibration, Choice, Custom, Float, Int, Param,  # noqa: F401
                      check_bool, check_calibration, check_choice, check_float, check_int, check_int_or_list,
                      check_layers, seed_param, spec_from_legacy)
+from ..finite_images import refuse_non_finite
 
 
 class Strategy(abc.ABC):
@@ -146,6 +147,7 @@ class CalibrationBatches:
             for i, batch in enumerate(self.batches):
                 images = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
                 self.current = (i, tuple(getattr(images, "shape", ())))
+                refuse_non_finite(images, f"calibration batch {i}")  # before it shapes a decision
                 yield batch
         finally:
             self.current = None
