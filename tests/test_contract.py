@@ -59,9 +59,8 @@ def _decision_macs(strategy, model, stats) -> float:
     if strategy.kind != "token":
         return 0.0
     family = locate(model)
-    attn = family.blocks[0]
     dims = family.dims()
-    heads = int(getattr(getattr(attn, family.block_layout(attn).attn), "num_heads"))
+    heads = family.attention_view(family.blocks[0]).num_heads
     decision = DecisionDims(dims.embed_dim, dims.blocks[0].attn_dim // heads, dims.blocks[0].attn_dim)
     return sum(strategy.decision_macs(i, n, m, family.n_prefix, decision)
                for i, (n, m) in enumerate(zip(stats["tokens_per_layer"], stats["mlp_tokens_per_layer"])) if m < n)

@@ -11,15 +11,15 @@ into the result file under `rounds`; `pruning_bench.report.rounds` renders it fo
 """
 from __future__ import annotations
 
-from ..patches.structured import block_widths, parameter_count
+from ..families import locate
+from ..patches.structured import parameter_count
 
 STRUCTURED = ("head_prune", "layer_drop")
 
 
 def widths(model) -> tuple[list[int], list[int]]:
-    from ..saved import _timm_vit
-
-    return block_widths(list(_timm_vit(model).blocks))
+    """(heads, MLP hidden width) of each block the model runs now."""
+    return locate(model).block_widths()
 
 
 def round_row(number: int, model, outcome, efficiency_record: dict, stats: dict, original: tuple[list, list]) -> dict:

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .attention import AttentionView, HeadWeights
 from .base import ADAPTERS, BlockLayout, Family, register_family
+from .mlp import MlpView
 from . import timm_vit, timm_eva, open_clip_vit, hf_clip  # noqa: F401  (registration)
 
 
@@ -28,29 +30,6 @@ def locate(model: nn.Module) -> Family:
 
 
 locate_vit = locate  # the name the rest of the package grew up with
-
-
-def layout_of(block: nn.Module) -> BlockLayout:
-    """The layout of a transformer block of any supported family."""
-    for adapter in ADAPTERS:
-        try:
-            return adapter.block_layout(block)
-        except (UnsupportedModelError, ImportError):
-            continue
-    raise UnsupportedModelError(f"unknown transformer block type {type(block).__name__}; supported: {supported()}")
-
-
-def attn_of(block: nn.Module) -> nn.Module:
-    return getattr(block, layout_of(block).attn)
-
-
-def mlp_of(block: nn.Module) -> nn.Module:
-    return getattr(block, layout_of(block).mlp)
-
-
-def part_name(block: nn.Module, part: str) -> str:
-    """The attribute holding a block's 'attn' or 'mlp' (so structured pruning can swap it)."""
-    return getattr(layout_of(block), part)
 
 
 def image_tower(model: nn.Module) -> nn.Module:

@@ -72,10 +72,10 @@ class TokenRun:
             raise ValueError("token reduction cannot be combined with an attention mask")
 
         layout = block._pb_layout
-        norm1, attn, norm2, mlp = layout.parts(block)
+        norm1, _, norm2, mlp = layout.parts(block)
         bias = self.size.log()[:, None, None, :, 0] if bias_needed else None
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
-        out, probe = attention_with_probe(attn, norm1(x), bias, rotate, self.n_prefix)
+        out, probe = attention_with_probe(self.family.attention_view(block), norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
         kept = None
         if n_out < N:

@@ -110,7 +110,7 @@ def describe(model: nn.Module, model_args: dict | None = None, model_name: str |
         "base": name, "builder": "open_clip.create_model", "open_clip_model": name,
         "model_class": type(model).__name__, "model_cfg": model_config(model, name, model_args),
         "preprocess_cfg": {k: v for k, v in preprocess.items() if jsonable(v)},
-        **block_record(tower.blocks, tower.blocks_container),
+        **block_record(tower),
         "dtype": dtype_name(model), "token_strategy": token_strategy(tower.vit),
     }
 
@@ -162,7 +162,7 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     new = type(container)(running) if isinstance(container, nn.ModuleList) else nn.Sequential(*running)
     new.pb_kept_indices = kept
     setattr(owner, attribute, new)
-    shrink_blocks(running, architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
+    shrink_blocks(tower, architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
     if architecture.get("preprocess_cfg"):
         set_model_preprocess_cfg(model, {k: tuple(v) if isinstance(v, list) else v
                                          for k, v in architecture["preprocess_cfg"].items()})

@@ -42,12 +42,12 @@ def constructor_args(vit: nn.Module) -> dict[str, Any]:
 
     Heads count from the head width (embed_dim / head_dim) and the MLP width from the widest block,
     so every block can be sliced down to its own size after building."""
-    from ..patches.structured import block_widths
+    from ..families import locate
 
     blocks = list(vit.blocks)
     first = blocks[0]
     attn, mlp = first.attn, first.mlp
-    _, hidden = block_widths(blocks)
+    _, hidden = locate(vit).block_widths()
     embed = int(vit.embed_dim)
     patch = vit.patch_embed
     return {
@@ -72,6 +72,8 @@ def describe(model: nn.Module, model_args: dict | None = None, model_name: str |
     """The timm part of the record; `model_name` is not needed (timm models carry their architecture)."""
     import timm
 
+    from ..families import locate
+
     vit = _timm_vit(model)
     cfg = getattr(vit, "pretrained_cfg", None) or {}
     architecture = cfg.get("architecture")
@@ -81,7 +83,7 @@ def describe(model: nn.Module, model_args: dict | None = None, model_name: str |
         "builder": "timm.create_model" if known else "VisionTransformer",
         "architecture": architecture if known else None,
         "constructor_args": {**(model_args or {}), **constructor_args(vit)},
-        **block_record(list(vit.blocks), vit.blocks),
+        **block_record(locate(vit)),
         "dtype": dtype_name(vit),
         "pretrained_cfg": {k: cfg[k] for k in PRETRAINED_CFG_KEYS if k in cfg and jsonable(cfg[k])},
         "token_strategy": token_strategy(vit),
@@ -93,6 +95,8 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    from ..families import locate
+
     kwargs = dict(architecture["constructor_args"])
     for key in ("img_size", "patch_size"):
         if isinstance(kwargs.get(key), list):
@@ -101,7 +105,7 @@ def build(architecture: dict[str, Any]) -> nn.Module:
         model = timm.create_model(architecture["architecture"], pretrained=False, **kwargs)
     else:
         model = VisionTransformer(**kwargs)
-    shrink_blocks(list(model.blocks), architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
+    shrink_blocks(locate(model), architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
     model.blocks.pb_kept_indices = list(architecture["blocks_kept"])
     if architecture.get("pretrained_cfg"):
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
