@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .api import make_strategy, prune_located
+from .families import locate
 from .measure.analytic import vit_dims
 from .measure.flops import count_flops
 from .registry import get_strategy
@@ -34,9 +36,9 @@ class MatchedParams(dict):
     evaluated: dict
 
 
-def knob_domain(knob: str, model, params: dict[str, Any]) -> tuple[type, float, float]:
-    """(int or float, lowest, highest) values the search tries for `knob` on `model`."""
-    dims = vit_dims(model)
+def knob_domain(knob: str, model, params: dict[str, Any], family=None) -> tuple[type, float, float]:
+    """(int or float, lowest, highest) values the search tries for `knob` on `model` (located as `family`)."""
+    dims = family.dims() if family is not None else vit_dims(model)
     patches = dims.num_patches()
     if knob == "keep":
         return int, 0, patches
@@ -68,8 +70,8 @@ def compute_knob(strategy: str, fixed: dict[str, Any]) -> str:
     return knob
 
 
-def _default_image(model) -> torch.Tensor:
-    dims = vit_dims(model)
+def _default_image(model, family) -> torch.Tensor:
+    dims = family.dims()
     parameter = next(model.parameters())
     return torch.zeros(1, dims.in_chans, *dims.image_size, dtype=parameter.dtype, device=parameter.device)
 
@@ -86,19 +88,18 @@ def match_macs(model, strategy: str, target_ratio: float, images: torch.Tensor |
     if knob in fixed:
         raise ValueError(f"match_macs: {knob}={fixed[knob]!r} is the knob being searched; leave it out of the fixed parameters")
     cls(**{**fixed, knob: cls.defaults.get(knob) if cls.defaults.get(knob) is not None else 1})  # bad fixed values fail here
-    kind, low, high = knob_domain(knob, model, {**cls.defaults, **fixed})
-    images = _default_image(model) if images is None else images
-    baseline = count_flops(model, images).macs
+    family = locate(model)  # once: every trial below prunes and counts the same located model
+    kind, low, high = knob_domain(knob, model, {**cls.defaults, **fixed}, family)
+    images = _default_image(model, family) if images is None else images
+    baseline = count_flops(model, images, family=family).macs
     evaluated: dict[Any, float] = {}
 
     def ratio(value):
         if value not in evaluated:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # clamped budgets are part of the search
-                from .api import prune
-
-                with prune(model, strategy, **fixed, **{knob: value}):
-                    evaluated[value] = count_flops(model, images).macs / baseline
+                with prune_located(model, [make_strategy(strategy, {**fixed, knob: value})], family):
+                    evaluated[value] = count_flops(model, images, family=family).macs / baseline
         return evaluated[value]
 
     _bisect(ratio, target, kind, low, high, tolerance)

@@ -21,6 +21,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from ..families import locate
 from .analytic import find_blocks, image_tower
 
 
@@ -235,7 +236,7 @@ def check_images(images) -> None:
         raise ValueError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(first.shape)}{hint}")
 
 
-def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) -> FlopCount:
+def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, family=None) -> FlopCount:
     """Count the MACs of one forward of `model`'s image tower on `images`, pruning included.
 
     For a CLIP model only `model.visual` runs (never the text tower). The model is traced once in
@@ -243,10 +244,16 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     are per image: the batch total divided by the batch size, i.e. the mean over these images when
     a strategy keeps a different number of tokens per image. With `strict`, an op that does matrix
     work but has no handle raises `UncountedMatmulError`; otherwise it is listed in
-    `matmul_like_skipped` and named in the note.
+    `matmul_like_skipped` and named in the note. `family`: the model's located family, when the caller
+    has it (a model of no supported family is counted as a whole, totals only).
     """
     check_images(images)
-    tower = image_tower(model)
+    if family is None:
+        try:
+            family = locate(model)
+        except UnsupportedModelError:
+            family = None
+    tower = family.encoder if family is not None else image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
     with counting_mode(tower):
@@ -261,10 +268,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
             f"ops doing matrix work were traced without a counting handle: {skipped}; "
             "add a handle in pruning_bench.measure.flops.EXTRA_HANDLES"
         )
-    try:
-        prefix, blocks = find_blocks(model)
-    except UnsupportedModelError:  # not a ViT: totals only
-        prefix, blocks = "", []
+    prefix, blocks = find_blocks(model, family) if family is not None else ("", [])  # not a ViT: totals only
     per_block = [by_module.get(f"{prefix}.{i}", 0) / batch / 1e9 for i in range(len(blocks))]
     note = (
         f"fvcore MACs with handles for scaled_dot_product_attention and _native_multi_head_attention; "

@@ -164,8 +164,8 @@ class TokenAttachment:
                 module.__dict__.pop(name, None)
 
 
-def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy) -> TokenAttachment:
-    target = locate(model)
+def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy, family: Family | None = None) -> TokenAttachment:
+    target = family or locate(model)
     if strategy.needs_class_token and target.n_prefix == 0:
         raise ValueError(f"{strategy.name} ranks tokens by the class token's attention; this model has no class token")
     strategy.check_model(len(target.blocks), target.n_prefix)
