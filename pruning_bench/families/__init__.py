@@ -11,7 +11,7 @@ from ..errors import UnsupportedModelError
 from .attention import AttentionView, HeadWeights
 from .base import ADAPTERS, BlockLayout, Family, register_family
 from .mlp import MlpView
-from . import timm_vit, timm_eva, open_clip_vit, hf_clip  # noqa: F401  (registration)
+from . import timm_vit, timm_eva, open_clip_vit, hf_clip, hf_dinov2, hf_vit, hf_deit  # noqa: F401  (registration)
 
 
 def supported() -> str:
