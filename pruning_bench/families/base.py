@@ -162,6 +162,20 @@ class Family(abc.ABC):
         blocks = self.blocks if blocks is None else blocks
         return ([self.attention_view(b).num_heads for b in blocks], [self.mlp_view(b).hidden for b in blocks])
 
+    @property
+    def saved_format(self) -> str | None:
+        """How `pb.save_pruned` writes and rebuilds this model: the name of a `pruning_bench.saved` format
+        ("timm", "open_clip", "transformers"), or None when it cannot be saved."""
+        return None
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the model's classifier with a fresh linear one for `num_classes` (fine-tuning)."""
+        raise UnsupportedModelError(f"{self.label}: no classifier head to replace")
+
+    def normalisation(self) -> tuple | None:
+        """(mean, std) of the input normalisation the model itself records, or None when it records none."""
+        return None
+
     def pools_patch_tokens(self) -> bool:
         """Whether the output is pooled from patch tokens only (so a budget keeping none would be NaN)."""
         return self.n_prefix == 0

@@ -92,6 +92,8 @@ class HfClipFamily(Family):
     def mlp_view(self, block):
         return MlpView(block.mlp, ("fc1",), "fc2")
 
+    saved_format = "transformers"
+
     def patch_grid(self):
         conv = self.core.embeddings.patch_embedding
         size = pair(self.core.config.image_size)

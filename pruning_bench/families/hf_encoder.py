@@ -103,9 +103,19 @@ class HfEncoderFamily(Family):
             self._encoder = ImageEncoder(self.model, run)
         return self._encoder
 
+    def reset_classifier(self, num_classes):
+        heads = [n for n in ("classifier", "cls_classifier", "distillation_classifier") if hasattr(self.model, n)]
+        if self.model is self.core or not heads:
+            super().reset_classifier(num_classes)
+        for name in heads:
+            setattr(self.model, name, nn.Linear(self.core.config.hidden_size, num_classes))
+        self.model.num_labels = self.model.config.num_labels = num_classes
+
     def head_modules(self) -> list[nn.Module]:
         """Linear maps applied to single pooled tokens (pooler, classifiers), for the MAC count."""
         return [getattr(self.core, "pooler", None)]
+
+    saved_format = "transformers"
 
     def patch_grid(self):
         size, patch = pair(self.core.config.image_size), pair(self.core.config.patch_size)

@@ -8,7 +8,7 @@ from .attention import InProjAttentionView
 from .base import BlockLayout, Family, candidate_towers, pair, register_family
 from .dims import VitDims
 from .mlp import MlpView
-from .timm_vit import weighted_mean
+from .timm_vit import is_open_clip_model, weighted_mean
 
 OPEN_CLIP_BLOCK = BlockLayout("ln_1", "attn", ("ls_1",), "ln_2", "mlp", ("ls_2",))
 OPEN_CLIP_CUSTOM_BLOCK = BlockLayout("ln_1", "attn", ("ln_attn", "ls_1"), "ln_2", "mlp", ("ls_2",))
@@ -55,6 +55,14 @@ class OpenClipVitFamily(Family):
 
     def mlp_view(self, block):
         return MlpView(block.mlp, ("c_fc",), "c_proj", norm="ln")
+
+    @property
+    def saved_format(self):
+        return "open_clip" if is_open_clip_model(self.model) else None
+
+    def normalisation(self):
+        mean, std = getattr(self.core, "image_mean", None), getattr(self.core, "image_std", None)
+        return None if mean is None or std is None else (tuple(mean), tuple(std))
 
     def pools_patch_tokens(self):
         return self.n_prefix == 0 or self.core.pool_type == "avg"

@@ -32,8 +32,33 @@ def timm_mlp_view(mlp: nn.Module) -> MlpView:
     return MlpView(mlp, ("fc1",), "fc2", glu=glu)
 
 
+def is_open_clip_model(model: nn.Module) -> bool:
+    """Whether `model` is a whole open_clip model (CLIP, CustomTextCLIP, CoCa), text tower included."""
+    try:
+        from open_clip.coca_model import CoCa
+        from open_clip.model import CLIP, CustomTextCLIP
+    except ImportError:  # open_clip is a dependency, but stay usable for timm-only installs
+        return False
+    return isinstance(model, (CLIP, CustomTextCLIP, CoCa))
+
+
 class TimmFamily(Family):
     """Shared by timm towers: the tower may be the timm model itself or an open_clip TimmModel."""
+
+    @property
+    def saved_format(self):
+        return "open_clip" if is_open_clip_model(self.model) else None
+
+    def normalisation(self):
+        if self.tower is self.core:  # a timm model records none on itself (its pretrained_cfg is timm's default)
+            return None
+        mean, std = getattr(self.tower, "image_mean", None), getattr(self.tower, "image_std", None)  # open_clip's
+        return None if mean is None or std is None else (tuple(mean), tuple(std))
+
+    def reset_classifier(self, num_classes):
+        if self.model is not self.core:
+            super().reset_classifier(num_classes)
+        self.core.reset_classifier(num_classes)
 
     @classmethod
     @abc.abstractmethod
@@ -127,6 +152,10 @@ class TimmFamily(Family):
 class TimmVitFamily(TimmFamily):
     name = "timm"
     label = "timm VisionTransformer (incl. DeiT distilled, registers), also as an open_clip timm trunk"
+
+    @property
+    def saved_format(self):
+        return "timm" if self.model is self.core else super().saved_format
 
     @classmethod
     def _core_class(cls):
