@@ -1,6 +1,7 @@
 """Model families: one adapter per family (see `base.Family`), found by `locate(model)`.
 
-Every other module asks the located adapter; none of them names a family's classes.
+Every other module asks the located adapter (block layouts, attention and MLP views, dims, the image
+path); none of them names a family's classes or probes their attribute names.
 """
 from __future__ import annotations
 
