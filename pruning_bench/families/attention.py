@@ -45,13 +45,14 @@ class HeadWeights:
 
 @dataclass
 class Attended:
-    """One attention forward with its queries and keys: q, k (B, heads, N, head_dim) after any q/k
-    normalisation, before scaling; `logit_fn(q_rows, k)` gives the logits the softmax saw."""
+    """One attention forward with its queries, keys and values: q, k (B, heads, N, head_dim) after any q/k
+    normalisation, before scaling; `logit_fn(q_rows, k)` gives the logits the softmax saw; v as attended."""
 
     out: torch.Tensor
     q: torch.Tensor
     k: torch.Tensor
     logit_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    v: torch.Tensor | None = None
 
 
 class AttentionView(abc.ABC):
@@ -197,7 +198,7 @@ class QkvAttentionView(AttentionView):
         out = self.out_linear()(out)
         if getattr(m, "proj_drop", None) is not None:
             out = m.proj_drop(out)
-        return Attended(out, q, k, _scaled_logits(scale, bias))
+        return Attended(out, q, k, _scaled_logits(scale, bias), v)
 
     def sliced(self, heads):
         if heads is None:
@@ -297,7 +298,7 @@ class InProjAttentionView(AttentionView):
         out = attn.out_proj(out)
         if hasattr(attn, "out_drop"):
             out = attn.out_drop(out)
-        return Attended(out, q, k, logit_fn)
+        return Attended(out, q, k, logit_fn, v)
 
     def sliced(self, heads):
         cls = slicing.PrunedMultiheadAttention if isinstance(self.module, nn.MultiheadAttention) else slicing.PrunedAttention

@@ -69,7 +69,7 @@ class OpenClipVitFamily(Family):
 
     def pooling_methods(self, cls):
         def _global_pool(vit, x):
-            size = vit._pb_run.size
+            size = vit._pb_run.token_weights()  # patches per token, 0 for padding
             if size is None or vit.pool_type != "avg":
                 return cls._global_pool(vit, x)
             return weighted_mean(x[:, 1:], size[:, 1:]), x[:, 1:]

@@ -123,9 +123,11 @@ class TimmFamily(Family):
 
     def pooling_methods(self, cls):
         def pool(vit, x, pool_type=None):
-            size = vit._pb_run.size
+            size = vit._pb_run.token_weights()  # patches per token, 0 for padding
             kind = vit.global_pool if pool_type is None else pool_type
             if size is None or kind != "avg" or vit.attn_pool is not None or getattr(vit, "pool_include_prefix", False):
+                if vit._pb_run.mask is not None and (kind not in ("token", "") or vit.attn_pool is not None):
+                    raise UnsupportedModelError(f"{kind!r} pooling cannot leave out the padding of per-image token counts")
                 return cls.pool(vit, x, pool_type)
             p = vit.num_prefix_tokens
             return weighted_mean(x[:, p:], size[:, p:])

@@ -52,12 +52,15 @@ class TokenSchedule:
 
     @classmethod
     def coerce(cls, schedule) -> "TokenSchedule | None":
-        """Accept a TokenSchedule, a `h.stats()` dict, a plain list of tokens per layer, or None."""
+        """Accept a TokenSchedule, a `h.stats()` dict (its per-image counts when it has them), a plain list of
+        tokens per layer, or None."""
         if schedule is None or isinstance(schedule, TokenSchedule):
             return schedule
         if isinstance(schedule, dict):
             if "tokens_per_layer" not in schedule:
                 raise ValueError("a schedule dict needs 'tokens_per_layer' (what h.stats() returns)")
+            if "tokens_per_image" in schedule:  # per-image budgets: each image's own counts, padding left out
+                return cls(schedule["tokens_per_image"], schedule.get("mlp_tokens_per_image"))
             return cls(schedule["tokens_per_layer"], schedule.get("mlp_tokens_per_layer"))
         return cls(schedule)
 

@@ -21,8 +21,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..families import locate
-from .analytic import find_blocks, image_tower
+from .analytic import find_blocks, image_tower, locate
 
 
 class UncountedMatmulError(RuntimeError):
@@ -203,6 +202,13 @@ class FlopCount:
     batch_size: int
     by_operator: dict[str, float] = field(default_factory=dict)
     matmul_like_skipped: dict[str, int] = field(default_factory=dict)
+    per_image: list[float] | None = None  # per-image budgets: GMACs of each image run alone (what `gmacs` averages)
+    as_run: float | None = None  # per-image budgets: GMACs per image of the padded batch as it runs
+
+    @property
+    def padding_overhead(self) -> float | None:
+        """Share of extra MACs the batch's padding costs over each image's own tokens (0 = none)."""
+        return None if self.as_run is None else self.as_run / self.gmacs - 1
 
     @property
     def gflops(self) -> float:
@@ -220,6 +226,8 @@ class FlopCount:
             "unsupported_ops": dict(self.unsupported),
             "batch_size": self.batch_size,
             "note": self.note,
+            **({} if self.per_image is None else {"per_image_gmacs": list(self.per_image), "gmacs_as_run": self.as_run,
+                                                 "padding_overhead": self.padding_overhead}),
         }
 
 
@@ -241,8 +249,9 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, 
 
     For a CLIP model only `model.visual` runs (never the text tower). The model is traced once in
     eval mode under no_grad, so a seeded random strategy gives the same count every call. Figures
-    are per image: the batch total divided by the batch size, i.e. the mean over these images when
-    a strategy keeps a different number of tokens per image. With `strict`, an op that does matrix
+    are per image: the batch total divided by the batch size. When the strategy keeps a different
+    number of tokens per image, each image is counted alone (the tokens it really kept) and `gmacs` is
+    their mean; `per_image` lists them and `as_run` gives the padded batch's cost. With `strict`, an op that does matrix
     work but has no handle raises `UncountedMatmulError`; otherwise it is listed in
     `matmul_like_skipped` and named in the note. `family`: the model's located family, when the caller
     has it (a model of no supported family is counted as a whole, totals only).
@@ -256,6 +265,13 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, 
     tower = family.encoder if family is not None else image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
+    if batch > 1 and isinstance(images, torch.Tensor) and _keeps_per_image_counts(family):
+        return _count_per_image(model, family, images, strict)
+    return _count_as_run(model, family, tower, images, batch, strict)
+
+
+def _count_as_run(model: nn.Module, family, tower: nn.Module, images, batch: int, strict: bool) -> FlopCount:
+    """One traced forward of the whole batch, as it runs."""
     with counting_mode(tower):
         analysis = make_analysis(tower, images)
         total = analysis.total()
@@ -285,6 +301,26 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, 
         by_operator={op: v / batch / 1e9 for op, v in by_operator.items()},
         matmul_like_skipped=skipped,
     )
+
+
+def _keeps_per_image_counts(family) -> bool:
+    """Whether the located model carries a token strategy that keeps a different number of tokens per image."""
+    if family is None:
+        return False
+    run = getattr(family.vit, "_pb_run", None)
+    return bool(getattr(getattr(run, "strategy", None), "per_image", False))
+
+
+def _count_per_image(model: nn.Module, family, images: torch.Tensor, strict: bool) -> FlopCount:
+    """Per-image budgets: each image counted alone (the tokens it really kept, no padding), then the batch
+    as it runs (padding included) for `as_run`. The batch goes last, so `h.stats()` describes it."""
+    alone = [count_flops(model, images[i:i + 1], strict=strict, family=family) for i in range(images.shape[0])]
+    batch = _count_as_run(model, family, family.encoder, images, images.shape[0], strict)
+    count = mean_over_batches(alone)
+    count.per_image = [c.gmacs for c in alone]
+    count.as_run = batch.gmacs
+    count.note += f"; each image counted alone (its own tokens); the padded batch costs {batch.gmacs:.6g} GMACs per image"
+    return count
 
 
 def mean_over_batches(counts: list[FlopCount]) -> FlopCount:

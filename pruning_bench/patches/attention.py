@@ -15,6 +15,6 @@ from ..strategies.base import AttentionProbe
 
 
 def attention_with_probe(view: AttentionView, h: torch.Tensor, bias: torch.Tensor | None, rotate=None, n_prefix: int = 0):
-    """(attention output, probe of its q and k) of the attention `view` on normed tokens `h`."""
+    """(attention output, probe of its q, k and v) of the attention `view` on normed tokens `h`."""
     done = view.attend(h, bias, rotate, n_prefix)
-    return done.out, AttentionProbe(done.q, done.k, done.logit_fn)
+    return done.out, AttentionProbe(done.q, done.k, done.logit_fn, done.v)

@@ -15,6 +15,7 @@ import torch
 
 from ..families import Family, locate
 from ..strategies.base import Selection, TokenStrategy
+from ..strategies.per_image import PaddedSelection, key_mask_bias
 from .attention import attention_with_probe
 from .pooling import patched_vit_class
 
@@ -43,6 +44,9 @@ class TokenRun:
         self.tokens_in: list[int] = []
         self.tokens_mlp: list[int] = []
         self.records: list[dict] = []
+        self.mask = None  # (B, N) bool once images keep different numbers of tokens: False marks padding
+        self.counts_in: list[torch.Tensor | None] = []  # per block: valid tokens per image (None: all N)
+        self.counts_mlp: list[torch.Tensor | None] = []
         if x is not None and self.trace_source:
             B, N, _ = x.shape
             self.source = torch.eye(N, device=x.device, dtype=x.dtype).expand(B, N, N)
@@ -64,9 +68,13 @@ class TokenRun:
             self._warned.add(message)
             warnings.warn(f"{self.strategy.name}: {message}", UserWarning, stacklevel=4)
         self.tokens_in.append(N)
+        self.counts_in.append(None if self.mask is None else self.mask.sum(dim=1))
         bias_needed = self.size is not None and self.strategy.uses_size_bias()
-        if n_out == N and not bias_needed and not self.record_attention:
+        # a per-image strategy's static width may exceed a padded batch's: it still decides in its blocks
+        reducing = n_out < N or (getattr(self.strategy, "per_image", False) and self.strategy.reduces_at(layer))
+        if not reducing and not bias_needed and not self.record_attention and self.mask is None:
             self.tokens_mlp.append(N)
+            self.counts_mlp.append(None)
             return original() if self.rope is None else original(**self.family.block_call(rope))
         if any(a is not None and a is not False for a in extra_args):
             raise ValueError("token reduction cannot be combined with an attention mask")
@@ -74,12 +82,18 @@ class TokenRun:
         layout = block._pb_layout
         norm1, _, norm2, mlp = layout.parts(block)
         bias = self.size.log()[:, None, None, :, 0] if bias_needed else None
+        if self.mask is not None:  # padding: no real token attends to it
+            padding = key_mask_bias(self.mask, x.dtype)
+            bias = padding if bias is None else bias + padding
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
         out, probe = attention_with_probe(self.family.attention_view(block), norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
         kept = None
-        if n_out < N:
-            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out)
+        if reducing:
+            per_image = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
+            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **per_image)
+            if isinstance(reduction, PaddedSelection):
+                reduction = self._padded(reduction)
             size = self.size
             rows = None if rope is None else self._rope_rows(rope, x)
             x, self.size = reduction.reduce_features(x, size)  # first: some strategies settle their plan here
@@ -95,7 +109,27 @@ class TokenRun:
                                  "owner": None if self.source is None else owner_of_inputs(self.source)})
         del out, probe  # q and k must not stay alive through the MLP: they would raise peak memory
         self.tokens_mlp.append(int(x.shape[1]))
+        self.counts_mlp.append(None if self.mask is None else self.mask.sum(dim=1))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
+
+    def _padded(self, reduction: PaddedSelection) -> PaddedSelection:
+        """Carry a per-image selection's mask on. An eager forward cuts the padding to the batch's longest
+        row (an image run alone has none); a compiled one keeps the strategy's static width."""
+        if not torch.compiler.is_compiling():
+            reduction = reduction.trimmed()
+        valid = reduction.valid
+        if self.mask is not None:  # a padded token never comes back
+            valid = valid & self.mask.gather(1, reduction.index)
+        self.mask = valid
+        return reduction
+
+    def token_weights(self) -> torch.Tensor | None:
+        """(B, N, 1) weight of each token in an average pool: the patches it holds, 0 for padding; None when
+        every token counts once."""
+        if self.size is None and self.mask is None:
+            return None
+        weight = torch.ones_like(self.mask[..., None], dtype=torch.float32) if self.size is None else self.size
+        return weight if self.mask is None else weight * self.mask[..., None].to(weight.dtype)
 
     def _rope_rows(self, rope: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The rotary table as one row per token (B, N, R), prefix rows zero, to reduce with the tokens."""
@@ -108,7 +142,18 @@ class TokenRun:
         return torch.cat([prefix, table], dim=1)
 
     def stats(self) -> dict:
-        return {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+        stats = {"tokens_per_layer": list(self.tokens_in), "mlp_tokens_per_layer": list(self.tokens_mlp)}
+        if all(c is None for c in self.counts_in + self.counts_mlp):
+            return stats
+        # per-image budgets: each image's own counts, and per block the most any image kept (the padded
+        # width of an eager forward; a compiled one pads to the strategy's static width)
+        batch = next(c for c in self.counts_in + self.counts_mlp if c is not None).shape[0]
+        for key, counts, widths in (("tokens", self.counts_in, self.tokens_in),
+                                    ("mlp_tokens", self.counts_mlp, self.tokens_mlp)):
+            table = torch.stack([torch.full((batch,), n) if c is None else c.cpu() for c, n in zip(counts, widths)], 1)
+            stats[f"{key}_per_image"] = table.tolist()
+            stats[f"{key}_per_layer"] = table.max(dim=0).values.tolist()
+        return stats
 
 
 def reduced_rope(reduction, rows: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:

@@ -92,4 +92,25 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
         "flops_note": flops.note,
         "memory": memory,
         "versions": speed.get("versions"),
+        **per_image_budgets(flops, stats),
+    }
+
+
+def per_image_budgets(flops, stats: dict) -> dict[str, Any]:
+    """For a strategy keeping a different number of tokens per image: the spread of each image's own MACs
+    (`gmacs` is their mean), the padded batch's MACs as timed, and what the padding costs beyond the ideal."""
+    if flops.per_image is None:
+        return {}
+    import numpy as np
+
+    per_image = np.asarray(flops.per_image, dtype=np.float64)
+    tokens = np.asarray(stats.get("tokens_per_image") or [[]], dtype=np.float64)
+    return {
+        "per_image_gmacs": {"mean": float(per_image.mean()), "std": float(per_image.std()),
+                            "min": float(per_image.min()), "max": float(per_image.max()), "images": len(per_image)},
+        "gmacs_as_run": float(flops.as_run),
+        "padding_overhead": float(flops.padding_overhead),
+        "padding_note": "gmacs: mean of each image counted alone (the tokens it kept); gmacs_as_run: the padded "
+                        "batch as timed (images_per_second includes the padding)",
+        **({"tokens_per_layer_mean": tokens.mean(axis=0).tolist()} if tokens.size else {}),
     }

@@ -4,6 +4,7 @@ from importlib import import_module
 _BUILTIN = ("anchor_diversity", "tome", "cls_topk", "random_drop", "head_prune", "layer_drop")
 _BUILTIN += ("evit", "dpc_knn", "kmedoids")  # EViT and the clustering reductions of Haurum et al.
 _BUILTIN += ("pitome", "tofu", "mctf", "visionzip")  # published training-free token reductions
+_BUILTIN += ("ats", "ppt")  # per-image token counts, per-image prune-or-pool
 
 for _name in _BUILTIN:
     try:

@@ -202,6 +202,7 @@ class AttentionProbe:
     q: torch.Tensor
     k: torch.Tensor
     logit_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    v: torch.Tensor | None = None  # (B, heads, N, head_dim), for strategies that weigh attention by value norms
 
     def attention_rows(self, rows: torch.Tensor | slice) -> torch.Tensor:
         """Head-averaged softmax attention of the queries `rows` over every key: (B, R, N).
