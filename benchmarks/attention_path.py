@@ -13,16 +13,20 @@ import pandas as pd
 import timm
 import torch
 
+from pruning_bench.families import locate
 from pruning_bench.patches.attention import attention_with_probe
 from speed import round_robin  # same folder: one timing protocol
 
 
 def layers():
-    """(name, attention module, its own forward) for timm ViT-B/16 and open_clip ViT-B-16, first block."""
-    timm_attn = timm.create_model("vit_base_patch16_224", pretrained=False).eval().blocks[0].attn
-    clip_attn = open_clip.create_model("ViT-B-16", pretrained="").visual.eval().transformer.resblocks[0].attn
-    yield "timm Attention", timm_attn, timm_attn
-    yield "open_clip nn.MultiheadAttention", clip_attn, lambda h: clip_attn(h, h, h, need_weights=False)[0]
+    """(name, attention view, its module's own forward) for timm ViT-B/16 and open_clip ViT-B-16, first block."""
+    timm_family = locate(timm.create_model("vit_base_patch16_224", pretrained=False).eval())
+    clip_family = locate(open_clip.create_model("ViT-B-16", pretrained="").visual.eval())
+    timm_view = timm_family.attention_view(timm_family.blocks[0])
+    clip_view = clip_family.attention_view(clip_family.blocks[0])
+    clip_attn = clip_view.module
+    yield "timm Attention", timm_view, timm_view.module
+    yield "open_clip nn.MultiheadAttention", clip_view, lambda h: clip_attn(h, h, h, need_weights=False)[0]
 
 
 def main(argv=None) -> None:

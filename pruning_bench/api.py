@@ -102,19 +102,21 @@ def _parse_spec(strategy, params) -> list[Strategy]:
     return [make_strategy(strategy, params)]
 
 
-def attach(strategy: Strategy, model):
+def attach(strategy: Strategy, model, family=None):
     """Wire a configured strategy to the model family's patch: a token strategy to the token hook, a
-    structured one's plan to the slicing patch. A strategy that overrides `attach` wires itself."""
+    structured one's plan to the slicing patch. A strategy that overrides `attach` wires itself.
+    `family`: the model's located family (located here when not given)."""
     if type(strategy).attach is not Strategy.attach:
         return strategy.attach(model)
-    from .families import locate
+    if family is None:
+        from .families import locate
 
-    family = locate(model)
+        family = locate(model)
     if strategy.kind == "token":
         from .patches.tokens import attach_token_strategy
 
         strategy.check_pooling(family.pools_patch_tokens())
-        return attach_token_strategy(model, strategy)
+        return attach_token_strategy(model, strategy, family)
     from .patches.structured import attach_structured, parameter_count
 
     before = parameter_count(family.vit)
@@ -129,13 +131,22 @@ def prune(model, strategy: str | Strategy | Iterable, **params) -> PruneHandle:
     Parameters are checked before the model is touched; if attaching a later strategy fails, the
     earlier ones are undone, so the model is never left half patched.
     """
-    strategies = _parse_spec(strategy, params)
+    return prune_located(model, _parse_spec(strategy, params))
+
+
+def prune_located(model, strategies: list[Strategy], family=None) -> PruneHandle:
+    """`prune` with configured strategies, on a model whose family was located already (or is located
+    here once): what drivers that prune the same model many times call."""
     if sum(s.kind == "token" for s in strategies) > 1:
         raise ValueError("at most one token strategy can be active on a model at a time")
+    if family is None and any(type(s).attach is Strategy.attach for s in strategies):
+        from .families import locate
+
+        family = locate(model)
     attachments = []
     try:
         for s in strategies:
-            attachments.append(attach(s, model))
+            attachments.append(attach(s, model, family))
     except BaseException:
         for attachment in reversed(attachments):
             attachment.restore()

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .api import make_strategy, prune_located
+from .families import locate
 from .measure.analytic import vit_dims
 from .measure.flops import count_flops
 from .registry import get_strategy
@@ -40,11 +42,12 @@ class MatchedParams(dict):
     evaluated: dict
 
 
-def knob_domain(knob: str, model, params: dict[str, Any], strategy: str | None = None) -> tuple[type, float, float]:
+def knob_domain(knob: str, model, params: dict[str, Any], strategy: str | None = None,
+                family=None) -> tuple[type, float, float]:
     """(int or float, lowest, highest) values the search tries for `knob` of `strategy` on `model`, as the
     strategy declares them (`Strategy.knob_range`)."""
     cls = get_strategy(strategy)
-    dims = vit_dims(model)
+    dims = family.dims() if family is not None else vit_dims(model)
     low, high = cls.knob_range(knob, params, dims.num_patches(), dims.depth)
     kind = float if isinstance(cls.param_spec.get(knob), Float) else int
     return kind, low, high
@@ -58,8 +61,8 @@ def compute_knob(strategy: str, fixed: dict[str, Any]) -> str:
     return knob
 
 
-def _default_image(model) -> torch.Tensor:
-    dims = vit_dims(model)
+def _default_image(model, family) -> torch.Tensor:
+    dims = family.dims()
     parameter = next(model.parameters())
     return torch.zeros(1, dims.in_chans, *dims.image_size, dtype=parameter.dtype, device=parameter.device)
 
@@ -104,13 +107,14 @@ def match_macs(model, strategy: str, target_ratio: float, images: torch.Tensor |
     if knob in fixed:
         raise ValueError(f"match_macs: {knob}={fixed[knob]!r} is the knob being searched; leave it out of the fixed parameters")
     cls(**{**fixed, knob: cls.defaults.get(knob) if cls.defaults.get(knob) is not None else 1})  # bad fixed values fail here
-    kind, low, high = knob_domain(knob, model, {**cls.defaults, **fixed}, strategy)
+    family = locate(model)  # once: every trial below prunes and counts the same located model
+    kind, low, high = knob_domain(knob, model, {**cls.defaults, **fixed}, strategy, family)
     if kind is float:
         low, high = _significant(low, direction=1), _significant(high, direction=-1)
-    images = _default_image(model) if images is None else images
+    images = _default_image(model, family) if images is None else images
     started = time.monotonic()
     _say(progress, f"{strategy}, target {target:g}: searching {knob} in [{low:g}, {high:g}]")
-    baseline = count_flops(model, images).macs
+    baseline = count_flops(model, images, family=family).macs
     tried: dict[Any, float] = {}  # knob value (a tuple for a per-block schedule) -> MAC ratio
 
     def ratio(value):
@@ -118,10 +122,8 @@ def match_macs(model, strategy: str, target_ratio: float, images: torch.Tensor |
         if key not in tried:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # clamped budgets are part of the search
-                from .api import prune
-
-                with prune(model, strategy, **fixed, **{knob: value}):
-                    tried[key] = count_flops(model, images).macs / baseline
+                with prune_located(model, [make_strategy(strategy, {**fixed, knob: value})], family):
+                    tried[key] = count_flops(model, images, family=family).macs / baseline
         return tried[key]
 
     def closest():
@@ -132,7 +134,7 @@ def match_macs(model, strategy: str, target_ratio: float, images: torch.Tensor |
     best, best_ratio = closest()
     _say(progress, f"{strategy}: one {knob} for every block: {knob}={best} gives {best_ratio:.4f} ({len(tried)} tried)")
     if per_block and kind is int and cls.per_block_knob(knob) and abs(best_ratio - target) > tolerance:
-        depth = vit_dims(model).depth
+        depth = family.dims().depth
         for stage in _refine_per_block(ratio, target, {v: r for v, r in tried.items()}, depth):
             best, best_ratio = closest()
             _say(progress, f"{strategy}: per block, {stage}: {knob}={_plain(best)} gives {best_ratio:.4f} "

@@ -127,6 +127,22 @@ def _hf_image(model, x):
     return encode_images(model, x)
 
 
+def tiny_hf_encoder(kind="dinov2", **extra):
+    """transformers DINOv2 / DINOv2 with registers / ViT / DeiT encoders (or the distilled DeiT classifier)."""
+    import transformers
+
+    torch.manual_seed(0)
+    dims = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=4, **extra)
+    if kind in ("dinov2", "dinov2_registers"):
+        registers = kind == "dinov2_registers"
+        config = (transformers.Dinov2WithRegistersConfig if registers else transformers.Dinov2Config)(mlp_ratio=4, **dims)
+        return (transformers.Dinov2WithRegistersModel if registers else transformers.Dinov2Model)(config).eval()
+    if kind == "vit":
+        return transformers.ViTModel(transformers.ViTConfig(intermediate_size=256, **dims)).eval()
+    config = transformers.DeiTConfig(intermediate_size=256, num_labels=10, **dims)
+    return (transformers.DeiTModel(config) if kind == "deit" else transformers.DeiTForImageClassificationWithTeacher(config)).eval()
+
+
 # families beyond the four above: run by the strategy x family contract tests (tests/test_contract.py)
 MORE_FAMILIES = {
     "timm_eva": (lambda: tiny_eva(), lambda m, x: m(x)),
@@ -136,8 +152,19 @@ MORE_FAMILIES = {
     "hf_clip_model": (lambda: tiny_hf_clip("model"), lambda m, x: m.get_image_features(pixel_values=x).pooler_output),
     "hf_siglip_vision": (lambda: tiny_siglip("vision"), _hf_image),
     "hf_siglip_model": (lambda: tiny_siglip("model"), _hf_image),
+    "hf_dinov2": (lambda: tiny_hf_encoder("dinov2", layerscale_value=0.1), _hf_image),
+    "hf_dinov2_registers_swiglu": (lambda: tiny_hf_encoder("dinov2_registers", num_register_tokens=4, use_swiglu_ffn=True),
+                                   _hf_image),
+    "hf_vit": (lambda: tiny_hf_encoder("vit"), _hf_image),
+    "hf_deit_distilled": (lambda: tiny_hf_encoder("deit_distilled"), lambda m, x: m(pixel_values=x).logits),
 }
 ALL_FAMILIES = {**FAMILIES, **MORE_FAMILIES}
+# the adapter (`Family.name`) each builder's model is located as: every registered adapter needs one
+ADAPTER_OF = {"timm": "timm", "timm_registers_ls_qknorm_avg": "timm", "timm_deit_distilled": "timm",
+              "open_clip": "open_clip", "open_clip_custom_avg": "open_clip", "timm_eva": "eva",
+              "hf_clip_vision": "hf_clip", "hf_clip_projection": "hf_clip", "hf_clip_model": "hf_clip",
+              "hf_siglip_vision": "hf_clip", "hf_siglip_model": "hf_clip", "hf_dinov2": "hf_dinov2",
+              "hf_dinov2_registers_swiglu": "hf_dinov2_registers", "hf_vit": "hf_vit", "hf_deit_distilled": "hf_deit"}
 
 
 @pytest.fixture(params=sorted(FAMILIES))

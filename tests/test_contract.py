@@ -1,9 +1,13 @@
-"""The DESIGN.md contract for every registered strategy on every supported family.
+"""The DESIGN.md contract for every registered strategy on every registered family.
 
-Parametrised over `pb.list_strategies()` x families, as timm's tests run over `list_models()`: a new
+Parametrised over `pb.list_strategies()` x the tiny builders of `conftest.py`, keyed by the adapter
+(`Family.name`) each builder's model is located as, as timm's tests run over `list_models()`: a new
 strategy (or a third-party one) is covered as soon as it declares `example_params` (a configuration
 that prunes on the tiny 4-block models here) and `keep_all_params` (one that keeps everything, or
-None when the strategy has no such budget).
+None when the strategy has no such budget); a new family as soon as it has a builder, and
+`test_every_registered_adapter_has_a_builder` fails until it does. The checks are plain functions
+(`check_*`) so a family registered from outside the package runs the same ones
+(`test_outside_family.py`).
 """
 import warnings
 
@@ -11,14 +15,15 @@ import pytest
 import torch
 
 import pruning_bench as pb
-from conftest import ALL_FAMILIES
-from pruning_bench.families import locate
+from conftest import ADAPTER_OF, ALL_FAMILIES
+from pruning_bench.families import ADAPTERS, locate
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.registry import get_strategy
 from pruning_bench.strategies.base import DecisionDims
 
 STRATEGIES = pb.list_strategies()
-FAMILY_NAMES = sorted(ALL_FAMILIES)
+FAMILY_NAMES = sorted(ALL_FAMILIES, key=lambda v: (ADAPTER_OF[v], v))
+FAMILY_IDS = [f"{ADAPTER_OF[v]}:{v}" for v in FAMILY_NAMES]
 # state_dict keys of a CLIP model's text side (open_clip CLIP, transformers CLIPModel / SiglipModel)
 SINGLES = [0, 3, 7]  # images also run alone, against their rows of the batch of 8
 TEXT_KEYS = ("text", "transformer.", "token_embedding", "ln_final", "positional_embedding", "logit")
@@ -29,11 +34,21 @@ def _images(batch=8):
     return torch.randn(batch, 3, 32, 32)
 
 
-def _build(family):
-    build, run = ALL_FAMILIES[family]
+def _build(build, run):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return build(), run
+
+
+def test_every_registered_adapter_has_a_builder():
+    missing = sorted({a.name for a in ADAPTERS} - set(ADAPTER_OF.values()))
+    assert not missing, f"registered family adapters without a tiny builder in tests/conftest.py (ADAPTER_OF): {missing}"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES, ids=FAMILY_IDS)
+def test_each_builder_is_located_as_its_adapter(family):
+    model, _ = _build(*ALL_FAMILIES[family])
+    assert locate(model).name == ADAPTER_OF[family]
 
 
 def _refused(cls, model) -> bool:
@@ -59,20 +74,24 @@ def _decision_macs(strategy, model, stats) -> float:
     if strategy.kind != "token":
         return 0.0
     family = locate(model)
-    attn = family.blocks[0]
     dims = family.dims()
-    heads = int(getattr(getattr(attn, family.block_layout(attn).attn), "num_heads"))
+    heads = family.attention_view(family.blocks[0]).num_heads
     decision = DecisionDims(dims.embed_dim, dims.blocks[0].attn_dim // heads, dims.blocks[0].attn_dim)
     return sum(strategy.decision_macs(i, n, m, family.n_prefix, decision)
                for i, (n, m) in enumerate(zip(stats["tokens_per_layer"], stats["out_tokens_per_layer"])) if m < n)
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", FAMILY_NAMES, ids=FAMILY_IDS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_example_prunes_per_image_counts_right_and_restores(strategy, family):
+    check_example(strategy, *ALL_FAMILIES[family])
+
+
+def check_example(strategy, build, run):
+    """The example budget prunes, per image, with MACs as the formula says, and restores exactly."""
     cls = get_strategy(strategy)
     assert isinstance(getattr(cls, "example_params", None), dict), f"{strategy} declares no example_params"
-    model, run = _build(family)
+    model, run = _build(build, run)
     x = _images()
     if _refused(cls, model):
         with pytest.raises(ValueError, match="class token"):
@@ -104,15 +123,20 @@ def test_example_prunes_per_image_counts_right_and_restores(strategy, family):
     _assert_restored(model, snapshot, run, x, expected)
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", FAMILY_NAMES, ids=FAMILY_IDS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_keep_all_is_a_bit_exact_noop_with_a_warning(strategy, family):
+    check_keep_all(strategy, *ALL_FAMILIES[family])
+
+
+def check_keep_all(strategy, build, run):
+    """A budget keeping everything is a bit-exact no-op, with a warning."""
     cls = get_strategy(strategy)
     params = getattr(cls, "keep_all_params", "missing")
     assert params != "missing", f"{strategy} declares no keep_all_params (None when it has no such budget)"
     if params is None:
         return
-    model, run = _build(family)
+    model, run = _build(build, run)
     if _refused(cls, model):
         return
     x = _images(4)
@@ -124,11 +148,16 @@ def test_keep_all_is_a_bit_exact_noop_with_a_warning(strategy, family):
     assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", FAMILY_NAMES, ids=FAMILY_IDS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_restore_is_exact_after_an_exception(strategy, family):
+    check_restore_after_exception(strategy, *ALL_FAMILIES[family])
+
+
+def check_restore_after_exception(strategy, build, run):
+    """Leaving the `with` block by an exception restores the model exactly."""
     cls = get_strategy(strategy)
-    model, run = _build(family)
+    model, run = _build(build, run)
     if _refused(cls, model):
         return
     x = _images(2)

@@ -7,7 +7,6 @@ import pruning_bench as pb
 from conftest import FAMILIES
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.families import locate_vit
-from pruning_bench.families.slicing import head_weights, mlp_output_linear, mlp_weights
 from pruning_bench.strategies.head_prune import count_to_remove, keep_global, keep_layerwise
 
 IMPORTANCES = ["magnitude", "taylor", "fisher", "activation"]
@@ -130,10 +129,10 @@ def test_heads_and_neurons_are_sliced_and_counts_drop(family, images):
     target = locate_vit(model)
     base_macs = analytic_macs(model)
     base_params = sum(p.numel() for p in target.vit.parameters())
-    attn0, mlp0 = target.blocks[0].attn, target.blocks[0].mlp
-    w = head_weights(attn0)
+    attn0, mlp0 = target.attention_view(target.blocks[0]).module, target.mlp_view(target.blocks[0]).module
+    w = target.attention_view(target.blocks[0]).weights()
     D, hd = w.out.shape[0], w.head_dim
-    hidden = mlp_output_linear(mlp0).in_features
+    hidden = target.mlp_view(target.blocks[0]).hidden
     with torch.no_grad():
         h = pb.prune(model, "head_prune", head_ratio=0.5, mlp_ratio=0.25)
         out = run(model, images)
@@ -142,9 +141,9 @@ def test_heads_and_neurons_are_sliced_and_counts_drop(family, images):
     assert heads_left == [2] * 4 and hidden_left == [hidden - count_to_remove(0.25, hidden)] * 4
     block = locate_vit(model).blocks[0]
     assert block.attn is not attn0 and block.mlp is not mlp0
-    w_new = head_weights(block.attn)
+    w_new = target.attention_view(block).weights()
     assert w_new.q.shape == (2 * hd, D) and w_new.out.shape == (D, 2 * hd)
-    assert mlp_output_linear(block.mlp).weight.shape == (D, hidden_left[0])
+    assert target.mlp_view(block).out_linear().weight.shape == (D, hidden_left[0])
     # parameters: every removed head takes its q/k/v rows (+ biases) and proj columns, every neuron its fc1
     # row (+ bias) and fc2 column
     qkv_bias = 3 if (attn0.qkv.bias if hasattr(attn0, "qkv") else attn0.in_proj_bias) is not None else 0
@@ -182,18 +181,19 @@ def test_every_importance_finds_dead_heads_and_neurons(family_name, images, impo
     nothing: every importance must rank them last, and removing them must leave the output unchanged."""
     build, run = FAMILIES[family_name]
     model = build()
-    blocks = locate_vit(model).blocks
+    target = locate_vit(model)
+    blocks = target.blocks
     dead_head, dead_neuron = 2, 5
     with torch.no_grad():
         for b in blocks:
-            w = head_weights(b.attn)
+            w = target.attention_view(b).weights()
             rows = slice(dead_head * w.head_dim, (dead_head + 1) * w.head_dim)
             w.v[rows] = 0
             w.out[:, rows] = 0
             bias = b.attn.qkv.bias if hasattr(b.attn, "qkv") else b.attn.in_proj_bias
             if bias is not None:
                 bias.chunk(3)[2][rows] = 0
-            inputs, out = mlp_weights(b.mlp)
+            inputs, out = target.mlp_view(b).weights()
             for wi in inputs:
                 wi[dead_neuron] = 0
             out[:, dead_neuron] = 0
@@ -201,7 +201,7 @@ def test_every_importance_finds_dead_heads_and_neurons(family_name, images, impo
             if fc1.bias is not None:
                 fc1.bias[dead_neuron] = 0
         expected = run(model, images)
-    hidden = mlp_output_linear(blocks[0].mlp).in_features
+    hidden = target.mlp_view(blocks[0]).hidden
     with torch.no_grad(), pb.prune(model, "head_prune", head_ratio=0.25, mlp_ratio=1.4 / hidden, importance=importance,
                                    calibration=_calibration(images)) as h:
         got = run(model, images)
@@ -219,9 +219,9 @@ def test_global_scope_differs_per_block_and_keeps_one_head(images):
 
     model = tiny_timm()
     with torch.no_grad():
-        blocks = locate_vit(model).blocks
+        target = locate_vit(model)
         # block 1's head 0 dwarfs its other heads; after per-block normalisation they rank lowest overall
-        head_weights(blocks[1].attn).q[:16].mul_(50)
+        target.attention_view(target.blocks[1]).weights().q[:16].mul_(50)
     with pb.prune(model, "head_prune", head_ratio=0.5, mlp_ratio=0.0, scope="global") as h:
         heads = h.stats()["heads_per_layer"]
     assert sum(heads) == 8 and heads[1] == 1 and len(set(heads)) > 1

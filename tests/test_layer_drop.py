@@ -8,7 +8,6 @@ import pruning_bench as pb
 from conftest import FAMILIES
 from pruning_bench.measure.analytic import analytic_macs
 from pruning_bench.families import locate_vit
-from pruning_bench.families.slicing import attention_output_linear, mlp_output_linear
 from pruning_bench.strategies.layer_drop import pinned_blocks, select_distributed, select_topk
 
 IMPORTANCES = ["fisher", "grad_norm", "activation", "cosine"]
@@ -133,9 +132,9 @@ def test_a_block_that_does_nothing_is_dropped_first(family_name, images, importa
     and cosine must score it lowest. grad_norm is left out: its parameters still receive gradient."""
     build, run = FAMILIES[family_name]
     model = build()
-    blocks = locate_vit(model).blocks
+    target = locate_vit(model)
     with torch.no_grad():
-        for linear in (attention_output_linear(blocks[1].attn), mlp_output_linear(blocks[1].mlp)):
+        for linear in (target.attention_view(target.blocks[1]).out_linear(), target.mlp_view(target.blocks[1]).out_linear()):
             linear.weight.zero_()
             if linear.bias is not None:
                 linear.bias.zero_()

@@ -210,8 +210,10 @@ class PruningSession:
 
     def _start_capture(self, model) -> None:
         """Keep the first evaluation batches seen by the image encoder (for efficiency and attention)."""
+        from ..families import image_tower
+
         wanted = self.config.attention_images if self.config.extract_attention else 1
-        tower = getattr(model, "visual", model)
+        tower = image_tower(model)
 
         def keep(_module, args):
             if self.n_images < wanted or not self.images:
@@ -264,8 +266,13 @@ class PruningSession:
 
         if self.images:
             return torch.cat(self.images), "evaluation batch"
-        size = getattr(getattr(self.model, "visual", self.model), "image_size", (224, 224))
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        from ..errors import UnsupportedModelError
+        from ..families import locate
+
+        try:
+            size = tuple(locate(self.model).image_size())
+        except UnsupportedModelError:  # measured without pruning on a tower of no supported family
+            size = (224, 224)
         generator = torch.Generator().manual_seed(self.args.seed)
         batch = torch.rand(self.args.batch_size, 3, *size, generator=generator)
         self.notes.append("no image reached the encoder during evaluation; efficiency measured on random images")

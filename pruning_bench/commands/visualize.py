@@ -64,21 +64,10 @@ def _error(message: str) -> int:
 
 
 def _load_live_model(args):
-    """(model, transform) for --model."""
-    if args.model.startswith("open_clip:"):
-        import open_clip
-
-        name = args.model.split(":", 1)[1]
-        if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
-            raise ValueError(f"--model {args.model}: {name!r} is not an open_clip model (open_clip.list_models())")
-        from ..clip_benchmark_ext.random_init import weights_for_open_clip
-
-        weights = weights_for_open_clip(args.pretrained) or None  # none / random / '': random weights
-        model, _, transform = open_clip.create_model_and_transforms(name, pretrained=weights)
-        return model.eval(), transform
+    """(model, transform) for --model, by the evaluation's own loader (timm, open_clip:NAME, hf:NAME, reference)."""
     from ..evaluate.models import load_model
 
-    loaded = load_model(args.model, args.pretrained, image_size=args.img_size)
+    loaded = load_model(args.model, args.pretrained, image_size=args.img_size, check=False)
     return loaded.model, loaded.transform
 
 

@@ -84,12 +84,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def new_head(model: torch.nn.Module, num_classes: int, seed: int) -> None:
-    """Replace the classifier with a fresh one for `num_classes` (initialised from `seed`)."""
-    if not hasattr(model, "reset_classifier"):
-        raise ValueError(f"--task finetune needs a timm model with reset_classifier, got {type(model).__name__}")
-    torch.manual_seed(seed)
-    model.reset_classifier(num_classes)
+def new_head(model: torch.nn.Module, num_classes: int, seed: int, family=None) -> None:
+    """Replace the classifier with a fresh one for `num_classes` (initialised from `seed`), as the model's
+    family does it (`family`: the located family, located here when not given)."""
+    from ..errors import UnsupportedModelError
+    from ..families import locate
+
+    try:
+        family = family or locate(model)
+        torch.manual_seed(seed)
+        family.reset_classifier(num_classes)
+    except UnsupportedModelError as exc:
+        raise ValueError(f"--task finetune needs a classifier whose head can be replaced: {exc}") from None
 
 
 def test_correct(model, images: ImageSet, transform, batch_size: int, progress: bool) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The image encoder of an evaluation: `reference`, a timm name or `open_clip:NAME`, plus its preprocessing.
+"""The image encoder of an evaluation: `reference`, a timm name, `open_clip:NAME` or `hf:HUB/NAME`
+(transformers DINOv2, ViT, DeiT, ...: `hf_models.py`), plus its preprocessing.
 
 `--pretrained` says where the weights come from: `none` (random init, on purpose), a checkpoint
 file (a state_dict, possibly under a `state_dict`/`model` key), a model written by `--save_model` /
@@ -22,6 +23,7 @@ import torch
 
 REFERENCE = "reference"
 OPEN_CLIP_PREFIX = "open_clip:"
+HF_PREFIX = "hf:"
 RANDOM_INIT = ("none", "", "random")
 
 
@@ -141,7 +143,7 @@ def _open_clip_model(name: str, pretrained: str, image_size: int | None, model_a
 
     from ..saved.open_clip_model import remember_name
 
-    if open_clip.get_model_config(name) is None:
+    if open_clip.get_model_config(name) is None and not name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"--model {OPEN_CLIP_PREFIX}{name}: {name!r} is not an open_clip model config "
                          f"(open_clip.list_models() lists them)")
     weights = None if pretrained.lower() in RANDOM_INIT else pretrained
@@ -155,14 +157,9 @@ def _open_clip_model(name: str, pretrained: str, image_size: int | None, model_a
 
 
 def _image_size(model) -> tuple[int, int]:
-    visual = getattr(model, "visual", None)
-    if getattr(visual, "image_size", None) is not None:  # open_clip
-        size = visual.image_size
-        return (size, size) if isinstance(size, int) else tuple(size)
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if size is None:
-        size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
-    return (size, size) if isinstance(size, int) else tuple(size)
+    from ..families import locate
+
+    return tuple(int(s) for s in locate(model).image_size())
 
 
 def check_weights(model: torch.nn.Module, name: str, pretrained: str) -> dict:
@@ -192,7 +189,13 @@ def load_model(name: str, pretrained: str | None = None, *, image_size: int | No
         if model_args:
             raise ValueError("--model_arg does not apply to a saved pruned model (its architecture is in the file)")
         model = load_pruned(pretrained, reapply=False)  # the runner re-applies a token strategy and records it
-        if model.pb_saved_architecture.get("family") == "open_clip":
+        family = model.pb_saved_architecture.get("family")
+        if family == "transformers":
+            from .hf_models import IMAGENET, transform as hf_transform
+
+            mean, std = model.pb_saved_architecture.get("normalisation") or IMAGENET
+            transform = hf_transform(model, mean, std)
+        elif family == "open_clip":
             from ..saved.open_clip_model import transform as open_clip_transform
 
             if image_size is not None and image_size not in _image_size(model):
@@ -205,6 +208,10 @@ def load_model(name: str, pretrained: str | None = None, *, image_size: int | No
             transform = reference_transform(image_size or _image_size(model)[0])
         else:
             transform = _timm_transform(model)
+    elif name.startswith(HF_PREFIX):
+        from .hf_models import load as load_hf
+
+        model, transform, pretrained = load_hf(name[len(HF_PREFIX):], pretrained, image_size, model_args or {})
     elif name.startswith(OPEN_CLIP_PREFIX):
         pretrained = pretrained if pretrained is not None else "none"
         model, transform = _open_clip_model(name[len(OPEN_CLIP_PREFIX):], pretrained, image_size, model_args or {})

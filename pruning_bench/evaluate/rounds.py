@@ -11,7 +11,8 @@ into the result file under `rounds`; `pruning_bench.report.rounds` renders it fo
 """
 from __future__ import annotations
 
-from ..patches.structured import block_widths, parameter_count
+from ..families import locate
+from ..patches.structured import parameter_count
 
 
 
@@ -29,9 +30,8 @@ def structured_names() -> list[str]:
 
 
 def widths(model) -> tuple[list[int], list[int]]:
-    from ..saved import _timm_vit
-
-    return block_widths(list(_timm_vit(model).blocks))
+    """(heads, MLP hidden width) of each block the model runs now."""
+    return locate(model).block_widths()
 
 
 def round_row(number: int, model, outcome, efficiency_record: dict, stats: dict, original: tuple[list, list]) -> dict:

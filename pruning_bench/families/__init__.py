@@ -1,6 +1,7 @@
 """Model families: one adapter per family (see `base.Family`), found by `locate(model)`.
 
-Every other module asks the located adapter; none of them names a family's classes.
+Every other module asks the located adapter (block layouts, attention and MLP views, dims, the image
+path); none of them names a family's classes or probes their attribute names.
 """
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .attention import AttentionView, HeadWeights
 from .base import ADAPTERS, BlockLayout, Family, register_family
-from . import timm_vit, timm_eva, open_clip_vit, hf_clip  # noqa: F401  (registration)
+from .mlp import MlpView
+from . import timm_vit, timm_eva, open_clip_vit, hf_clip, hf_dinov2, hf_vit, hf_deit  # noqa: F401  (registration)
 
 
 def supported() -> str:
@@ -28,29 +31,6 @@ def locate(model: nn.Module) -> Family:
 
 
 locate_vit = locate  # the name the rest of the package grew up with
-
-
-def layout_of(block: nn.Module) -> BlockLayout:
-    """The layout of a transformer block of any supported family."""
-    for adapter in ADAPTERS:
-        try:
-            return adapter.block_layout(block)
-        except (UnsupportedModelError, ImportError):
-            continue
-    raise UnsupportedModelError(f"unknown transformer block type {type(block).__name__}; supported: {supported()}")
-
-
-def attn_of(block: nn.Module) -> nn.Module:
-    return getattr(block, layout_of(block).attn)
-
-
-def mlp_of(block: nn.Module) -> nn.Module:
-    return getattr(block, layout_of(block).mlp)
-
-
-def part_name(block: nn.Module, part: str) -> str:
-    """The attribute holding a block's 'attn' or 'mlp' (so structured pruning can swap it)."""
-    return getattr(layout_of(block), part)
 
 
 def image_tower(model: nn.Module) -> nn.Module:

@@ -1,10 +1,12 @@
 """What a model family is, behind one small interface that every other module asks.
 
 A `Family` is located on a model (`pruning_bench.families.locate`) and answers: where the blocks
-live and how a block is laid out, how many prefix tokens never get pruned, how a block receives its
-rotary embedding (if any), how the image path runs (for counting, timing and features), the patch
-grid, and the dimensions the analytic MAC formula needs. Adding a family = one adapter module that
-subclasses `Family` and registers itself, plus its tests.
+live and how a block is laid out, each block's attention view (heads, head width, q/k/v and output
+projections, head slicing: `attention.py`) and MLP view (hidden width, output Linear, neuron
+slicing: `mlp.py`), how many prefix tokens never get pruned, how a block receives its rotary
+embedding (if any), how the image path runs (for counting, timing and features), the patch grid,
+and the dimensions the analytic MAC formula needs. Adding a family = one adapter module that
+subclasses `Family` and registers itself, plus a builder in the tests.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .attention import AttentionView
+from .dims import BlockDims
+from .mlp import MlpView
 
 ADAPTERS: list[type["Family"]] = []
 
@@ -128,9 +133,47 @@ class Family(abc.ABC):
     def block_layout(cls, block: nn.Module) -> BlockLayout:
         """The block's layout; raises `UnsupportedModelError` for a block this adapter does not know."""
 
-    @classmethod
-    def pruned_attention_forward(cls, attn: nn.Module):
-        """A forward for a head-sliced copy of `attn` when the module's own assumes the full width, else None."""
+    @abc.abstractmethod
+    def attention_view(self, block: nn.Module) -> AttentionView:
+        """The block's attention seen through this family's layout (`attention.py`)."""
+
+    @abc.abstractmethod
+    def mlp_view(self, block: nn.Module) -> MlpView:
+        """The block's MLP seen through this family's layout (`mlp.py`)."""
+
+    def replace_part(self, block: nn.Module, part: str, module: nn.Module) -> nn.Module:
+        """Put `module` in the block's 'attn' or 'mlp' slot; returns what was there."""
+        name = getattr(self.block_layout(block), part)
+        old = getattr(block, name)
+        setattr(block, name, module)
+        return old
+
+    def part(self, block: nn.Module, part: str) -> nn.Module:
+        """The module in the block's 'attn' or 'mlp' slot."""
+        return getattr(block, getattr(self.block_layout(block), part))
+
+    def block_dims(self, block: nn.Module, embed_dim: int) -> BlockDims:
+        """What the block's MAC count depends on, read from its views (sliced heads and neurons show up)."""
+        mlp = self.mlp_view(block)
+        return BlockDims(embed_dim, self.attention_view(block).width, mlp.hidden, mlp.fc1_out)
+
+    def block_widths(self, blocks=None) -> tuple[list[int], list[int]]:
+        """(heads, MLP hidden width) of each block (the current blocks by default)."""
+        blocks = self.blocks if blocks is None else blocks
+        return ([self.attention_view(b).num_heads for b in blocks], [self.mlp_view(b).hidden for b in blocks])
+
+    @property
+    def saved_format(self) -> str | None:
+        """How `pb.save_pruned` writes and rebuilds this model: the name of a `pruning_bench.saved` format
+        ("timm", "open_clip", "transformers"), or None when it cannot be saved."""
+        return None
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the model's classifier with a fresh linear one for `num_classes` (fine-tuning)."""
+        raise UnsupportedModelError(f"{self.label}: no classifier head to replace")
+
+    def normalisation(self) -> tuple | None:
+        """(mean, std) of the input normalisation the model itself records, or None when it records none."""
         return None
 
     def pools_patch_tokens(self) -> bool:

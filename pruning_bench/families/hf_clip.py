@@ -10,8 +10,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .attention import QkvAttentionView
 from .base import BlockLayout, Family, ImageEncoder, linear_macs, pair, register_family
 from .dims import BlockDims, VitDims
+from .mlp import MlpView
 
 HF_BLOCK = BlockLayout("layer_norm1", "self_attn", (), "layer_norm2", "mlp", ())
 
@@ -84,6 +86,14 @@ class HfClipFamily(Family):
             return HF_BLOCK
         raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__}; supported: {cls.label}")
 
+    def attention_view(self, block):
+        return QkvAttentionView(block.self_attn, out="out_proj", scale="scale", dropout="dropout")
+
+    def mlp_view(self, block):
+        return MlpView(block.mlp, ("fc1",), "fc2")
+
+    saved_format = "transformers"
+
     def patch_grid(self):
         conv = self.core.embeddings.patch_embedding
         size = pair(self.core.config.image_size)
@@ -92,8 +102,7 @@ class HfClipFamily(Family):
     def dims(self):
         conv = self.core.embeddings.patch_embedding
         d = conv.out_channels
-        blocks = tuple(BlockDims(d, layer.self_attn.q_proj.out_features, layer.mlp.fc2.in_features)
-                       for layer in self.core.encoder.layers)
+        blocks = tuple(self.block_dims(layer, d) for layer in self.core.encoder.layers)
         head_linear = linear_macs(getattr(self.model, "visual_projection", None)) if self.core is not self.model else 0
         attn_pool = None
         head = getattr(self.core, "head", None)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import UnsupportedModelError
+from .attention import InProjAttentionView
 from .base import BlockLayout, Family, candidate_towers, pair, register_family
-from .dims import BlockDims, VitDims
-from .timm_vit import weighted_mean
+from .dims import VitDims
+from .mlp import MlpView
+from .timm_vit import is_open_clip_model, weighted_mean
 
 OPEN_CLIP_BLOCK = BlockLayout("ln_1", "attn", ("ls_1",), "ln_2", "mlp", ("ls_2",))
 OPEN_CLIP_CUSTOM_BLOCK = BlockLayout("ln_1", "attn", ("ln_attn", "ls_1"), "ln_2", "mlp", ("ls_2",))
@@ -48,6 +50,20 @@ class OpenClipVitFamily(Family):
             return OPEN_CLIP_BLOCK
         raise UnsupportedModelError(f"no token-reduction support for block type {type(block).__name__}; supported: {cls.label}")
 
+    def attention_view(self, block):
+        return InProjAttentionView(block.attn)
+
+    def mlp_view(self, block):
+        return MlpView(block.mlp, ("c_fc",), "c_proj", norm="ln")
+
+    @property
+    def saved_format(self):
+        return "open_clip" if is_open_clip_model(self.model) else None
+
+    def normalisation(self):
+        mean, std = getattr(self.core, "image_mean", None), getattr(self.core, "image_std", None)
+        return None if mean is None or std is None else (tuple(mean), tuple(std))
+
     def pools_patch_tokens(self):
         return self.n_prefix == 0 or self.core.pool_type == "avg"
 
@@ -69,10 +85,7 @@ class OpenClipVitFamily(Family):
         d = conv.out_channels
         blocks = []
         for block in core.transformer.resblocks:
-            attn = block.attn
-            a = attn.in_proj_weight.shape[0] // 3 if getattr(attn, "in_proj_weight", None) is not None else attn.out_proj.in_features
-            c_fc, c_proj = block.mlp.c_fc, block.mlp.c_proj
-            blocks.append(BlockDims(d, a, c_proj.in_features, c_fc.out_features if c_fc.out_features != c_proj.in_features else None))
+            blocks.append(self.block_dims(block, d))
         proj = getattr(core, "proj", None)
         notes = []
         if getattr(core, "attn_pool", None) is not None:

@@ -10,14 +10,24 @@ rotation, and says so by its smaller norm.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from ..errors import UnsupportedModelError
+from .attention import QkvAttentionView
 from .base import BlockLayout, register_family
 from .timm_vit import TimmFamily
 
 EVA_BLOCK = BlockLayout("norm1", "attn", ("gamma_1", "drop_path1"), "norm2", "mlp", ("gamma_2", "drop_path2"))
+
+
+def _pruned_forward(self, x, rope=None, attn_mask=None, is_causal=False):
+    """EvaAttention with fewer heads than the block is wide (its own forward reshapes to the width)."""
+    from timm.layers.pos_embed_sincos import apply_rot_embed_cat
+
+    if attn_mask is not None or is_causal:
+        raise ValueError("a head-pruned EvaAttention does not take an attention mask")
+    rotate = None if rope is None else (lambda t: apply_rot_embed_cat(t, rope, half=getattr(self, "rotate_half", False)))
+    fused = getattr(self, "qkv", None) is not None
+    view = QkvAttentionView(self, qkv="qkv", out="proj") if fused else QkvAttentionView(self, out="proj")
+    return view.attend(x, None, rotate, self.num_prefix_tokens).out
 
 
 @register_family
@@ -41,24 +51,11 @@ class EvaFamily(TimmFamily):
                                         f"(post-norm Eva blocks are not supported); supported: {cls.label}")
         return EVA_BLOCK
 
-    @classmethod
-    def pruned_attention_forward(cls, attn):
-        from timm.models.eva import EvaAttention
-
-        if not isinstance(attn, EvaAttention):
-            return None
-
-        def forward(self, x, rope=None, attn_mask=None, is_causal=False):
-            """EvaAttention with fewer heads than the block is wide (its own forward reshapes to the width)."""
-            from timm.layers.pos_embed_sincos import apply_rot_embed_cat
-            from ..patches.attention import attention_with_probe
-
-            if attn_mask is not None or is_causal:
-                raise ValueError("a head-pruned EvaAttention does not take an attention mask")
-            rotate = None if rope is None else (lambda t: apply_rot_embed_cat(t, rope, half=getattr(self, "rotate_half", False)))
-            return attention_with_probe(self, x, None, rotate, self.num_prefix_tokens)[0]
-
-        return forward
+    def attention_view(self, block):
+        attn = block.attn
+        if getattr(attn, "qkv", None) is not None:
+            return QkvAttentionView(attn, qkv="qkv", out="proj", pruned_forward=_pruned_forward)
+        return QkvAttentionView(attn, q="q_proj", k="k_proj", v="v_proj", out="proj", pruned_forward=_pruned_forward)
 
     def check_tokens(self):
         if getattr(self.core, "rope_mixed", False):

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .attention import QkvAttentionView
 from .base import BlockLayout, Family, candidate_towers, linear_macs, pair, register_family
+from .mlp import MlpView
 from .dims import BlockDims, VitDims
 
 TIMM_BLOCK = BlockLayout("norm1", "attn", ("ls1", "drop_path1"), "norm2", "mlp", ("ls2", "drop_path2"))
@@ -21,27 +23,42 @@ def weighted_mean(tokens: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return (tokens * size).sum(dim=1) / size.sum(dim=1)
 
 
-def attention_width(attn: nn.Module) -> int:
-    """heads * head_dim of a fused-qkv or separate-projection attention."""
-    if isinstance(getattr(attn, "qkv", None), nn.Linear):
-        return attn.qkv.out_features // 3
-    for name in ("q_proj", "q"):
-        if isinstance(getattr(attn, name, None), nn.Linear):
-            return getattr(attn, name).out_features
-    raise UnsupportedModelError(f"cannot read the attention width of {type(attn).__name__}")
-
-
-def mlp_dims(d: int, a: int, mlp: nn.Module) -> BlockDims:
-    """Block dims from a timm MLP (Mlp, GluMlp: fc1 emits 2h, SwiGLU: fc1_g and fc1_x)."""
-    fc2 = mlp.fc2
+def timm_mlp_view(mlp: nn.Module) -> MlpView:
+    """timm `Mlp` (fc1 -> fc2), `GluMlp` (fc1 emits value and gate halves), `SwiGLU` (fc1_g, fc1_x)."""
     if isinstance(getattr(mlp, "fc1_g", None), nn.Linear):
-        return BlockDims(d, a, fc2.in_features, mlp.fc1_g.out_features + mlp.fc1_x.out_features)
-    fc1 = mlp.fc1
-    return BlockDims(d, a, fc2.in_features, fc1.out_features if fc1.out_features != fc2.in_features else None)
+        return MlpView(mlp, ("fc1_g", "fc1_x"), "fc2")
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    glu = isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc1.out_features == 2 * fc2.in_features
+    return MlpView(mlp, ("fc1",), "fc2", glu=glu)
+
+
+def is_open_clip_model(model: nn.Module) -> bool:
+    """Whether `model` is a whole open_clip model (CLIP, CustomTextCLIP, CoCa), text tower included."""
+    try:
+        from open_clip.coca_model import CoCa
+        from open_clip.model import CLIP, CustomTextCLIP
+    except ImportError:  # open_clip is a dependency, but stay usable for timm-only installs
+        return False
+    return isinstance(model, (CLIP, CustomTextCLIP, CoCa))
 
 
 class TimmFamily(Family):
     """Shared by timm towers: the tower may be the timm model itself or an open_clip TimmModel."""
+
+    @property
+    def saved_format(self):
+        return "open_clip" if is_open_clip_model(self.model) else None
+
+    def normalisation(self):
+        if self.tower is self.core:  # a timm model records none on itself (its pretrained_cfg is timm's default)
+            return None
+        mean, std = getattr(self.tower, "image_mean", None), getattr(self.tower, "image_std", None)  # open_clip's
+        return None if mean is None or std is None else (tuple(mean), tuple(std))
+
+    def reset_classifier(self, num_classes):
+        if self.model is not self.core:
+            super().reset_classifier(num_classes)
+        self.core.reset_classifier(num_classes)
 
     @classmethod
     @abc.abstractmethod
@@ -93,6 +110,12 @@ class TimmFamily(Family):
                        num_prefix_tokens=self.n_prefix, blocks=tuple(blocks), head_linear_macs=self._head_linear(),
                        attn_pool=attn_pool, notes=tuple(notes))
 
+    def attention_view(self, block):
+        return QkvAttentionView(block.attn, qkv="qkv", out="proj")
+
+    def mlp_view(self, block):
+        return timm_mlp_view(block.mlp)
+
     def pools_patch_tokens(self):
         core = self.core
         return self.n_prefix == 0 or (core.global_pool in ("avg", "max", "avgmax") and core.attn_pool is None
@@ -113,7 +136,7 @@ class TimmFamily(Family):
 
     def dims(self):
         d = self.core.patch_embed.proj.out_channels
-        blocks = [mlp_dims(d, attention_width(b.attn), b.mlp) for b in self.core.blocks]
+        blocks = [self.block_dims(b, d) for b in self.core.blocks]
         attn_pool, notes = None, []
         pool = getattr(self.core, "attn_pool", None)
         if pool is not None:
@@ -131,6 +154,10 @@ class TimmFamily(Family):
 class TimmVitFamily(TimmFamily):
     name = "timm"
     label = "timm VisionTransformer (incl. DeiT distilled, registers), also as an open_clip timm trunk"
+
+    @property
+    def saved_format(self):
+        return "timm" if self.model is self.core else super().saved_format
 
     @classmethod
     def _core_class(cls):

@@ -20,9 +20,9 @@ from ..families import image_tower, locate
 from ..families.dims import BlockDims, VitDims  # noqa: F401  (re-exported: part of this module's API)
 
 
-def find_blocks(model: nn.Module) -> tuple[str, list[nn.Module]]:
+def find_blocks(model: nn.Module, family=None) -> tuple[str, list[nn.Module]]:
     """(dotted name inside the module `image_tower(model)` runs, blocks) of the transformer blocks."""
-    family = locate(model)
+    family = family or locate(model)
     container = family.blocks_container
     for name, module in family.encoder.named_modules():
         if module is container:

@@ -245,7 +245,7 @@ def check_images(images) -> None:
         raise ValueError(f"images must have shape (B, C, H, W) with B >= 1, got {tuple(first.shape)}{hint}")
 
 
-def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) -> FlopCount:
+def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, family=None) -> FlopCount:
     """Count the MACs of one forward of `model`'s image tower on `images`, pruning included.
 
     For a CLIP model only `model.visual` runs (never the text tower). The model is traced once in
@@ -254,20 +254,26 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True) 
     number of tokens per image, each image is counted alone (the tokens it really kept) and `gmacs` is
     their mean; `per_image` lists them and `as_run` gives the padded batch's cost. With `strict`, an op that does matrix
     work but has no handle raises `UncountedMatmulError`; otherwise it is listed in
-    `matmul_like_skipped` and named in the note.
+    `matmul_like_skipped` and named in the note. `family`: the model's located family, when the caller
+    has it (a model of no supported family is counted as a whole, totals only).
     """
     check_images(images)
+    if family is None:
+        try:
+            family = locate(model)
+        except UnsupportedModelError:
+            family = None
     check_channels(model, images)
-    tower = image_tower(model)
+    tower = family.encoder if family is not None else image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
     with naming_size_mismatch(model, images):  # images the model cannot take: named, not a trace's traceback
-        if batch > 1 and isinstance(images, torch.Tensor) and _keeps_per_image_counts(model):
-            return _count_per_image(model, images, strict)
-        return _count_as_run(model, tower, images, batch, strict)
+        if batch > 1 and isinstance(images, torch.Tensor) and _keeps_per_image_counts(family):
+            return _count_per_image(model, family, images, strict)
+        return _count_as_run(model, family, tower, images, batch, strict)
 
 
-def _count_as_run(model: nn.Module, tower: nn.Module, images, batch: int, strict: bool) -> FlopCount:
+def _count_as_run(model: nn.Module, family, tower: nn.Module, images, batch: int, strict: bool) -> FlopCount:
     """One traced forward of the whole batch, as it runs."""
     with counting_mode(tower):
         analysis = make_analysis(tower, images)
@@ -281,10 +287,7 @@ def _count_as_run(model: nn.Module, tower: nn.Module, images, batch: int, strict
             f"ops doing matrix work were traced without a counting handle: {skipped}; "
             "add a handle in pruning_bench.measure.flops.EXTRA_HANDLES"
         )
-    try:
-        prefix, blocks = find_blocks(model)
-    except UnsupportedModelError:  # not a ViT: totals only
-        prefix, blocks = "", []
+    prefix, blocks = find_blocks(model, family) if family is not None else ("", [])  # not a ViT: totals only
     per_block = [by_module.get(f"{prefix}.{i}", 0) / batch / 1e9 for i in range(len(blocks))]
     note = (
         f"fvcore MACs with handles for scaled_dot_product_attention and _native_multi_head_attention; "
@@ -303,21 +306,19 @@ def _count_as_run(model: nn.Module, tower: nn.Module, images, batch: int, strict
     )
 
 
-def _keeps_per_image_counts(model: nn.Module) -> bool:
-    """Whether `model` carries a token strategy that keeps a different number of tokens per image."""
-    try:
-        vit = locate(model).vit
-    except UnsupportedModelError:
+def _keeps_per_image_counts(family) -> bool:
+    """Whether the located model carries a token strategy that keeps a different number of tokens per image."""
+    if family is None:
         return False
-    run = getattr(vit, "_pb_run", None)
+    run = getattr(family.vit, "_pb_run", None)
     return bool(getattr(getattr(run, "strategy", None), "per_image", False))
 
 
-def _count_per_image(model: nn.Module, images: torch.Tensor, strict: bool) -> FlopCount:
+def _count_per_image(model: nn.Module, family, images: torch.Tensor, strict: bool) -> FlopCount:
     """Per-image budgets: each image counted alone (the tokens it really kept, no padding), then the batch
     as it runs (padding included) for `as_run`. The batch goes last, so `h.stats()` describes it."""
-    alone = [count_flops(model, images[i:i + 1], strict=strict) for i in range(images.shape[0])]
-    batch = _count_as_run(model, image_tower(model), images, images.shape[0], strict)
+    alone = [count_flops(model, images[i:i + 1], strict=strict, family=family) for i in range(images.shape[0])]
+    batch = _count_as_run(model, family, family.encoder, images, images.shape[0], strict)
     count = mean_over_batches(alone)
     count.per_image = [c.gmacs for c in alone]
     count.as_run = batch.gmacs

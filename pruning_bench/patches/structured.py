@@ -1,6 +1,6 @@
 """Applying a structured plan (heads, MLP neurons, blocks to keep) to a model, and undoing it.
 
-Pruned attention and MLP modules are swapped in, built by `families.slicing` from the kept rows and
+Pruned attention and MLP modules are swapped in, built by the family's attention and MLP views from the kept rows and
 columns; dropped blocks leave the blocks container (a new Sequential / ModuleList holds the kept block
 objects). The original modules and containers are only referenced, never modified, and go back on
 restore, so `state_dict` and outputs are bit-identical afterwards.
@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
-from ..families import Family, attn_of, locate_vit, mlp_of, part_name
-from ..families.slicing import equivalent_attention, mlp_output_linear, sliced_mlp
+from ..families import Family, locate
 from ..strategies.base import StructuredPlan
 
 # ---------------------------------------------------------------- plans and attachment
@@ -35,18 +33,6 @@ class _TokenCounter:
     def remove(self):
         while self.handles:
             self.handles.pop().remove()
-
-
-def block_widths(blocks) -> tuple[list[int], list[int]]:
-    """(heads, MLP hidden width) of each block, read from the modules."""
-    heads, hidden = [], []
-    for b in blocks:
-        heads.append(int(getattr(attn_of(b), "num_heads", 0)))
-        try:
-            hidden.append(int(mlp_output_linear(mlp_of(b)).in_features))
-        except UnsupportedModelError:  # a block type only layer_drop handles
-            hidden.append(0)
-    return heads, hidden
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -90,7 +76,7 @@ def original_block_indices(target: Family) -> list[int]:
 
 def attach_structured(model: nn.Module, plan: StructuredPlan, target: Family | None = None) -> StructuredAttachment:
     """Apply `plan` to `model` in place and return the undo record."""
-    target = target or locate_vit(model)
+    target = target or locate(model)
     blocks = target.blocks
     n = len(blocks)
     for name, values in (("heads", plan.heads), ("neurons", plan.neurons)):
@@ -100,21 +86,24 @@ def attach_structured(model: nn.Module, plan: StructuredPlan, target: Family | N
     try:
         for i, block in enumerate(blocks):
             heads = plan.heads[i] if plan.heads is not None else None
-            attn, attn_name = attn_of(block), part_name(block, "attn")
-            if heads is not None and len(heads) < attn.num_heads:
-                if len(heads) == 0:
-                    raise ValueError(f"block {i}: every head would be removed; keep at least one")
-                new = equivalent_attention(attn, heads.sort().values)
-                swaps.append((block, attn_name, attn, new))
-                setattr(block, attn_name, new)
+            layout = target.block_layout(block)
+            if heads is not None:
+                attn = target.attention_view(block)
+                if len(heads) < attn.num_heads:
+                    if len(heads) == 0:
+                        raise ValueError(f"block {i}: every head would be removed; keep at least one")
+                    new = attn.sliced(heads.sort().values)
+                    swaps.append((block, layout.attn, attn.module, new))
+                    setattr(block, layout.attn, new)
             neurons = plan.neurons[i] if plan.neurons is not None else None
-            mlp, mlp_name = mlp_of(block), part_name(block, "mlp")
-            if neurons is not None and len(neurons) < mlp_output_linear(mlp).in_features:
-                if len(neurons) == 0:
-                    raise ValueError(f"block {i}: every MLP neuron would be removed; keep at least one")
-                new = sliced_mlp(mlp, neurons.sort().values)
-                swaps.append((block, mlp_name, mlp, new))
-                setattr(block, mlp_name, new)
+            if neurons is not None:
+                mlp = target.mlp_view(block)
+                if len(neurons) < mlp.hidden:
+                    if len(neurons) == 0:
+                        raise ValueError(f"block {i}: every MLP neuron would be removed; keep at least one")
+                    new = mlp.sliced(neurons.sort().values)
+                    swaps.append((block, layout.mlp, mlp.module, new))
+                    setattr(block, layout.mlp, new)
         running = blocks
         layers = original_block_indices(target)
         if plan.kept_blocks is not None and len(plan.kept_blocks) < n:
@@ -132,6 +121,6 @@ def attach_structured(model: nn.Module, plan: StructuredPlan, target: Family | N
     except BaseException:
         StructuredAttachment(target, swaps, {}, _TokenCounter([])).restore()
         raise
-    heads, hidden = block_widths(running)
+    heads, hidden = target.block_widths(running)
     stats = {"heads_per_layer": heads, "mlp_hidden_per_layer": hidden, "layers_kept": layers, **plan.extra_stats}
     return StructuredAttachment(target, swaps, stats, _TokenCounter(running))

@@ -86,7 +86,7 @@ class TokenRun:
             raise ValueError("token reduction cannot be combined with an attention mask")
 
         layout = block._pb_layout
-        norm1, attn, norm2, mlp = layout.parts(block)
+        norm1, _, norm2, mlp = layout.parts(block)
         bias = self.size.log()[:, None, None, :, 0] if bias_needed else None
         if self.mask is not None:  # padding: no real token attends to it
             padding = key_mask_bias(self.mask, x.dtype)
@@ -94,7 +94,7 @@ class TokenRun:
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
         if self.strategy.placement == "ahead":
             return self._reduce_ahead(block, layout, x, bias, rotate, rope, n_out, reducing)
-        out, probe = attention_with_probe(attn, norm1(x), bias, rotate, self.n_prefix)
+        out, probe = attention_with_probe(self.family.attention_view(block), norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
         del out
         if self.strategy.placement == "exit":  # the MLP sees every token; the block's output is reduced
@@ -116,12 +116,13 @@ class TokenRun:
     def _reduce_ahead(self, block, layout, x, bias, rotate, rope, n_out: int, reducing: bool) -> torch.Tensor:
         """Reduce the block's input from its attention map before the attention output is formed; the block then
         runs on the reduced tokens with the reduction's attention map (`merge_attention`) in place of its own."""
-        norm1, attn, norm2, mlp = layout.parts(block)
-        probe = attention_probe(attn, norm1(x), bias, rotate, self.n_prefix)
+        norm1, _, norm2, mlp = layout.parts(block)
+        view = self.family.attention_view(block)
+        probe = attention_probe(view, norm1(x), bias, rotate, self.n_prefix)
         x, reduction = self._reduce(block._pb_layer, x, probe, rope, n_out, reducing)
         weights = reduction.merge_attention() if reduction is not None else probe.attention_map()
         del probe
-        x = x + layout.attn_residual(block, attention_from_weights(attn, norm1(x), weights))
+        x = x + layout.attn_residual(block, attention_from_weights(view, norm1(x), weights))
         self._entering_mlp(x)
         self.tokens_out.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))
@@ -248,8 +249,8 @@ class TokenAttachment:
                 module.__dict__.pop(name, None)
 
 
-def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy) -> TokenAttachment:
-    target = locate(model)
+def attach_token_strategy(model: torch.nn.Module, strategy: TokenStrategy, family: Family | None = None) -> TokenAttachment:
+    target = family or locate(model)
     if strategy.needs_class_token and target.n_prefix == 0:
         raise ValueError(f"{strategy.name} ranks tokens by the class token's attention; this model has no class token")
     strategy.check_model(len(target.blocks), target.n_prefix)

@@ -25,17 +25,24 @@ from typing import Any
 
 import torch
 
+from ..errors import UnsupportedModelError
 from ..families import encode_images
 
 FORMAT = "pruning-bench cls-attention v2"  # v2 adds `owner`
 
 
 def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
-    """Preprocessed images back to uint8 (N, H, W, 3) pixels, using the normalisation open_clip records."""
-    visual = getattr(model, "visual", model)
-    mean, std = getattr(visual, "image_mean", None), getattr(visual, "image_std", None)
-    if mean is None or std is None or images.ndim != 4 or images.shape[1] != 3:
+    """Preprocessed images back to uint8 (N, H, W, 3) pixels, using the normalisation the model records
+    (its family's answer: open_clip records it on the image tower)."""
+    from ..families import locate
+
+    try:
+        recorded = locate(model).normalisation()
+    except UnsupportedModelError:
+        recorded = None
+    if recorded is None or images.ndim != 4 or images.shape[1] != 3:
         return None
+    mean, std = recorded
     mean = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     pixels = (images.float().cpu() * std + mean).clamp(0, 1)

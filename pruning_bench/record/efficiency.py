@@ -20,12 +20,12 @@ def compute_dtype(device: str, amp: bool, model: torch.nn.Module) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
-def block_token_counts(model: torch.nn.Module, images: torch.Tensor) -> list[int]:
+def block_token_counts(model: torch.nn.Module, images: torch.Tensor, family=None) -> list[int]:
     """Tokens entering each transformer block on one forward of `images` (for unpruned runs)."""
     from ..families import locate
 
     counts: list[int] = []
-    family = locate(model)
+    family = family or locate(model)
     blocks = family.blocks
     hooks = [b.register_forward_pre_hook(lambda _m, args: counts.append(int(args[0].shape[1]))) for b in blocks]
     try:
@@ -60,17 +60,19 @@ def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int
     not) on `images`. `progress`: a bar on stderr while timing (None: only on a terminal; False: silent,
     as `clip_benchmark eval --quiet` and `pruning-bench eval --no_progress` ask)."""
     import pruning_bench as pb
+    from ..families import locate
 
     images = images.to(device)
     if progress is not False:
         print(f"pruning-bench: measuring efficiency (MACs, {repeats} timed batches, peak memory)", file=sys.stderr)
-    flops = pb.count_flops(model, images)
+    family = locate(model)  # once for the count and the token schedule
+    flops = pb.count_flops(model, images, family=family)
     autocast = torch.autocast(torch.device(device).type) if amp else nullcontext()
     with autocast:
         speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats, progress=progress)
     memory = _peak_memory(model, images, autocast)
     stats = handle.stats() if handle is not None else {}
-    tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1]))
+    tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1], family))
     return {
         "gmacs": float(flops.gmacs),
         "gflops": float(flops.gflops),

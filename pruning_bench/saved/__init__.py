@@ -2,8 +2,10 @@
 
 The file is safetensors: the weights of the compact model as it runs plus, in its metadata, the
 architecture needed to rebuild it in a fresh process (`common.py`). What that architecture is and
-how a model is rebuilt belongs to its family, one module each: `timm_vit.py` (timm
-VisionTransformer) and `open_clip_model.py` (open_clip CLIP, text tower included). Loading builds
+how a model is rebuilt belongs to a format, one module each: `timm_vit.py` (timm
+VisionTransformer), `open_clip_model.py` (open_clip CLIP, text tower included) and
+`transformers_model.py` (transformers vision models); which format a model takes is its located
+family's answer (`Family.saved_format`). Loading builds
 the model, shrinks each block with the slicing functions structured pruning uses, and loads the
 weights strictly; saving checks that the rebuilt model gives bit-identical outputs. (Bit-identical on
 the same kind of machine with the same torch thread count: CPU kernels split their sums by thread.)
@@ -24,23 +26,29 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..record.atomic import atomic_path
-from . import open_clip_model, timm_vit
+from ..families import locate
+from . import open_clip_model, timm_vit, transformers_model
 from .common import FORMAT, METADATA_KEY, first_line, is_saved_model, read_architecture, weights
-from .timm_vit import _timm_vit, constructor_args  # noqa: F401  (names other modules import)
 from .validate import check_file
 
-FAMILIES = (timm_vit, open_clip_model)
+FAMILIES = (timm_vit, open_clip_model, transformers_model)
 
 __all__ = ["FORMAT", "METADATA_KEY", "save_pruned", "load_pruned", "compact_copy", "is_saved_model",
            "read_architecture", "describe", "build", "from_weights"]
 
 
 def family_of(model: nn.Module):
+    """(format module, located family) of a model `save_pruned` can write."""
+    try:
+        located = locate(model)
+    except UnsupportedModelError:
+        located = None
+    name = located.saved_format if located is not None else None
     for family in FAMILIES:
-        if family.owns(model):
-            return family
+        if family.family == name:
+            return family, located
     raise UnsupportedModelError(
-        f"save_pruned supports {' and '.join(f.label for f in FAMILIES)} models (pruned, layer-dropped or "
+        f"save_pruned supports {', '.join(f.label for f in FAMILIES)} models (pruned, layer-dropped or "
         f"fine-tuned), got {type(model).__name__}")
 
 
@@ -55,8 +63,8 @@ def family_for(architecture: dict[str, Any]):
 
 def describe(model: nn.Module, model_args: dict | None = None, model_name: str | None = None) -> dict[str, Any]:
     """The architecture record stored beside the weights."""
-    family = family_of(model)
-    return {"format": FORMAT, "family": family.family, **family.describe(model, model_args, model_name)}
+    family, located = family_of(model)
+    return {"format": FORMAT, "family": family.family, **family.describe(model, located, model_args, model_name)}
 
 
 def build(architecture: dict[str, Any]) -> nn.Module:
@@ -85,7 +93,7 @@ def from_weights(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -
 def compact_copy(model: nn.Module, model_args: dict | None = None, *, model_name: str | None = None) -> nn.Module:
     """A fresh plain model equal to `model` as it runs now (slices kept, no patch, no hook): what the next
     round of pruning starts from."""
-    family = family_of(model)
+    family, _ = family_of(model)
     return from_weights(describe(model, model_args, model_name), weights(family.saved_module(model)))
 
 
@@ -100,7 +108,7 @@ def save_pruned(model: nn.Module, path, *, model_args: dict | None = None, model
     Returns the architecture record."""
     from safetensors.torch import save_file
 
-    family = family_of(model)
+    family, _ = family_of(model)
     architecture = describe(model, model_args, model_name)
     state = weights(family.saved_module(model))
     if architecture["token_strategy"] is not None:

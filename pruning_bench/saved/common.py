@@ -45,33 +45,30 @@ def token_strategy(core: nn.Module) -> dict | None:
     return {"strategy": run.strategy.name, "params": json.loads(json.dumps(params, default=str))}
 
 
-def block_record(blocks: list[nn.Module], container: nn.Module) -> dict[str, Any]:
+def block_record(family) -> dict[str, Any]:
     """Heads and MLP width per block, and which blocks of the unpruned model they are."""
-    from ..patches.structured import block_widths
-
-    heads, hidden = block_widths(blocks)
-    kept = getattr(container, "pb_kept_indices", None)
+    heads, hidden = family.block_widths()
+    kept = getattr(family.blocks_container, "pb_kept_indices", None)
     return {"heads_per_block": heads, "mlp_hidden_per_block": hidden,
             "blocks_kept": list(kept) if kept is not None else list(range(len(heads)))}
 
 
-def shrink_blocks(blocks: list[nn.Module], heads: list[int], hidden: list[int]) -> None:
-    """Cut each freshly built block down to the recorded widths (the first units: only sizes matter)."""
-    from ..families import attn_of, mlp_of, part_name
-    from ..families.slicing import equivalent_attention, mlp_output_linear, sliced_mlp
-
+def shrink_blocks(family, heads: list[int], hidden: list[int]) -> None:
+    """Cut each block of a freshly built model (located as `family`) down to the recorded widths (the
+    first units: only sizes matter), with the family's attention and MLP views."""
+    blocks = family.blocks
     if len(blocks) != len(heads) or len(blocks) != len(hidden):
         raise ValueError(f"the record gives widths for {len(heads)} blocks but the rebuilt model has {len(blocks)}")
     for i, block in enumerate(blocks):
-        attn, mlp = attn_of(block), mlp_of(block)
-        full_heads, full_hidden = int(attn.num_heads), int(mlp_output_linear(mlp).in_features)
+        attn, mlp = family.attention_view(block), family.mlp_view(block)
+        full_heads, full_hidden = attn.num_heads, mlp.hidden
         if not (1 <= heads[i] <= full_heads and 1 <= hidden[i] <= full_hidden):
             raise ValueError(f"block {i}: saved widths ({heads[i]} heads, {hidden[i]} MLP) do not fit the rebuilt "
                              f"model's ({full_heads} heads, {full_hidden} MLP)")
         if heads[i] < full_heads:
-            setattr(block, part_name(block, "attn"), equivalent_attention(attn, torch.arange(heads[i], device="cpu")))
+            family.replace_part(block, "attn", attn.sliced(torch.arange(heads[i])))
         if hidden[i] < full_hidden:
-            setattr(block, part_name(block, "mlp"), sliced_mlp(mlp, torch.arange(hidden[i], device="cpu")))
+            family.replace_part(block, "mlp", mlp.sliced(torch.arange(hidden[i])))
 
 
 def probe_images(channels: int, size, dtype: torch.dtype) -> torch.Tensor:

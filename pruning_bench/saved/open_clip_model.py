@@ -30,20 +30,6 @@ label = "open_clip CLIP / CustomTextCLIP / CoCa (created from a config name)"
 NAME_ATTRIBUTE = "pb_open_clip_model"  # set by the drivers that create an open_clip model by name
 
 
-def _classes() -> tuple[type, ...]:
-    from open_clip.coca_model import CoCa
-    from open_clip.model import CLIP, CustomTextCLIP
-
-    return CLIP, CustomTextCLIP, CoCa
-
-
-def owns(model: nn.Module) -> bool:
-    try:
-        return isinstance(model, _classes())
-    except ImportError:  # open_clip is a dependency, but stay usable for timm-only installs
-        return False
-
-
 def remember_name(model: nn.Module, name: str) -> nn.Module:
     """Note on `model` the config name it was created from, so `save_pruned` needs no `model_name=`."""
     setattr(model, NAME_ATTRIBUTE, name)
@@ -98,19 +84,16 @@ def model_config(model: nn.Module, name: str, model_args: dict | None) -> dict[s
     return json.loads(json.dumps(cfg))
 
 
-def describe(model: nn.Module, model_args: dict | None = None, model_name: str | None = None) -> dict[str, Any]:
+def describe(model: nn.Module, tower, model_args: dict | None = None, model_name: str | None = None) -> dict[str, Any]:
     from open_clip import get_model_preprocess_cfg
 
-    from ..families import locate
-
     name = config_name(model, model_name)
-    tower = locate(model)
     preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in get_model_preprocess_cfg(model).items()}
     return {
         "base": name, "builder": "open_clip.create_model", "open_clip_model": name,
         "model_class": type(model).__name__, "model_cfg": model_config(model, name, model_args),
         "preprocess_cfg": {k: v for k, v in preprocess.items() if jsonable(v)},
-        **block_record(tower.blocks, tower.blocks_container),
+        **block_record(tower),
         "dtype": dtype_name(model), "token_strategy": token_strategy(tower.vit),
     }
 
@@ -163,7 +146,7 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     new = type(container)(running) if isinstance(container, nn.ModuleList) else nn.Sequential(*running)
     new.pb_kept_indices = kept
     setattr(owner, attribute, new)
-    shrink_blocks(running, architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
+    shrink_blocks(tower, architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
     if architecture.get("preprocess_cfg"):
         set_model_preprocess_cfg(model, {k: tuple(v) if isinstance(v, list) else v
                                          for k, v in architecture["preprocess_cfg"].items()})

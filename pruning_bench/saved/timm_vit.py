@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
 from .common import block_record, dtype_name, jsonable, probe_images, shrink_blocks, token_strategy
 
 family = "timm"
@@ -19,35 +18,19 @@ label = "timm VisionTransformer"
 PRETRAINED_CFG_KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "architecture", "tag")
 
 
-def owns(model: nn.Module) -> bool:
-    from timm.models.vision_transformer import VisionTransformer
-
-    return isinstance(model, VisionTransformer)
-
-
-def _timm_vit(model: nn.Module):
-    if owns(model):
-        return model
-    raise UnsupportedModelError(
-        f"save_pruned supports timm VisionTransformer models (pruned, layer-dropped or fine-tuned), got "
-        f"{type(model).__name__}")
-
-
 def _is_identity(module) -> bool:
     return module is None or isinstance(module, nn.Identity)
 
 
-def constructor_args(vit: nn.Module) -> dict[str, Any]:
+def constructor_args(vit: nn.Module, located) -> dict[str, Any]:
     """timm `VisionTransformer` arguments read off a (possibly pruned) model, for the kept depth.
 
     Heads count from the head width (embed_dim / head_dim) and the MLP width from the widest block,
     so every block can be sliced down to its own size after building."""
-    from ..patches.structured import block_widths
-
     blocks = list(vit.blocks)
     first = blocks[0]
     attn, mlp = first.attn, first.mlp
-    _, hidden = block_widths(blocks)
+    _, hidden = located.block_widths()
     embed = int(vit.embed_dim)
     patch = vit.patch_embed
     return {
@@ -68,11 +51,11 @@ def constructor_args(vit: nn.Module) -> dict[str, Any]:
     }
 
 
-def describe(model: nn.Module, model_args: dict | None = None, model_name: str | None = None) -> dict[str, Any]:
+def describe(model: nn.Module, located, model_args: dict | None = None, model_name: str | None = None) -> dict[str, Any]:
     """The timm part of the record; `model_name` is not needed (timm models carry their architecture)."""
     import timm
 
-    vit = _timm_vit(model)
+    vit = located.core
     cfg = getattr(vit, "pretrained_cfg", None) or {}
     architecture = cfg.get("architecture")
     known = bool(architecture) and timm.is_model(architecture)
@@ -80,8 +63,8 @@ def describe(model: nn.Module, model_args: dict | None = None, model_name: str |
         "base": "reference" if getattr(vit, "reference_source", None) else (architecture if known else None),
         "builder": "timm.create_model" if known else "VisionTransformer",
         "architecture": architecture if known else None,
-        "constructor_args": {**(model_args or {}), **constructor_args(vit)},
-        **block_record(list(vit.blocks), vit.blocks),
+        "constructor_args": {**(model_args or {}), **constructor_args(vit, located)},
+        **block_record(located),
         "dtype": dtype_name(vit),
         "pretrained_cfg": {k: cfg[k] for k in PRETRAINED_CFG_KEYS if k in cfg and jsonable(cfg[k])},
         "token_strategy": token_strategy(vit),
@@ -93,6 +76,8 @@ def build(architecture: dict[str, Any]) -> nn.Module:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
+    from ..families import locate
+
     kwargs = dict(architecture["constructor_args"])
     for key in ("img_size", "patch_size"):
         if isinstance(kwargs.get(key), list):
@@ -101,7 +86,7 @@ def build(architecture: dict[str, Any]) -> nn.Module:
         model = timm.create_model(architecture["architecture"], pretrained=False, **kwargs)
     else:
         model = VisionTransformer(**kwargs)
-    shrink_blocks(list(model.blocks), architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
+    shrink_blocks(locate(model), architecture["heads_per_block"], architecture["mlp_hidden_per_block"])
     model.blocks.pb_kept_indices = list(architecture["blocks_kept"])
     if architecture.get("pretrained_cfg"):
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
@@ -112,7 +97,7 @@ def build(architecture: dict[str, Any]) -> nn.Module:
 
 
 def saved_module(model: nn.Module) -> nn.Module:
-    return _timm_vit(model)
+    return model
 
 
 def probe_outputs(model: nn.Module, architecture: dict) -> tuple[torch.Tensor, ...]:

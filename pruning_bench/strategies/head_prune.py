@@ -107,7 +107,7 @@ class HeadPrune(StructuredStrategy):
             warn_noop(self.name, "head_ratio=0 and mlp_ratio=0 remove nothing; the model is left unchanged")
             return StructuredPlan()
         counted = CountingIterable(p["calibration"]) if p["calibration"] is not None else None
-        head_scores, neuron_scores = unit_scores(model, p["importance"], counted, self.name)
+        head_scores, neuron_scores = unit_scores(model, target, p["importance"], counted, self.name)
         if counted is not None:
             self._calibration_summary = counted.summary()
         heads, heads_clamped = choose(head_scores, p["head_ratio"], p["scope"])

@@ -39,15 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..families import attn_of, locate_vit, mlp_of, part_name
-from ..families.slicing import (
-    attention_kind,
-    attention_output_linear,
-    equivalent_attention,
-    head_weights,
-    mlp_output_linear,
-    mlp_weights,
-)
+from ..families import Family, locate
 
 UNIT_IMPORTANCES = ("magnitude", "taylor", "fisher", "activation")
 BLOCK_IMPORTANCES = ("fisher", "grad_norm", "activation", "cosine")
@@ -70,12 +62,12 @@ def neuron_magnitude(inputs: list[torch.Tensor], out: torch.Tensor) -> torch.Ten
     return sq.sqrt().cpu()
 
 
-def magnitude_scores(blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def magnitude_scores(family: Family) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     heads, neurons = [], []
-    for b in blocks:
-        w = head_weights(attn_of(b))
+    for b in family.blocks:
+        w = family.attention_view(b).weights()
         heads.append(head_magnitude(w.q, w.k, w.v, w.out, w.num_heads))
-        neurons.append(neuron_magnitude(*mlp_weights(mlp_of(b))))
+        neurons.append(neuron_magnitude(*family.mlp_view(b).weights()))
     return heads, neurons
 
 
@@ -136,32 +128,30 @@ def label_free_loss(output: torch.Tensor, classifier: bool) -> torch.Tensor:
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="sum")
 
 
-def _encoder(model: nn.Module):
+def _encoder(model: nn.Module, family: Family):
     """(function image -> output, whether the output is class logits): a classifier's logits, else features."""
-    from ..families import encode
-
     with torch.no_grad():
         probe = next(model.parameters())
-        dims = locate_vit(model).dims()
+        dims = family.dims()
         blank = torch.zeros(1, dims.in_chans, *dims.image_size, device=probe.device, dtype=probe.dtype)
-        classifier = encode(model, blank)[1] is not None
+        classifier = family.features(blank)[1] is not None
 
     def run(x):
-        features, logits = encode(model, x)
+        features, logits = family.features(x)
         return logits if classifier else features
 
     return run, classifier
 
 
 @contextmanager
-def scoring_session(model: nn.Module, shared_mha: bool):
-    """Yield (model in float32, its blocks, run, classifier), everything restored on exit.
+def scoring_session(model: nn.Module, family: Family, shared_mha: bool):
+    """Yield (model in float32, its family, run, classifier), everything restored on exit.
 
-    `shared_mha`: stand an `InProjAttention` sharing the parameters in for every
-    `nn.MultiheadAttention`, whose forward never calls its `out_proj` module (so no hook would fire)."""
+    `shared_mha`: stand an equivalent attention sharing the parameters in for every attention whose
+    forward never calls its output Linear as a module (`nn.MultiheadAttention`), so hooks on it fire."""
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float()
-    blocks = locate_vit(model).blocks
+        family = locate(model)  # the float32 copy's own blocks
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     swaps = []
@@ -170,16 +160,16 @@ def scoring_session(model: nn.Module, shared_mha: bool):
             p.requires_grad_(False)
         model.eval()
         if shared_mha:
-            for b in blocks:
-                if attention_kind(attn_of(b)) == "mha":
-                    swaps.append((b, part_name(b, "attn"), attn_of(b)))
-                    setattr(b, part_name(b, "attn"), equivalent_attention(attn_of(b)))
-        run, classifier = _encoder(model)
+            for b in family.blocks:
+                view = family.attention_view(b)
+                if not view.calls_out_linear:
+                    swaps.append((b, family.replace_part(b, "attn", view.sliced(None))))
+        run, classifier = _encoder(model, family)
         with torch.inference_mode(False), torch.enable_grad():
-            yield model, blocks, run, classifier
+            yield model, family, run, classifier
     finally:
-        for b, name, attn in reversed(swaps):
-            setattr(b, name, attn)
+        for b, attn in reversed(swaps):
+            family.replace_part(b, "attn", attn)
         for p, flag in flags:
             p.requires_grad_(flag)
         for m, mode in modes:
@@ -194,14 +184,15 @@ def _images(x: torch.Tensor, like: nn.Module) -> torch.Tensor:
 # ---------------------------------------------------------------- heads and neurons
 
 
-def unit_scores(model: nn.Module, importance: str, calibration: Iterable | None = None, owner: str = "head_prune"):
+def unit_scores(model: nn.Module, family: Family, importance: str, calibration: Iterable | None = None,
+                owner: str = "head_prune"):
     """(head scores, neuron scores): one (heads,) and one (hidden,) float tensor per block, higher = keep."""
     if importance == "magnitude":
-        return magnitude_scores(locate_vit(model).blocks)
+        return magnitude_scores(family)
     batches = calibration_batches(calibration, owner, importance)
-    with scoring_session(model, shared_mha=True) as (model, blocks, run, classifier):
-        n_heads = [int(attn_of(b).num_heads) for b in blocks]
-        n_hidden = [int(mlp_output_linear(mlp_of(b)).in_features) for b in blocks]
+    with scoring_session(model, family, shared_mha=True) as (model, family, run, classifier):
+        blocks = family.blocks
+        n_heads, n_hidden = family.block_widths(blocks)
         head_acc = [torch.zeros(h) for h in n_heads]
         neuron_acc = [torch.zeros(h) for h in n_hidden]
         masks: dict[tuple[str, int], torch.Tensor] = {}
@@ -230,8 +221,8 @@ def unit_scores(model: nn.Module, importance: str, calibration: Iterable | None 
         handles = []
         try:
             for i, b in enumerate(blocks):
-                handles.append(attention_output_linear(attn_of(b)).register_forward_pre_hook(head_hook(i)))
-                handles.append(mlp_output_linear(mlp_of(b)).register_forward_pre_hook(neuron_hook(i)))
+                handles.append(family.attention_view(b).out_linear().register_forward_pre_hook(head_hook(i)))
+                handles.append(family.mlp_view(b).out_linear().register_forward_pre_hook(neuron_hook(i)))
             images = 0
             for x in batches:
                 x = _images(x, model)
@@ -267,10 +258,12 @@ def unit_scores(model: nn.Module, importance: str, calibration: Iterable | None 
 # ---------------------------------------------------------------- whole blocks
 
 
-def block_scores(model: nn.Module, importance: str, calibration: Iterable | None, owner: str = "layer_drop") -> torch.Tensor:
+def block_scores(model: nn.Module, family: Family, importance: str, calibration: Iterable | None,
+                 owner: str = "layer_drop") -> torch.Tensor:
     """(blocks,) importance of each block, higher = keep."""
     batches = calibration_batches(calibration, owner, importance)
-    with scoring_session(model, shared_mha=False) as (model, blocks, run, classifier):
+    with scoring_session(model, family, shared_mha=False) as (model, family, run, classifier):
+        blocks = family.blocks
         L = len(blocks)
         acc = torch.zeros(L, dtype=torch.float64)
         gates: dict[int, torch.Tensor] = {}

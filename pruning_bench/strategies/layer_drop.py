@@ -114,7 +114,7 @@ class LayerDrop(StructuredStrategy):
                 warn_noop(self.name, f"keep_layers={n} keeps every block; the model is left unchanged")
                 return StructuredPlan()
             counted = CountingIterable(p["calibration"])
-            scores = block_scores(model, p["importance"], counted, self.name)
+            scores = block_scores(model, target, p["importance"], counted, self.name)
             self._calibration_summary = counted.summary()
         kept = self.choose_blocks(n, scores)
         if len(kept) == n:

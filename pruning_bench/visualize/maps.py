@@ -81,14 +81,11 @@ def maps_from_kept_indices(kept_index: list, tokens_per_layer: list[int], n_pref
 
 
 def patch_grid(model) -> tuple[int, int]:
-    """The patch grid of a supported ViT (timm patch_embed.grid_size, open_clip grid_size)."""
-    from ..families import locate_vit
+    """The patch grid of a supported ViT at its image size (its family's answer)."""
+    from ..families import locate
 
-    vit = locate_vit(model).vit
-    grid = getattr(getattr(vit, "patch_embed", None), "grid_size", None) or getattr(vit, "grid_size", None)
-    if grid is None:
-        raise ValueError(f"cannot tell the patch grid of {type(vit).__name__}")
-    return (int(grid), int(grid)) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    rows, columns = locate(model).patch_grid()
+    return int(rows), int(columns)
 
 
 
@@ -112,7 +109,7 @@ def live_token_maps(model, images: torch.Tensor, strategy: str, params: dict | N
 
     params = dict(params or {})
     target = locate_vit(model)
-    grid = patch_grid(model)
+    grid = tuple(int(g) for g in target.patch_grid())
     snapshots: dict[int, torch.Tensor] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
