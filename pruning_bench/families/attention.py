@@ -301,5 +301,7 @@ class InProjAttentionView(AttentionView):
         return Attended(out, q, k, logit_fn, v)
 
     def sliced(self, heads):
+        if isinstance(self.module, slicing.InProjAttention):  # pruned again: keep the calling convention it stands in for
+            return type(self.module)(self, heads)
         cls = slicing.PrunedMultiheadAttention if isinstance(self.module, nn.MultiheadAttention) else slicing.PrunedAttention
         return cls(self, heads)

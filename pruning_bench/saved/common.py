@@ -66,9 +66,9 @@ def shrink_blocks(family, heads: list[int], hidden: list[int]) -> None:
             raise ValueError(f"block {i}: saved widths ({heads[i]} heads, {hidden[i]} MLP) do not fit the rebuilt "
                              f"model's ({full_heads} heads, {full_hidden} MLP)")
         if heads[i] < full_heads:
-            family.replace_part(block, "attn", attn.sliced(torch.arange(heads[i])))
+            family.replace_part(block, "attn", attn.sliced(torch.arange(heads[i], device="cpu")))
         if hidden[i] < full_hidden:
-            family.replace_part(block, "mlp", mlp.sliced(torch.arange(hidden[i])))
+            family.replace_part(block, "mlp", mlp.sliced(torch.arange(hidden[i], device="cpu")))
 
 
 def probe_images(channels: int, size, dtype: torch.dtype) -> torch.Tensor:
