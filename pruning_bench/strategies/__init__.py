@@ -4,6 +4,7 @@ from importlib import import_module
 _BUILTIN = ("anchor_diversity", "tome", "cls_topk", "random_drop", "head_prune", "layer_drop")
 _BUILTIN += ("evit", "dpc_knn", "kmedoids")  # EViT and the clustering reductions of Haurum et al.
 _BUILTIN += ("pitome", "tofu", "mctf", "visionzip")  # published training-free token reductions
+_BUILTIN += ("refill", "rsst")  # iterated structured pruning with masks / a growing penalty (seed 003)
 
 for _name in _BUILTIN:
     try:
