@@ -321,3 +321,29 @@ def test_bad_rsst_parameter_on_the_command_line_exits_2(tmp_path, capsys):
     assert code == 2 and not files
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "schedule" in err[0]
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "refill_rsst.py"
+    spec = importlib.util.spec_from_file_location("refill_rsst_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reading_is_computed_from_the_records():
+    bench = _benchmark()
+    accs = {"refill": [0.50, 0.52, 0.51], "rsst": [0.30, 0.31, 0.29], "head_prune": [0.49, 0.53, 0.50]}
+    records = [{"method": m, "scope": s, "seed": i, "rounds": [{"acc1": a[i] - (0.1 if s == "global" else 0)}]}
+               for m, a in accs.items() for s in ("global", "layerwise") for i in range(3)]
+    text = "\n".join(bench.reading(records, 1))
+    assert "- layerwise, state 1: refill has the highest mean test accuracy (51.00% vs head_prune 50.67%, rsst 30.00%)" in text
+    assert "its interval lies above rsst." in text and "lies above head_prune" not in text
+    assert "- refill, state 1: global minus layer-wise = -10.00 points" in text
+    records[0]["rounds"][0]["acc1"] = records[3]["rounds"][0]["acc1"] = 0.0  # refill's seed 0 collapses
+    assert "layerwise, state 1: head_prune has the highest" in "\n".join(bench.reading(records, 1))
+    low, high = bench.interval([1.0, 2.0, 3.0])
+    assert high - 2.0 == pytest.approx(2.0 - low) and high - 2.0 == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
