@@ -19,6 +19,7 @@ interrupted run resumes; the report is rewritten after each run.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -51,9 +52,19 @@ def method_params(args, method: str, scope: str) -> dict:
     return params
 
 
+_LOADED = {}
+
+
+def fresh_model(args):
+    """(a fresh copy of the model, its loading record): the model is read once per process."""
+    if args.model not in _LOADED:
+        _LOADED[args.model] = common.load_model(args.model, args.img_size)
+    loaded = _LOADED[args.model]
+    return copy.deepcopy(loaded.model), loaded
+
+
 def run_states(args, method, scope, seed, train, test) -> list[dict]:
-    loaded = common.load_model(args.model, args.img_size)
-    model = loaded.model
+    model, loaded = fresh_model(args)
     finetune.new_head(model, 10, seed)
     original = rounds.widths(model)
     x = next(iter(loader(test.head(1), loaded.transform, 1)))[0]
@@ -165,8 +176,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reference")
     parser.add_argument("--img_size", type=int, default=112)
-    parser.add_argument("--train", type=int, default=320)
-    parser.add_argument("--test", type=int, default=256)
+    parser.add_argument("--train", type=int, default=192)
+    parser.add_argument("--test", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)

@@ -229,6 +229,7 @@ def test_rewind_sets_the_survivors_back_to_the_first_states_weights():
     assert not torch.equal(compact.blocks[0].attn.proj.bias, original["blocks.0.attn.proj.bias"])  # trained
     second = pb.prune(compact, "refill", head_ratio=0.25, mlp_ratio=0.0, rewind="1:0")
     assert state_of(compact).number == 2
+    state_of(compact).begin(steps_per_epoch=1, epochs=1)  # the units come back, the leaving ones masked
     rows = (kept[:, None] * 16 + torch.arange(16)).flatten()
     w0 = original["blocks.0.attn.qkv.weight"].view(3, 64, 64)[:, rows].reshape(-1, 64)
     now = compact.blocks[0].attn.qkv.weight.detach()

@@ -137,6 +137,9 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, trans
 
 def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
     seed_everything(config.seed)
+    state = state_of(model)  # an open refill / rsst state: masks or penalty while training, sliced at the end
+    if state is not None:  # before the optimiser: the state's units are back in the model while it trains
+        state.begin(steps_per_epoch=-(-len(train_set) // config.batch_size), epochs=config.epochs)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(train_set) // config.batch_size)
@@ -144,9 +147,6 @@ def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
                                                    pct_start=0.1, anneal_strategy="cos")
     loss_fn = torch.nn.CrossEntropyLoss()
     result = FinetuneResult(acc1=float("nan"), warmup_steps=config.warmup_steps)
-    state = state_of(model)  # an open refill / rsst state: masks or penalty while training, sliced at the end
-    if state is not None:
-        state.begin(steps_per_epoch=-(-len(train_set) // config.batch_size), epochs=config.epochs)
     for epoch in range(config.epochs):
         model.train()
         batches = loader(train_set, transform, config.batch_size, shuffle=True, seed=config.seed + epoch)

@@ -8,10 +8,11 @@ leave it physically when the state ends.
   rows and output-projection columns of a head, fc1 rows and fc2 columns of a neuron) gets
   lambda x w added, lambda following the schedule (`strategies.unit_choice.penalty_strengths`);
   every other gradient is left as it is.
-When the state ends (`end()`: the training loop calls it after its last epoch; a model that is run
-for inference before any training step ends it at that forward), the units are sliced out with the
-structured patch (`patches/structured.py`), so MACs, throughput and saving see the smaller model.
-`restore()` undoes the slicing and puts the zeroed values back.
+The units are sliced out with the structured patch (`patches/structured.py`) as soon as the strategy
+is attached, so a model that is only evaluated runs without them at once. A training loop calls
+`begin()` before building its optimiser: the units come back (the slicing is undone) with their
+masks or penalty, and `end()` after its last epoch slices them out again, so MACs, throughput and
+saving see the smaller model. `restore()` undoes the slicing and puts the zeroed values back.
 
 Rewinding needs the weights of an earlier state: when a state ends, the model's weights are
 fingerprinted and its lineage (state number, rewind snapshot, which snapshot units survive) is kept
@@ -160,28 +161,35 @@ class UnitState:
         for block, kept_h, kept_n, h, n in zip(family.blocks, heads_kept, neurons_kept, heads0, hidden0):
             entries += unit_entries(block, _removed(kept_h, h), _removed(kept_n, n))
         self.masks = entry_masks(entries)
-        if self.mode == "mask":
-            with torch.no_grad():
-                for p, mask, _ in self.masks:
-                    self._saved.append((p, p.detach()[mask].clone(), mask))
-                    p.masked_fill_(mask, 0)
-                    self._hooks.append(p.register_hook(lambda g, m=mask: g.masked_fill(m, 0)))
-            self._hooks.append(register_optimizer_step_post_hook(self._after_step))
-        else:
-            self._hooks.append(register_optimizer_step_pre_hook(self._before_step))
-        self._hooks.append(self.vit.register_forward_pre_hook(self._on_forward))
+        self._slice()  # used as it is, the model runs without the units at once
         _ACTIVE[self.vit] = self
 
     # ------------------------------------------------------------ training
 
     def begin(self, steps_per_epoch: int, epochs: int) -> None:
-        """Training starts: `steps_per_epoch` and `epochs` fix RSST's lambda schedule."""
+        """Training starts (before the optimiser is built): the units come back, masked (refill) or
+        marked for the penalty (rsst); `steps_per_epoch` and `epochs` fix rsst's lambda schedule."""
+        if self.ended:
+            raise ValueError(f"{self.name}: this state has ended; attach the strategy again for the next state")
+        if self.begun:
+            return
         self.begun = True
+        if self._sliced is not None:
+            self._sliced.restore()
+            self._sliced = None
         p = self.params
-        if self.mode == "penalty":
+        if self.mode == "mask":
+            with torch.no_grad():
+                for param, mask, _ in self.masks:
+                    self._saved.append((param, param.detach()[mask].clone(), mask))
+                    param.masked_fill_(mask, 0)
+                    self._hooks.append(param.register_hook(lambda g, m=mask: g.masked_fill(m, 0)))
+            self._hooks.append(register_optimizer_step_post_hook(self._after_step))
+        else:
             from ..strategies.unit_choice import penalty_strengths
 
             self.lambdas = penalty_strengths(p["schedule"], p["reg_scale"], p["exponents"], steps_per_epoch, epochs)
+            self._hooks.append(register_optimizer_step_pre_hook(self._before_step))
 
     def epoch_end(self, epoch: int) -> None:
         """Epoch `epoch` (1-based) of this state is done: take the rewind snapshot if it is due now."""
@@ -213,39 +221,33 @@ class UnitState:
             for p, mask, _ in self.masks:
                 p.masked_fill_(mask, 0)
 
-    def _on_forward(self, module, args):
-        if self.begun or self.ended:
-            return
-        if torch.is_grad_enabled() and module.training:
-            self.begun = True  # a training forward: the state is being trained
-        else:
-            self.end()  # run for inference before any training: the decision applies at once
-
     # ------------------------------------------------------------ the end of the state
 
     def end(self) -> None:
         """Slice the chosen units out (the model shrinks); hooks come off; the lineage is kept."""
-        if self.ended:
+        if self.ended or not self.begun:
             return
         self.ended = True
         self._remove_hooks()
+        self._slice()
+
+    def _slice(self) -> None:
         plan = StructuredPlan(heads=self.heads_kept, neurons=self.neurons_kept)
         self._sliced = attach_structured(self.vit, plan, self.family)
         self.removed = self._sliced.removed
-        heads, hidden = block_widths(self.family.blocks)
         units = None
         if self.lineage.snapshot is not None:
             previous = self.lineage.units
             units = [(ph[kh], pn[kn]) for (ph, pn), kh, kn in zip(previous, self.heads_kept, self.neurons_kept)]
-        _LINEAGES[fingerprint(self.vit)] = Lineage(self.number, self.lineage.snapshot, units)
-        while len(_LINEAGES) > _KEEP_LINEAGES:
-            _LINEAGES.popitem(last=False)
-        self._stats.update({"heads_per_layer": heads, "mlp_hidden_per_layer": hidden, "state": self.number})
+        if not torch.jit.is_tracing():
+            _LINEAGES[fingerprint(self.vit)] = Lineage(self.number, self.lineage.snapshot, units)
+            while len(_LINEAGES) > _KEEP_LINEAGES:
+                _LINEAGES.popitem(last=False)
 
     def stats(self) -> dict:
         heads, hidden = block_widths(self.family.blocks)
         out = {**self._stats, "heads_per_layer": heads, "mlp_hidden_per_layer": hidden,
-               "layers_kept": list(range(len(heads))), "state": self.number, "state_ended": self.ended}
+               "layers_kept": list(range(len(heads))), "state": self.number, "state_trained": self.begun}
         if self._sliced is not None:
             out["tokens_per_layer"] = self._sliced.stats()["tokens_per_layer"]
         if self.lambda_used:
