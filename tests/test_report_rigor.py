@@ -74,7 +74,7 @@ def test_three_seeds_give_mean_std_and_n_and_pair_seed_by_seed(three_seeds):
         assert row["acc1_std"] == pytest.approx(np.std(values, ddof=1))
     deltas = [accs[s][1] - accs[s][0] for s in SEEDS]
     assert configs.loc["tome", "acc1_delta_mean"] == pytest.approx(np.mean(deltas))
-    assert configs.loc["tome", "delta_method"] == "bootstrap" and configs.loc["tome", "delta_significant"]
+    assert configs.loc["tome", "delta_method"] == "images + seeds" and configs.loc["tome", "delta_significant"]
 
 
 def test_report_markdown_shows_mean_std_n_timing_spread_training_time_and_load(three_seeds, tmp_path):
@@ -85,7 +85,7 @@ def test_report_markdown_shows_mean_std_n_timing_spread_training_time_and_load(t
     assert f"{np.mean(tome_values):.2f} ± {np.std(tome_values, ddof=1):.2f}" in text
     row = next(line for line in text.splitlines() if line.startswith("| tiny") and "tome" in line)
     cells = [c.strip() for c in row.split("|")]
-    assert "3" in cells and "**significant**" in row and "bootstrap" in row
+    assert "3" in cells and "**significant**" in row and "images + seeds" in row
     # images/s: median timed repeat with the slowest and fastest: batch 8 over 0.0533 / 0.06 / 0.05 s
     assert f"{8 / 0.0533:.1f} [{8 / 0.06:.1f}–{8 / 0.05:.1f}]" in row and "⚠ load" in row
     # training seconds per step without the two warm-up steps: median 0.11, range 0.10-0.12

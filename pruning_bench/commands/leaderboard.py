@@ -18,6 +18,9 @@ def add_parser(subparsers):
                         help="MACs budgets as shares of each model's baseline GMACs (default: 0.25 0.5 0.75)")
     parser.add_argument("--gmacs_budget", type=float, nargs="+", default=[], metavar="GMACS",
                         help="absolute budgets in GMACs per image, compared across models")
+    parser.add_argument("--budget_tolerance", type=float, default=0.01, metavar="SHARE",
+                        help="a run fits a budget when it exceeds it by at most this share of its baseline's MACs "
+                             "(default 0.01: a run matched to 0.6002 fits <= 0.6)")
     parser.add_argument("--top", type=int, default=None, help="rows per dataset in the Markdown leaderboard (CSV keeps all)")
     parser.add_argument("--title", default=None, help="Markdown title")
     return parser
@@ -28,6 +31,10 @@ def run(args) -> int:
 
     if any(b <= 0 for b in args.budget + args.gmacs_budget):
         print("pruning-bench leaderboard: error: budgets must be positive", file=sys.stderr)
+        return 2
+    if not (args.budget_tolerance >= 0):
+        print(f"pruning-bench leaderboard: error: --budget_tolerance {args.budget_tolerance}: must be >= 0 (a share "
+              "of the baseline's MACs)", file=sys.stderr)
         return 2
     import warnings
 
@@ -53,7 +60,7 @@ def run(args) -> int:
         return 2
     try:
         written = write_leaderboard(board, args.output, budgets=args.budget, gmacs_budgets=args.gmacs_budget,
-                                    title=args.title, top=args.top)
+                                    title=args.title, top=args.top, budget_tolerance=args.budget_tolerance)
     except OSError as exc:
         print(f"pruning-bench leaderboard: error: writing {args.output}.*: {exc}", file=sys.stderr)
         return 2

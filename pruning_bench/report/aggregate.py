@@ -15,10 +15,10 @@ import pandas as pd
 
 from .fields import SETTINGS
 from .load import BASELINE, GROUP_KEYS
-from .uncertainty import Z95, delta_interval, seed_interval, significant
+from .uncertainty import above_chance, delta_interval, seed_interval, significant
 
 CONFIG_KEYS = GROUP_KEYS + ["strategy", "config_params"] + SETTINGS + ["training"]
-SPREAD_METRICS = ["acc1", "acc1_delta", "agreement", "speedup", "efficiency", "gmacs", "gmacs_ratio", "images_per_second",
+SPREAD_METRICS = ["match_target", "match_achieved", "match_gap", "acc1", "acc1_baseline", "acc1_delta", "gmacs_baseline", "agreement", "speedup", "efficiency", "gmacs", "gmacs_ratio", "images_per_second",
                   "memory_ratio", "cosine", "cosine_centred", "relative_mse", "image_retrieval_recall",
                   "text_retrieval_recall", "train_step_seconds_median", "train_images_per_second"]
 
@@ -36,13 +36,29 @@ def _speedup_interval(runs: pd.DataFrame) -> tuple[float, float, str]:
     return math.nan, math.nan, "none"
 
 
-def _above_chance(acc: float, classes: float, images: float, task: str, metric: str) -> object:
-    """Whether accuracy is above 1/classes by more than its binomial 95% margin (NA when unknowable)."""
-    if "retrieval" in task or metric not in ("acc1", "lp_acc1") or math.isnan(acc) or math.isnan(classes) \
-            or classes < 2:
+def _above_chance(runs: pd.DataFrame, classes: float, task: str, metric: str) -> object:
+    """Whether every run is above 1/classes by its own one-sided exact binomial test (NA when unknowable).
+    Runs of a configuration share one test set, so their images are never pooled."""
+    if "retrieval" in task or metric not in ("acc1", "lp_acc1") or math.isnan(classes) or classes < 2:
         return pd.NA
-    margin = Z95 * math.sqrt(max(acc * (1 - acc), 0.0) / images) if images and not math.isnan(images) else 0.0
-    return bool(acc - margin > 1.0 / classes)
+    images = _numbers(runs, "images").fillna(_numbers(runs, "per_image_n")).to_numpy(float)
+    acc = _numbers(runs, "acc1").to_numpy(float)
+    if not len(acc) or np.isnan(acc).any() or np.isnan(images).any() or (images <= 0).any():
+        return pd.NA
+    return bool(above_chance(acc * images, images, classes).all())
+
+
+def _per_image(runs: pd.DataFrame) -> tuple[str, float, str]:
+    """The runs' packed per-image correctness in seed order (space-joined), their image count and seeds in that
+    order, or ("", NaN, "") unless every run carries it for the same number of images (the leaderboard's paired
+    comparisons read it)."""
+    if "per_image_correct" not in runs:
+        return "", math.nan, ""
+    ordered = runs.assign(_seed=pd.to_numeric(runs["seed"], errors="coerce")).sort_values(["_seed", "seed"])
+    packed, counts = ordered["per_image_correct"].fillna(""), set(_numbers(ordered, "per_image_n"))
+    if (packed == "").any() or len(counts) != 1 or math.isnan(next(iter(counts))):
+        return "", math.nan, ""
+    return " ".join(packed), next(iter(counts)), " ".join(ordered["seed"].fillna("").astype(str))
 
 
 def _numbers(runs: pd.DataFrame, column: str) -> pd.Series:
@@ -91,9 +107,12 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
         row["train_step_seconds_max"] = _numbers(runs, "train_step_seconds_max").max()
         classes = _numbers(runs, "classes").dropna()
         row["classes"] = classes.iloc[0] if len(classes) else math.nan
-        images = _numbers(runs, "images").sum(min_count=1)
+        row["images"] = _numbers(runs, "images").mean()
         row["chance"] = 1.0 / row["classes"] if row["classes"] >= 2 else math.nan
-        row["above_chance"] = _above_chance(row["acc1_mean"], row["classes"], images, row["task"], row["metric"])
+        row["above_chance"] = _above_chance(runs, row["classes"], row["task"], row["metric"])
+        row["per_image_correct"], row["per_image_n"], row["per_image_seeds"] = _per_image(runs)
+        notes = [n for n in runs["notes"].fillna("").astype(str) if n] if "notes" in runs else []
+        row["notes"] = " | ".join(dict.fromkeys(notes))
         row["files"] = " ".join(runs["file"])
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -9,6 +9,8 @@ Derived columns, relative to that baseline:
 - efficiency = speedup x gmacs_ratio = measured speedup / ideal speedup: 1.0 when the wall clock
   falls exactly as the multiply-accumulates do, below 1 when overheads eat part of the saving
   (the same definition as benchmarks/speed.py);
+- match_gap = match_achieved - match_target: for runs matched with `--match_macs`, how far the achieved MACs
+  ratio (`pruning.match.achieved_ratio`, counted when matching) landed from the target, in shares of baseline MACs;
 - memory_ratio = peak_activation_mb / peak_activation_mb_baseline (activations at the peak of one
   inference forward on the measured batch; each result file also records the weights, `efficiency.memory`).
 A run without a matching baseline keeps its own numbers and NaN in every derived column, and
@@ -37,7 +39,7 @@ REPORT_COLUMNS = [
     "images_per_second_min_baseline", "images_per_second_max_baseline", "load_before", "load_after", "cpus",
     "under_load", "train_step_seconds_min", "train_step_seconds_median", "train_step_seconds_max",
     "train_steps_timed", "train_warmup_steps", "train_images_per_second", "per_image_correct", "per_image_n",
-    "acc1_baseline_per_image_correct",
+    "acc1_baseline_per_image_correct", "match_target", "match_achieved", "match_gap", "match_knob", "notes",
 ]
 # taken from the paired baseline, renamed NAME_baseline
 _FROM_BASELINE = ["acc1", "gmacs", "images_per_second", "peak_activation_mb", "file", "images_per_second_min",
@@ -72,6 +74,8 @@ def compare(results: pd.DataFrame) -> pd.DataFrame:
     table["speedup"] = _ratio(table["images_per_second"], table["images_per_second_baseline"])
     table["efficiency"] = table["speedup"] * table["gmacs_ratio"]
     table["memory_ratio"] = _ratio(table["peak_activation_mb"], table["peak_activation_mb_baseline"])
+    if "match_target" in table:  # --match_macs: how far the matched knob landed from the target (share of baseline MACs)
+        table["match_gap"] = table["match_achieved"] - table["match_target"]
     table["_pruned"] = table["strategy"] != BASELINE
     table = table.sort_values(GROUP_KEYS + ["_pruned", "gmacs", "strategy", "params", "seed"],
                               ascending=[True] * len(GROUP_KEYS) + [True, False, True, True, True], na_position="last")

@@ -117,6 +117,18 @@ def config_params(params: dict | None) -> str:
     return format_params({k: v for k, v in (params or {}).items() if k != "seed"})
 
 
+def match_fields(data: dict) -> dict[str, Any]:
+    """`--match_macs` target and achieved MACs ratio (`pruning.match`, else the flat `match_target_ratio`) and the
+    run's clamp notes (`pruning.notes`, joined with "; ")."""
+    pruning = data.get("pruning") if isinstance(data.get("pruning"), dict) else {}
+    match = pruning.get("match") if isinstance(pruning.get("match"), dict) else {}
+    notes = pruning.get("notes") if isinstance(pruning.get("notes"), list) else []
+    return {"match_target": _number(_first(match.get("target_ratio"), data.get("match_target_ratio"))),
+            "match_achieved": _number(match.get("achieved_ratio")),
+            "match_knob": _text(match.get("knob")),
+            "notes": "; ".join(str(n) for n in notes)}
+
+
 def run_fields(data: dict) -> dict[str, Any]:
     """The extra columns of one result (see the module docstring)."""
     metrics = data.get("metrics") or {}
@@ -146,6 +158,7 @@ def run_fields(data: dict) -> dict[str, Any]:
         "per_image_correct": per_image.get("correct") or "",
         "per_image_n": _number(per_image.get("n")),
     }
+    row.update(match_fields(data))
     row.update({name: _number(metrics.get(name)) for name in FIDELITY_METRICS})
     row.update(recall_fields(metrics))
     row.update(timing_fields(efficiency))

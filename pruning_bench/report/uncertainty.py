@@ -1,17 +1,34 @@
-"""How sure a difference is: paired bootstrap over test images, spread over seeds, or a bound from agreement.
+"""How sure a difference is: intervals that hold their 95% when seeds share one test set.
 
-Accuracy differences between a pruned run and its baseline are decided, in this order of preference:
-1. `bootstrap`: both results carry per-image correctness (`per_image.correct`, bit-packed) for the
-   same images: the images are resampled with replacement (1,000 draws, fixed seed) and the pruned
-   minus baseline accuracy recomputed on each draw (averaged over the seeds of a configuration,
-   same draw for every seed); the 95% interval is the 2.5th to 97.5th percentile.
-2. `seeds`: n >= 2 runs differing only in seed: mean +- t(0.975, n-1) x std / sqrt(n).
-3. `agreement bound`: one run whose file holds its unpruned accuracy, top-1 agreement and image
-   count (`pruning-bench eval --task probe`): images whose correctness changes are at most the
-   images whose prediction changes, so the paired standard error is at most
-   sqrt((1 - agreement - delta^2) / n); the interval is +- 1.96 of that (conservative).
+A configuration's accuracy difference against its baseline (pruned minus baseline, one pair per seed,
+every pair evaluated on the same test images) is decided, in this order of preference:
+1. `bootstrap` (one seed, per-image correctness `per_image.correct`, bit-packed, in both results): the
+   images are resampled with replacement (2,000 draws, fixed seed; drawn as multinomial counts of the
+   lost / unchanged / gained images, the same distribution as resampling indices) and the 2.5th to 97.5th
+   percentile of the difference is the interval. It is about this run's weights on images like these:
+   one seed cannot tell how much another seed would move the difference.
+2. `images + seeds` (n >= 2 seeds, per-image correctness): the per-image gains form an images x seeds
+   table; its two-way random-effects decomposition gives the variance of the mean gain as an image part
+   (max(mean square over images - interaction mean square, 0) / (n S): how much the shared images move
+   every seed alike) + a seed part (the variance of the per-seed differences / S, S - 1 degrees of freedom).
+   The interval is mean +- t(0.975, df) x sqrt(variance), df by Satterthwaite (few seeds whose spread
+   dominates: close to S - 1; computed with the seed part at the 30% chi-square quantile's upper value, which
+   offsets Satterthwaite's optimism with few seeds). Identical seeds give the paired image interval, never
+   zero width.
+3. `... bound` (no per-image correctness): the image part is bounded per run, by the share of images whose
+   prediction changed (`agreement bound`, `pruning-bench eval --task probe` records top-1 agreement and
+   its unpruned accuracy) or, else, by p(1-p) + b(1-b) (`binomial bound`: correctness of a run and its
+   baseline assumed not negatively correlated); with n >= 2 seeds their spread is added (`+ seeds`,
+   t with n - 1 degrees of freedom). Bounds are conservative: wider than the 95% they promise.
 4. otherwise `none`: the difference is shown but never called out.
-A difference is called out (significant) only when its 95% interval excludes zero.
+A difference is called out (significant) only when its 95% interval excludes zero. When no image changed
+in any run, the interval is +-3/n (the rule of three on the share of images that could change).
+
+Leaderboard leads use the same intervals between two configurations (seeds paired by label when both
+have the same seeds, else each configuration's seed part added). A configuration is above chance only
+when every one of its runs is, each by a one-sided exact binomial test at 2.5% against 1 / classes on its
+own images (seeds sharing a test set are never pooled). `benchmarks/coverage.py` simulates the coverage
+and false-call rate of each (`reports/coverage.md`).
 """
 from __future__ import annotations
 
@@ -19,9 +36,16 @@ import base64
 import math
 
 import numpy as np
+from scipy import stats
 
-BOOTSTRAP_DRAWS = 1000
+BOOTSTRAP_DRAWS = 2000
 Z95 = 1.959963984540054
+CHANCE_LEVEL = 0.025  # one-sided, per run
+# the dof of an images + seeds interval are computed with the seed part at the upper end of what its spread allows
+# (divided by this quantile of chi2(S - 1) / (S - 1)): with few seeds, a spread small by chance would otherwise both
+# narrow the interval and raise its dof (Satterthwaite's optimism: 0.93-0.94 coverage in benchmarks/coverage.py at
+# the plain estimate; chosen there)
+SEED_DOF_QUANTILE = 0.3
 
 
 def pack_correct(correct) -> dict:
@@ -35,67 +59,216 @@ def unpack_correct(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[: int(n)].astype(bool)
 
 
-def t95(dof: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, dof))
-
-
-def paired_bootstrap(pairs: list[tuple[np.ndarray, np.ndarray]], draws: int = BOOTSTRAP_DRAWS,
-                     seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(pruned) - mean(baseline) over images, averaged over the pairs (one per seed)."""
-    n = len(pairs[0][0])
-    gain = np.mean([p.astype(float) - b.astype(float) for p, b in pairs], axis=0)  # per image, seed-averaged
-    rng = np.random.default_rng(seed)
-    deltas = np.concatenate([gain[rng.integers(0, n, size=(min(200, draws - i), n))].mean(1)
-                             for i in range(0, draws, 200)])
-    return float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))
+def t95(dof):
+    """t(0.975, dof), elementwise; infinite dof gives the normal quantile."""
+    return stats.t.ppf(0.975, np.asarray(dof, float))
 
 
-def seed_interval(values) -> tuple[float, float]:
-    values = np.asarray([v for v in values if not math.isnan(v)], float)
-    if len(values) < 2:
-        return math.nan, math.nan
-    half = t95(len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+def _floor(half, changed, n):
+    """The rule of three where no image changed: +-3/n instead of a zero-width interval."""
+    return np.where(changed, half, 3.0 / n)
+
+
+def bootstrap_interval(gains, draws: int = BOOTSTRAP_DRAWS, seed: int = 0):
+    """(low, high) percentile interval of the mean of `gains` (..., n) in {-1, 0, 1}, one per leading index."""
+    gains = np.asarray(gains)
+    n = gains.shape[-1]
+    counts = np.stack([(gains < 0).sum(-1), (gains == 0).sum(-1), (gains > 0).sum(-1)], -1)
+    if counts.sum(-1).min() != n:
+        raise ValueError("bootstrap_interval takes per-image gains in {-1, 0, 1}")
+    shares = counts / n
+    drawn = np.random.default_rng(seed).multinomial(n, np.broadcast_to(shares[..., None, :],
+                                                                       shares.shape[:-1] + (draws, 3)))
+    means = (drawn[..., 2] - drawn[..., 0]) / n
+    low, high = np.percentile(means, [2.5, 97.5], axis=-1)
+    mean, half = gains.mean(-1), 3.0 / n
+    changed = counts[..., 1] < n
+    return np.where(changed, low, mean - half), np.where(changed, high, mean + half)
+
+
+def two_way(table):
+    """Mean and mean squares (images, seeds, interaction) of a (..., S, n) table of per-image values."""
+    table = np.asarray(table, float)
+    seeds, n = table.shape[-2:]
+    grand = table.mean((-2, -1))
+    by_image, by_seed = table.mean(-2), table.mean(-1)
+    total = ((table - grand[..., None, None]) ** 2).sum((-2, -1))
+    images = seeds * ((by_image - grand[..., None]) ** 2).sum(-1)
+    across = n * ((by_seed - grand[..., None]) ** 2).sum(-1)
+    error = np.maximum(total - images - across, 0.0) / ((n - 1) * (seeds - 1))
+    return grand, images / (n - 1), across / (seeds - 1), error
+
+
+def variance_parts(table):
+    """The variance of a (..., S, n) table's grand mean, S >= 2, as two (variance, dof) parts:
+    images, max(MS_images - MS_error, 0) / (n S), with n - 1 dof (both mean squares have at least that many; a
+    Satterthwaite dof of their difference collapses when it is near zero, and with it the interval);
+    seeds, MS_seeds / (n S) = (variance of the per-seed means) / S, with S - 1 dof.
+    Their sum is unbiased for sigma_image^2 / n + sigma_seed^2 / S + sigma_error^2 / (n S) (before the
+    truncation at zero, which only widens)."""
+    seeds, n = np.shape(table)[-2:]
+    _, ms_image, ms_seed, ms_error = two_way(table)
+    excess = np.maximum(ms_image - ms_error, 0.0)
+    return ((excess / (n * seeds), np.full(np.shape(excess), n - 1.0)),
+            (ms_seed / (n * seeds), np.full(np.shape(ms_seed), seeds - 1.0)))
+
+
+def seeds_t_half(image_parts, seed_parts):
+    """Half-width t(0.975, dof) x sqrt(variance) of a sum of image parts and seed parts, (variance, dof) each: the
+    variance as estimated, the dof by Satterthwaite with each seed part at its SEED_DOF_QUANTILE upper value."""
+    variance, _ = satterthwaite(image_parts + seed_parts)
+    upper = [(v * d / stats.chi2.ppf(SEED_DOF_QUANTILE, d), d) for v, d in seed_parts]
+    _, dof = satterthwaite(image_parts + upper)
+    return variance, t95(dof) * np.sqrt(variance)
+
+
+def satterthwaite(parts):
+    """(variance, dof) of a sum of independent variance estimates given as (variance, dof) pairs."""
+    variance = sum(np.asarray(v, float) for v, _ in parts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denominator = sum(np.where(np.asarray(v) > 0, np.asarray(v, float) ** 2 / d, 0.0) for v, d in parts)
+        dof = np.where(denominator > 0, variance ** 2 / denominator, np.inf)
+    return variance, dof
+
+
+def images_and_seeds_interval(gains):
+    """(mean, low, high) of the mean of a (..., S, n) table of per-image gains, S >= 2 seeds on shared images."""
+    gains = np.asarray(gains, float)
+    n = gains.shape[-1]
+    grand = gains.mean((-2, -1))
+    image, seed = variance_parts(gains)
+    variance, half = seeds_t_half([image], [seed])
+    half = _floor(half, variance > 0, n)
+    return grand, grand - half, grand + half
+
+
+def config_difference_interval(a, b):
+    """(mean, low, high) of mean(a) - mean(b) for two configurations' correctness tables (..., Sa, n) and
+    (..., Sb, n) on the same images: paired by seed when Sa == Sb (the bootstrap for one seed, else
+    `images_and_seeds_interval`), else each configuration's own seed part is added to the image part of the
+    difference of seed-averaged outcomes (Satterthwaite dof)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = (a[None] if a.ndim == 1 else a), (b[None] if b.ndim == 1 else b)
+    (sa, n), sb = a.shape[-2:], b.shape[-2]
+    if sa == sb:
+        gains = a - b
+        if sa == 1:
+            low, high = bootstrap_interval(gains[..., 0, :])
+            return gains.mean((-2, -1)), low, high
+        return images_and_seeds_interval(gains)
+    gain = a.mean(-2) - b.mean(-2)
+    variance, half = seeds_t_half([(gain.var(-1, ddof=1) / n, n - 1)],
+                                  [variance_parts(t)[1] for t in (a, b) if t.shape[-2] >= 2])
+    mean = gain.mean(-1)
+    half = _floor(half, variance > 0, n)
+    return mean, mean - half, mean + half
+
+
+def scores_bound_interval(a, b):
+    """(mean, low, high) of score(a) - score(b) for two configurations without per-image outcomes; each is a
+    (mean score, std over seeds, seeds, images) tuple (arrays allowed, seeds an int). Image part: the binomial
+    variances (outcomes of the two on an image assumed not negatively correlated); seed parts: std^2 / seeds
+    with seeds - 1 dof. Conservative."""
+    parts = [(sum(np.asarray(m, float) * (1 - np.asarray(m, float)) / images for m, _, _, images in (a, b)), np.inf)]
+    parts += [(np.nan_to_num(np.asarray(sd, float)) ** 2 / k, k - 1) for _, sd, k, _ in (a, b) if k >= 2]
+    variance, dof = satterthwaite(parts)
+    mean = np.asarray(a[0], float) - np.asarray(b[0], float)
+    half = t95(dof) * np.sqrt(variance)
+    return mean, mean - half, mean + half
+
+
+def bound_interval(deltas, image_variance, n):
+    """(mean, low, high) from per-seed deltas (..., S) and an upper bound on the per-image variance of the
+    gain (...,) over n shared images: bound / n plus, for S >= 2, the seed spread / S (t, S - 1 dof)."""
+    deltas = np.asarray(deltas, float)
+    seeds = deltas.shape[-1]
+    mean = deltas.mean(-1)
+    parts = [(np.asarray(image_variance, float) / n, np.inf)]
+    if seeds >= 2:
+        parts.append((deltas.var(-1, ddof=1) / seeds, seeds - 1))
+    variance, dof = satterthwaite(parts)
+    half = t95(dof) * np.sqrt(variance)
+    return mean, mean - half, mean + half
+
+
+def agreement_variance(delta, agreement):
+    """Per-image variance of a paired gain whose images changed prediction at most 1 - agreement of the time."""
+    return np.maximum(1.0 - np.asarray(agreement, float) - np.asarray(delta, float) ** 2, 0.0)
+
+
+def binomial_variance(p, b):
+    """Per-image variance bound of a paired gain p - b whose two outcomes are not negatively correlated."""
+    p, b = np.asarray(p, float), np.asarray(b, float)
+    return p * (1 - p) + b * (1 - b)
+
+
+def paired_bootstrap(pairs, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(pruned) - mean(baseline) for (pruned, baseline) correctness pairs on the same images:
+    the bootstrap for one pair, `images_and_seeds_interval` for several (one per seed)."""
+    gains = np.stack([np.asarray(p, float) - np.asarray(b, float) for p, b in pairs])
+    if len(gains) == 1:
+        low, high = bootstrap_interval(gains[0], draws, seed)
+    else:
+        _, low, high = images_and_seeds_interval(gains)
+    return float(low), float(high)
 
 
 def agreement_se_bound(delta: float, agreement: float, n: float) -> float:
     """Upper bound on the standard error of a paired accuracy difference from top-1 agreement."""
     if any(math.isnan(v) for v in (delta, agreement, n)) or n <= 0:
         return math.nan
-    return math.sqrt(max(1.0 - agreement - delta * delta, 0.0) / n)
+    return math.sqrt(float(agreement_variance(delta, agreement)) / n)
 
 
-def binomial_se(p: float, n: float) -> float:
-    if math.isnan(p) or math.isnan(n) or n <= 0:
-        return math.nan
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
+def seed_interval(values) -> tuple[float, float]:
+    """t interval over seeds, for measurements each seed takes afresh (timings), not for shared test images."""
+    values = np.asarray([v for v in values if not math.isnan(v)], float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = float(t95(len(values) - 1)) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def above_chance(correct, images, classes):
+    """Per run: accuracy above 1/classes by a one-sided exact binomial test at 2.5% (elementwise)."""
+    correct, images = np.rint(np.asarray(correct, float)), np.asarray(images, float)
+    return stats.binom.sf(correct - 1, images, 1.0 / np.asarray(classes, float)) < CHANCE_LEVEL
+
+
+def significant(low: float, high: float) -> bool:
+    return not (math.isnan(low) or math.isnan(high)) and (low > 0 or high < 0)
 
 
 def delta_interval(runs, baselines) -> tuple[float, float, str]:
-    """(low, high, method) of the accuracy difference of a configuration's runs against their baselines
-    (two DataFrames whose rows are paired; baseline rows may be missing, as NaN)."""
+    """(low, high, method) of a configuration's accuracy difference against its baselines: two DataFrames whose
+    rows are paired by seed (baseline rows may be missing, as NaN). Columns read: `acc1`, `per_image_correct`,
+    `per_image_n`; for the bounds `images`, `agreement`, `acc1_unpruned`."""
     runs, baselines = runs.reset_index(drop=True), baselines.reset_index(drop=True)
     deltas = (runs["acc1"] - baselines["acc1"]).to_numpy(float)
     usable = ~np.isnan(deltas)
     if not usable.any():
         return math.nan, math.nan, "none"
     runs, baselines, deltas = runs[usable], baselines[usable], deltas[usable]
-    packed = [(r.per_image_correct, b.per_image_correct, r.per_image_n, b.per_image_n)
-              for r, b in zip(runs.itertuples(), baselines.itertuples())]
-    if all(pr and pb and pn == bn and pn > 0 for pr, pb, pn, bn in packed) and len({p[2] for p in packed}) == 1:
-        pairs = [(unpack_correct(pr, pn), unpack_correct(pb, bn)) for pr, pb, pn, bn in packed]
-        return (*paired_bootstrap(pairs), "bootstrap")
-    if len(deltas) >= 2:
-        return (*seed_interval(deltas), "seeds")
-    row = runs.iloc[0]
-    same_probe = row["acc1"] - row["acc1_unpruned"]
-    se = agreement_se_bound(same_probe, row["agreement"], row["images"])
-    if not math.isnan(se) and abs(same_probe - deltas[0]) < 1e-9:
-        return deltas[0] - Z95 * se, deltas[0] + Z95 * se, "agreement bound"
-    return math.nan, math.nan, "none"
-
-
-def significant(low: float, high: float) -> bool:
-    return not (math.isnan(low) or math.isnan(high)) and (low > 0 or high < 0)
+    packed = [(r.per_image_correct, b.per_image_correct, r.per_image_n) for r, b in
+              zip(runs.itertuples(), baselines.itertuples())]
+    counts = {p[2] for p in packed}
+    if all(pr and pb for pr, pb, _ in packed) and len(counts) == 1 and next(iter(counts)) > 0:
+        n = int(next(iter(counts)))
+        gains = np.stack([unpack_correct(pr, n).astype(float) - unpack_correct(pb, n) for pr, pb, _ in packed])
+        if len(gains) == 1:
+            low, high = bootstrap_interval(gains[0])
+            return float(low), float(high), "bootstrap"
+        _, low, high = images_and_seeds_interval(gains)
+        return float(low), float(high), "images + seeds"
+    images = runs["images"].to_numpy(float) if "images" in runs else np.full(len(runs), np.nan)
+    if np.isnan(images).any() or len(set(images)) != 1 or images[0] <= 0:
+        return math.nan, math.nan, "none"
+    acc, base = runs["acc1"].to_numpy(float), baselines["acc1"].to_numpy(float)
+    agreement = runs["agreement"].to_numpy(float) if "agreement" in runs else np.full(len(runs), np.nan)
+    unpruned = runs["acc1_unpruned"].to_numpy(float) if "acc1_unpruned" in runs else np.full(len(runs), np.nan)
+    if not np.isnan(agreement).any() and np.allclose(acc - unpruned, deltas, atol=1e-9, rtol=0):
+        variance, method = agreement_variance(deltas, agreement).mean(), "agreement bound"
+    else:
+        variance, method = binomial_variance(acc, base).mean(), "binomial bound"
+    _, low, high = bound_interval(deltas, variance, images[0])
+    return float(low), float(high), method + (" + seeds" if len(deltas) >= 2 else "")

@@ -24,9 +24,11 @@ MARKDOWN_COLUMNS = [
     "gmacs", "gmacs_ratio", "images_per_second", "speedup", "efficiency", "memory_ratio",
 ]
 DECISION = ("How differences are decided: a difference is called out (**significant**) only when its 95% interval "
-            "excludes zero. The interval comes from a paired bootstrap over the test images when both results carry "
-            "per-image correctness, else from the spread over seeds (t interval, n >= 2), else from a bound given by "
-            "top-1 agreement; each row names its method, and \"undecided\" means none applied (see Definitions).")
+            "excludes zero. With per-image correctness in every run and its baseline: a paired bootstrap over the test "
+            "images for one seed (`bootstrap`), or, for seeds sharing the test images, a t interval whose variance "
+            "counts both the images and the seed spread (`images + seeds`); without it, a conservative bound from "
+            "top-1 agreement or from binomial variances (plus the seed spread). Each row names its method; "
+            "\"undecided\" means none applied (see Definitions; simulated coverage in reports/coverage.md).")
 LOAD_RULE = "1-minute load average before or after the timed runs above the machine's logical CPU count"
 
 
@@ -76,6 +78,13 @@ def _speedup_cell(row) -> str:
     return " ".join(t for t in (text, interval) if t)
 
 
+def _match_cell(target, achieved, gap) -> str:
+    """`--match_macs` target and achieved MACs ratio with the gap, e.g. `0.600 / 0.638 (+0.0380)`."""
+    if pd.isna(target):
+        return ""
+    return f"{target:.3f} / {_fmt(achieved, '{:.3f}') or '?'}" + (f" ({gap:+.4f})" if not pd.isna(gap) else "")
+
+
 def configuration_tables(configs: pd.DataFrame) -> list[str]:
     """One Markdown table per task: the columns that task measures, mean ± std (n) where seeds repeat."""
     lines = []
@@ -100,6 +109,9 @@ def configuration_tables(configs: pd.DataFrame) -> list[str]:
                 shown[column] = [_pm(m, s, 1, "{:.4f}") for m, s in zip(part[f"{column}_mean"], part[f"{column}_std"])]
             shown["agreement (%)"] = [_pm(m, s, 100) for m, s in zip(part["agreement_mean"], part["agreement_std"])]
         shown["GMACs ratio"] = part["gmacs_ratio_mean"].map(lambda v: _fmt(v, "{:.3f}"))
+        if part["match_target_mean"].notna().any():
+            shown["MACs target / achieved (gap)"] = [_match_cell(t, a, g) for t, a, g in zip(
+                part["match_target_mean"], part["match_achieved_mean"], part["match_gap_mean"])]
         shown["images/s median [min–max]"] = [_speed_cell(r) for _, r in part.iterrows()]
         shown["speedup [interval]"] = [_speedup_cell(r) for _, r in part.iterrows()]
         shown["efficiency"] = [_pm(m, s, 1, "{:.3f}") for m, s in zip(part["efficiency_mean"], part["efficiency_std"])]
@@ -128,6 +140,10 @@ def _run_table(table: pd.DataFrame) -> str:
     shown["memory_ratio"] = table["memory_ratio"].map(lambda v: _fmt(v, "{:.3f}"))
     shown["pretrained"] = shown["pretrained"].replace("", "(random init)")
     shown["seed"] = table["seed"].fillna("")
+    if "match_target" in table and table["match_target"].notna().any():
+        shown.insert(shown.columns.get_loc("gmacs_ratio") + 1, "MACs target / achieved (gap)",
+                     [_match_cell(t, a, g) for t, a, g in zip(table["match_target"], table["match_achieved"],
+                                                              table["match_gap"])])
     if "pruned_nothing" in table:  # never let a run that removed nothing pass for a pruned one
         nothing = table["pruned_nothing"].fillna(False).astype(bool)
         shown.loc[nothing, "strategy"] = shown.loc[nothing, "strategy"] + " (PRUNED NOTHING)"
@@ -156,6 +172,10 @@ def markdown(table: pd.DataFrame, title: str, configs: pd.DataFrame | None = Non
     if len(chosen):
         lines += ["", "Runs with more than one matching baseline:", ""]
         lines += [f"- `{row.file}`: {row.pairing_note}" for row in chosen.itertuples()]
+    noted = table[table["notes"].fillna("").astype(str).ne("")] if "notes" in table else table[:0]
+    if len(noted):
+        lines += ["", "Clamps and caps recorded by the runs (`pruning.notes`):", ""]
+        lines += [f"- `{row.file}` ({row.strategy} {row.params}): {row.notes}" for row in noted.itertuples()]
     nothing = table[table["pruned_nothing"].fillna(False).astype(bool)] if "pruned_nothing" in table else table[:0]
     if len(nothing):
         lines += ["", "Runs that pruned nothing (no block removed a token or a weight; their notes say why): their "
@@ -193,7 +213,7 @@ def write_report(table: pd.DataFrame, output: str | Path, *, title: str | None =
     write_text(csv_path, table.drop(columns=["per_image_correct", "acc1_baseline_per_image_correct"],
                                     errors="ignore").to_csv(index=False))
     write_text(md_path, markdown(table, title or f"Pruning comparison: {output.name}", configs))
-    write_text(configs_path, configs.to_csv(index=False))
+    write_text(configs_path, configs.drop(columns=["per_image_correct"], errors="ignore").to_csv(index=False))
     written = [csv_path, md_path]
     if with_plot:
         written += write_plots(table, output, configs)

@@ -1,0 +1,93 @@
+"""The coverage benchmark on a few cells with fewer trials: the report's intervals hold, the old ones do not."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pruning_bench.report import compare, load_results
+from pruning_bench.report.aggregate import aggregate
+from pruning_bench.report.uncertainty import pack_correct
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TRIALS = 300
+
+
+@pytest.fixture(scope="module")
+def coverage():
+    spec = importlib.util.spec_from_file_location("coverage_benchmark", BENCHMARKS / "coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rates(record, name):
+    c = record["counts"][name]
+    return c.get("covered", np.nan) / record["trials"], c["false"] / record["trials"]
+
+
+@pytest.mark.parametrize("regime, n, flip", [("one run", 500, 0.08), ("identical", 2000, 0.08),
+                                             ("seed-driven", 2000, 0.08), ("shared", 500, 0.25)])
+def test_per_image_intervals_hold_where_the_old_ones_did_not(coverage, regime, n, flip):
+    record = coverage.run_cell({"kind": "difference", "regime": regime, "n": n, "flip": flip, "d": 0.0}, TRIALS)
+    covered, false = rates(record, "per-image")
+    assert 0.90 <= covered <= 0.985 and false <= 0.10
+    if regime == "identical":  # deterministic seeds: the t interval over seeds has zero width
+        assert rates(record, "before: t over seeds")[0] < 0.5
+    if regime == "seed-driven":  # the bootstrap of the seed-averaged gain ignores the seeds (0.68 at 2,000 trials)
+        assert rates(record, "before: bootstrap of the seed-averaged gain")[0] < 0.85
+
+
+def test_a_lead_at_equal_scores_and_chance_are_not_called_out(coverage):
+    record = coverage.run_cell({"kind": "difference", "regime": "identical", "n": 2000, "flip": 0.25, "d": 0.0}, TRIALS)
+    assert rates(record, "per-image")[1] <= 0.10 and rates(record, "before: z on seed SEs")[1] > 0.5
+    chance = coverage.run_cell({"kind": "chance", "regime": "identical", "n": 2000}, TRIALS)
+    assert rates(chance, "above chance")[1] <= 0.06 < rates(chance, "before: above chance, images pooled over seeds")[1]
+
+
+def test_the_benchmark_runs_the_reports_own_interval(coverage, tmp_path):
+    """One simulated trial written as result files: `pruning-bench report` gives the interval the benchmark scores."""
+    for regime in ("one run", "shared"):
+        base, pruned, _ = coverage.simulate(np.random.default_rng(7), 1, 500, regime, -0.01, 0.25)
+        folder = tmp_path / regime.replace(" ", "_")
+        folder.mkdir()
+        for seed in range(base.shape[1]):
+            for name, correct, strategy in (("b", base[0, seed], None), ("p", pruned[0, seed], "tome")):
+                (folder / f"{name}{seed}.json").write_text(json.dumps({
+                    "dataset": "d", "model": "m", "pretrained": "", "task": "probe", "language": "en",
+                    "seed": seed, "metrics": {"acc1": float(correct.mean())}, "per_image": pack_correct(correct),
+                    "pruning": {"strategy": strategy, "params": {}} if strategy else None}))
+        row = aggregate(compare(load_results([folder]))).set_index("strategy").loc["tome"]
+        low, high = coverage.intervals(base, pruned)["per-image"]
+        assert (row["acc1_delta_low"], row["acc1_delta_high"]) == pytest.approx((low[0], high[0]))
+
+
+def test_reading_is_computed_from_the_table(coverage):
+    rows = [{"method": "per-image", "seeds": 3, "cells": 4, "coverage_min": 0.94, "coverage_max": 0.96,
+             "false_max": 0.05, "meets_goal": 4},
+            {"method": "binomial bound", "seeds": 1, "cells": 2, "coverage_min": 0.99, "coverage_max": 1.0,
+             "false_max": 0.01, "meets_goal": 0},
+            {"method": "before: t over seeds", "seeds": 3, "cells": 4, "coverage_min": 0.2, "coverage_max": 0.9,
+             "false_max": 0.8, "meets_goal": 1}]
+    text = coverage.reading(rows)
+    goal, missed, before = text.split("\n\n")
+    assert "per-image (3 seeds): coverage 0.940-0.960" in goal and "binomial" not in goal
+    assert "binomial bound (1 seed): coverage 0.990-1.000" in missed and "(2 of 2 cells miss)" in missed
+    assert "before: t over seeds (3 seeds)" in before and "(3 of 4 cells miss)" in before
+
+
+def test_resumes_without_redoing_finished_cells(coverage, tmp_path, monkeypatch):
+    few = [{"kind": "chance", "regime": "one run", "n": 500}, {"kind": "chance", "regime": "identical", "n": 500}]
+    monkeypatch.setattr(coverage, "cells", lambda: iter(few))
+    out = tmp_path / "cov"
+    assert coverage.main(["--trials", "50", "--out", str(out)]) == 0
+    first = (tmp_path / "cov.jsonl").read_text()
+    calls = []
+    monkeypatch.setattr(coverage, "run_cell", lambda cell, trials: calls.append(cell))
+    assert coverage.main(["--trials", "50", "--out", str(out)]) == 0
+    assert calls == [] and (tmp_path / "cov.jsonl").read_text() == first
+    assert "python benchmarks/coverage.py --trials 50" in (tmp_path / "cov.md").read_text()
+    assert coverage.main(["--trials", "0"]) == 2
+    sys.stderr.flush()
