@@ -1,7 +1,10 @@
 """Fine-tune a timm ViT with a pruning strategy active during training, then test it (seed 000's runs).
 
 The strategy is patched in before the optimiser is built (structured pruning slices weights, so the
-optimiser must see the sliced parameters) and stays in for training and testing. A fresh linear head
+optimiser must see the sliced parameters) and stays in for training and testing. A refill / rsst state
+open on the model (`patches/unit_state.py`) learns the epoch length here (rsst's lambda schedule),
+and ends after the last epoch's training: its units are sliced out before the last test, so the
+accuracy reported is the smaller model's. A fresh linear head
 for the data set's classes replaces the model's own. Everything random (head init, shuffling, a
 strategy's own draws: the runner passes `--seed` to a strategy with a `seed` parameter unless one is
 given) follows `seed`, the data is read in one process (no loader workers), and torch's deterministic
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..patches.unit_state import state_of
 from .data import ImageSet, loader
 from .features import extract
 
@@ -145,6 +149,9 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, trans
 
 def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
     seed_everything(config.seed)
+    state = state_of(model)  # an open refill / rsst state: masks or penalty while training, sliced at the end
+    if state is not None:  # before the optimiser: the state's units are back in the model while it trains
+        state.begin(steps_per_epoch=-(-len(train_set) // config.batch_size), epochs=config.epochs)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(train_set) // config.batch_size)
@@ -194,6 +201,10 @@ def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
         result.seconds_per_epoch.append(time.perf_counter() - start)
         result.train_loss.append(float(sum(losses) / seen))
         result.train_acc1.append(correct / seen)
+        if state is not None:
+            state.epoch_end(epoch + 1)
+            if epoch == config.epochs - 1:
+                state.end()  # the state's units leave the model before its last test
         result.test_correct = test_correct(model, test_set, transform, config.batch_size, config.progress)
         result.test_acc1.append(float(result.test_correct.mean()))
     model.eval()

@@ -6,8 +6,11 @@ measures, and hands the compact model on. A ratio therefore compounds on what is
 over three rounds keeps about 0.7^3 = 34% of the heads (nearest counts per round, at least one unit per
 block), the way iterative pruning is usually run; for a fixed share of the original, give one round.
 
-The per-round table (accuracy, parameters, GMACs, heads and MLP width per block, training time) goes
-into the result file under `rounds`; `pruning_bench.report.rounds` renders it for reports.
+refill and rsst (`strategies/refill.py`, `rsst.py`) open a state at each round's attach: the units leave
+when the state's training ends (`finetune.train` ends it), before the round is measured.
+
+The per-round table (test and train accuracy, parameters, GMACs, heads and MLP width per block, per-block
+and overall sparsity, training time) goes into the result file under `rounds`; `pruning_bench.report.rounds` renders it for reports.
 """
 from __future__ import annotations
 
@@ -27,6 +30,23 @@ def structured_names() -> list[str]:
     from ..registry import get_strategy, list_strategies
 
     return [name for name in list_strategies() if get_strategy(name).kind == "structured"]
+
+
+def overall_sparsity(heads: list[int], hidden: list[int], head_dims: list[int], original: tuple[list, list],
+                     kept: list[int]) -> float:
+    """Share of the original q/k/v + output-projection weights (4 x head_dim x width per head) and fc1 + fc2
+    weights (2 x width per neuron) gone, dropped blocks included: the seed's "overall sparsity"."""
+    heads0, hidden0 = original
+    dim = dict(zip(kept, head_dims))
+    hd0 = [dim.get(i, head_dims[0] if head_dims else 0) for i in range(len(heads0))]
+    now = sum(2 * dim[i] * h + m for h, m, i in zip(heads, hidden, kept))
+    before = sum(2 * d * h + m for d, h, m in zip(hd0, heads0, hidden0))
+    return round(1 - now / before, 6) if before else 0.0
+
+
+def head_dims(model) -> list[int]:
+    family = locate(model)
+    return [family.attention_view(b).head_dim for b in family.blocks]
 
 
 def widths(model) -> tuple[list[int], list[int]]:
@@ -49,4 +69,8 @@ def round_row(number: int, model, outcome, efficiency_record: dict, stats: dict,
         "step_seconds_median": (timing["step_seconds"] or {}).get("median"),
         "train_images_per_second": timing["train_images_per_second"],
         "train_loss": outcome.train_loss,
+        "overall_sparsity": overall_sparsity(heads, hidden, head_dims(model), original, kept),
+        "train_acc1": outcome.train_acc1[-1] if outcome.train_acc1 else None,
+        "test_acc1_per_epoch": list(outcome.test_acc1),
+        "state": stats.get("state", number), **({"rsst_lambda": stats["rsst_lambda"]} if "rsst_lambda" in stats else {}),
     }

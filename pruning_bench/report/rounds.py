@@ -1,7 +1,8 @@
 """The per-round table of `--task finetune --rounds N` results (written by `evaluate/rounds.py`).
 
-One table per result file: accuracy, parameters, GMACs, training time and the widths per block of
-every round, then the share of the original heads / MLP neurons each block has lost by that round.
+One table per result file: test and train accuracy, overall sparsity of the attention and MLP weights,
+parameters, GMACs, training time and the widths per block of every round (rows written before the
+train accuracy and overall sparsity were recorded leave those cells empty), then the share of the original heads / MLP neurons each block has lost by that round.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ def _fmt(value, pattern: str) -> str:
 def rounds_markdown(rows: list[dict[str, Any]], title: str | None = None) -> str:
     """The round table, then the per-block sparsity of each round (heads / MLP removed vs the original)."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| round | acc1 | parameters (M) | GMACs | train s | step s (median) | train img/s | heads per block | MLP width per block |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| round | acc1 | train acc1 | overall sparsity | parameters (M) | GMACs | train s | step s (median) | "
+              "train img/s | heads per block | MLP width per block |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['round']} | {_fmt(r['acc1'] * 100 if r['acc1'] is not None else None, '{:.2f}%')} | "
+                     f"{_fmt(r['train_acc1'] * 100 if r.get('train_acc1') is not None else None, '{:.2f}%')} | "
+                     f"{_fmt(r['overall_sparsity'] * 100 if r.get('overall_sparsity') is not None else None, '{:.2f}%')} | "
                      f"{r['parameters'] / 1e6:.3f} | {_fmt(r['gmacs'], '{:.4g}')} | {r['train_seconds']:.1f} | "
                      f"{_fmt(r['step_seconds_median'], '{:.3f}')} | {_fmt(r['train_images_per_second'], '{:.1f}')} | "
                      f"{' '.join(map(str, r['heads_per_layer']))} | {' '.join(map(str, r['mlp_hidden_per_layer']))} |")
