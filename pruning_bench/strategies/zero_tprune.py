@@ -68,10 +68,10 @@ def initial_scores(B: int, N: int, cls_first: bool, dtype, device) -> torch.Tens
 
 def weighted_page_rank(graph: torch.Tensor, start: torch.Tensor, iterations: int) -> torch.Tensor:
     """(B, H, N) per-head scores after `iterations` steps of s <- A^T s from `start` (B, N)."""
-    s = start[:, None, :].expand(-1, graph.shape[1], -1)
+    s = start[:, None, None, :].expand(-1, graph.shape[1], -1, -1)
     for _ in range(iterations):
-        s = torch.einsum("bhji,bhj->bhi", graph, s)
-    return s
+        s = s @ graph  # the row vector s^T A is (A^T s)^T: no transposed copy of the graph
+    return s[:, :, 0]
 
 
 def combine_heads(scores: torch.Tensor, v_min: float, v_max: float) -> torch.Tensor:
