@@ -20,7 +20,6 @@ from pruning_bench.strategies.cls_topk import cls_attention
 from pruning_bench.strategies.per_image import PerImageStrategy, packed
 
 
-@register_strategy("_test_above_mean")
 class AboveMean(PerImageStrategy):
     defaults = {"layers": [1, 2]}
     needs_class_token = True
@@ -41,6 +40,17 @@ class AboveMean(PerImageStrategy):
         B, N = keep.shape
         return packed(torch.arange(N, device=x.device).expand(B, N), keep)
 
+
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    """The helper strategy exists only while this module's tests run (other modules sweep the registry)."""
+    from pruning_bench import registry
+
+    register_strategy("_test_above_mean")(AboveMean)
+    yield
+    registry._STRATEGIES.pop("_test_above_mean", None)
 
 def _peaky(model):
     """Sharper attention (q and k weights scaled up) so the kept counts really differ per image."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedModelError
 from ..families import AttentionView
-from ..families.attention import QkvAttentionView
+from ..families.attention import QkvAttentionView, _dropout_p, _rotated, _scaled_logits
 from ..strategies.base import AttentionProbe
 
 
@@ -107,22 +107,3 @@ def attention_from_weights(view: AttentionView, h: torch.Tensor, weights: torch.
         out = out * attn.gate(h).sigmoid()
     out = view.out_linear()(out)
     return attn.proj_drop(out) if getattr(attn, "proj_drop", None) is not None else out
-
-
-def _rotated(t: torch.Tensor, rotate, n_prefix: int) -> torch.Tensor:
-    if rotate is None:
-        return t
-    return torch.cat([t[:, :, :n_prefix], rotate(t[:, :, n_prefix:])], dim=2).type_as(t)
-
-
-def _dropout_p(module, drop) -> float:
-    p = drop.p if isinstance(drop, torch.nn.Dropout) else float(drop or 0.0)
-    return p if module.training else 0.0
-
-
-def _scaled_logits(scale: float, bias):
-    def logit_fn(q, k):
-        logits = (q * scale) @ k.transpose(-2, -1)
-        return logits if bias is None else logits + bias
-
-    return logit_fn

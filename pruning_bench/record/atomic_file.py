@@ -13,6 +13,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from .atomic import _umask
 
 
 class ResultWriteError(OSError):
@@ -38,6 +39,7 @@ class AtomicFile:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp" + self.target.suffix,
                                    dir=self.target.parent if str(self.target.parent) else ".")
         self._tmp = Path(tmp)
+        os.fchmod(fd, 0o666 & ~_umask())  # what `open(path, "w")` would create, not mkstemp's 0600
         self._file = os.fdopen(fd, mode.replace("x", "w"), **open_kwargs)
         self.name = str(path)  # what `open(path)` would report: writers that look at `f.name` see the target
         self._done = False
