@@ -227,3 +227,16 @@ def test_sweep_match_macs_over_a_saved_open_clip_model(tmp_path, capsys):
     found = re.search(r"MACs target 0.8: r=(\[[\d, ]+\]|\d+)", captured.out)
     expected = pb.match_macs(pb.load_pruned(tmp_path / "m.safetensors"), "tome", 0.8)
     assert found and json.loads(found.group(1)) == expected["r"]
+
+
+# ---------------------------------------------------------------- non-finite images counted for MACs
+
+
+def test_count_flops_and_match_macs_refuse_non_finite_images():
+    model = tiny_timm()
+    images = torch.randn(2, 3, 32, 32)
+    images[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"count_flops: images holds 1 of 2 image\(s\) with NaN or infinite values \(first: image 1\)"):
+        pb.count_flops(model, images)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pb.match_macs(model, "ats", 0.8, images=images[1:])

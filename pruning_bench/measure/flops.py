@@ -21,6 +21,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from ..finite_images import refuse_non_finite
 from .analytic import find_blocks, image_tower, locate
 from .image_fit import check_channels, naming_size_mismatch
 
@@ -264,6 +265,8 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, 
         except UnsupportedModelError:
             family = None
     check_channels(model, images)
+    if isinstance(images, torch.Tensor):  # a NaN image would set a per-image strategy's token counts arbitrarily
+        refuse_non_finite(images, "count_flops: images")
     tower = family.encoder if family is not None else image_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
