@@ -183,3 +183,27 @@ def pytest_configure(config):
     path = os.environ.get("TOME_REFERENCE_PATH")
     if path and path not in sys.path:
         sys.path.insert(0, path)
+
+
+# ---------------------------------------------------------------- the quick subset (pytest -m "not slow")
+# Modules whose tests run real commands in new processes, compile, or sweep every strategy over every
+# family take most of the suite's time; their tests carry the `slow` marker (as do single tests marked
+# in place), so `pytest -m "not slow"` is a smoke subset of well under a minute.
+SLOW_MODULES = {
+    "test_prune_compare", "test_device_check", "test_contract", "test_compile", "test_clip_benchmark_e2e",
+    "test_clip_benchmark_hook", "test_flops", "test_sweep_match_macs", "test_sweep_signals", "test_sweep",
+    "test_report", "test_saved_open_clip", "test_plots", "test_reference", "test_families", "test_visionzip",
+    "test_clip_benchmark_compat", "test_reliability_prune_compare", "test_saved", "test_clip_benchmark_run",
+    "test_schedules", "test_visualize", "test_reliability_sweep_seeds", "test_reliability_bad_input",
+    "test_checkpoint", "test_match_macs", "test_reliability_battery", "test_reliability_clip_benchmark",
+    "test_hf_encoders", "test_matched_means_matched", "test_researcher_workflow", "test_reliability_kept_results",
+    "test_reliability_faults", "test_reliability_saved_files", "test_reliability_sweep_faults", "test_refill_rsst",
+    "test_run_identity", "test_saved_reapply", "test_docs_and_flags", "test_outside_family", "test_coverage",
+    "test_per_image", "test_token_patches", "test_readme_examples", "test_eval_probe", "test_strategy_declarations",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
