@@ -100,13 +100,9 @@ def output_folder_problem(template: str) -> str | None:
     fixed = os.path.dirname(template.split("{", 1)[0]) if "{" in template else os.path.dirname(template)
     if not fixed:
         return None
-    try:
-        os.makedirs(fixed, exist_ok=True)
-    except OSError as exc:
-        return f"--output {template}: cannot create the folder {fixed} ({exc.strerror or exc})"
-    if not os.access(fixed, os.W_OK | os.X_OK):
-        return f"--output {template}: the folder {fixed} is not writable"
-    return None
+    from ..record.writable import folder_problem
+
+    return folder_problem(f"--output {template}", fixed)
 
 
 def _save_model_problem(args) -> str | None:

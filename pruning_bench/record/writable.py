@@ -16,11 +16,15 @@ def problem(flag: str, path: str | os.PathLike) -> str | None:
         return f"{flag} {path!r} names a folder, not a file"
     if os.path.isdir(path):
         return f"{flag} {path} is a directory, not a file"
-    folder = os.path.dirname(os.path.abspath(path))
+    return folder_problem(f"{flag} {path}", os.path.dirname(os.path.abspath(path)))
+
+
+def folder_problem(what: str, folder: str) -> str | None:
+    """Why files cannot be written in `folder` (one line starting with `what`), or None. Creates the folder."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        return f"{flag} {path}: cannot create the folder {folder} ({exc.strerror or exc})"
+        return f"{what}: cannot create the folder {folder} ({exc.strerror or exc})"
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{flag} {path}: the folder {folder} is not writable"
+        return f"{what}: the folder {folder} is not writable"
     return None
