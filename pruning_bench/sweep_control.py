@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 from .record import check as result_check
 from .record import atomic
+from .record.atomic_file import remove_leftovers
 
 HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 GRACE_SECONDS = 10.0
@@ -205,7 +206,11 @@ class PointLock:
 
 def subprocess_runner(run: "PlannedRun", log: Path) -> int:
     """Run one command with its output in `log` (own process group, stopped with the sweep); its exit status."""
-    return run_child(run.command, log, lock=getattr(run, "active_lock", None), env=run.env)
+    try:
+        return run_child(run.command, log, lock=getattr(run, "active_lock", None), env=run.env)
+    finally:  # the child has ended: a temporary result it was writing when stopped is nobody's now
+        for output in run.outputs:
+            remove_leftovers(output)
 
 
 def log_path(log_dir: Path, run: "PlannedRun") -> Path:
@@ -241,6 +246,10 @@ def run_sweep(runs: list["PlannedRun"], *, log_dir: str | os.PathLike, runner: C
     summary = SweepSummary()
     pending = []
     stale = [run.lock_path for run in runs if PointLock(run.lock_path).clear_if_stale()]
+    for run in runs:
+        if run.lock_path in stale:  # its writer is gone: so is any use of the temporary result it left
+            for output in run.outputs:
+                remove_leftovers(output)
     if stale:  # a killed sweep's locks: their processes are gone (finished points included)
         summary.notes.append(f"removed {len(stale)} stale lock(s) of processes no longer running: "
                              f"{', '.join(map(str, stale[:3]))}{' ...' if len(stale) > 3 else ''}")

@@ -1,7 +1,7 @@
 """A stand-in evaluation for the sweep kill tests: starts in milliseconds, writes like a careless driver.
 
 It records its PID, writes a truncated result non-atomically (as an interrupted writer would leave
-it), sleeps while `$FAKE_STATE/slow_<label>` exists (so a test can interrupt it mid-point), then writes the
+it) and the temporary file an atomic writer has open mid-write, sleeps while `$FAKE_STATE/slow_<label>` exists (so a test can interrupt it mid-point), then writes the
 complete result to every file of `$PRUNING_BENCH_SWEEP_OUTPUTS` and records that it finished.
 """
 import json
@@ -19,6 +19,7 @@ with open(state / "events", "a") as events:
     events.write(f"start {label} {time.time()}\n")
 for path in outputs:
     path.write_text('{"dataset": "tiny", "metrics": {"acc')
+    path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}").write_text("{")  # an AtomicFile mid-write
 deadline = time.time() + 30
 while (state / f"slow_{label}").exists() and time.time() < deadline:
     time.sleep(0.05)
@@ -28,5 +29,6 @@ for path in outputs:
     tmp.write_text(json.dumps({"dataset": "tiny", "model": "m", "task": "zeroshot_classification",
                                "metrics": {"acc1": 0.5}, "pruning": {"strategy": label}}))
     os.replace(tmp, path)
+    path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}").unlink()
 with open(state / "events", "a") as events:
     events.write(f"end {label} {time.time()}\n")

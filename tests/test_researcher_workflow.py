@@ -21,6 +21,11 @@ from test_run_identity import assert_same_tables
 BIN = Path(sys.executable).parent
 
 
+def results_in(folder):
+    """The finished result files (not the hidden temporary file of one being written)."""
+    return sorted(p.name for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
 @pytest.mark.slow
 def test_two_seed_matched_sweep_interrupted_resumed_and_reported_alike(tmp_path):
     tiny.write_webdataset(tmp_path / "wds", n_test=12, n_train=0)
@@ -36,14 +41,14 @@ def test_two_seed_matched_sweep_interrupted_resumed_and_reported_alike(tmp_path)
                "--output", str(results / "{pruning}.json")]
     sweep = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not list(results.glob("*.json")) and time.time() < deadline and sweep.poll() is None:
+    while not results_in(results) and time.time() < deadline and sweep.poll() is None:
         time.sleep(0.2)
     sweep.send_signal(signal.SIGINT)  # interrupted after its first finished point
     _, err = sweep.communicate(timeout=120)
-    finished = sorted(p.name for p in results.glob("*.json"))
+    finished = results_in(results)
     assert sweep.returncode != 0 and 1 <= len(finished) < 4, err
     assert main(command[1:]) == 0  # resumed: only the points left are run
-    names = sorted(p.name for p in results.glob("*.json"))
+    names = sorted(p.name for p in results.glob("*.json"))  # temporary files of the stopped point included
     assert len(names) == 4 and set(finished) <= set(names)
     for path in results.glob("*.json"):
         result = json.loads(path.read_text())

@@ -79,6 +79,8 @@ def test_sweep_stopped_mid_point_then_resumed_has_every_result_once(tmp_path, si
         assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
         assert f"stopped by {signal.Signals(signum).name}" in err and "1 of 3 point(s) finished" in err
     assert result_check.file_problem(tmp_path / "res" / "p1.json", pruned=True)  # the truncated file is not a result
+    if signum != signal.SIGKILL:  # the stopped child's temporary result goes with it (after SIGKILL: on resume)
+        assert not list((tmp_path / "res").glob(".p1.json.*"))
 
     (tmp_path / "state" / "slow_p1").unlink()
     resumed = start_sweep(tmp_path)

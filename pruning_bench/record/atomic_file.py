@@ -10,6 +10,7 @@ for lack of room or permission is raised as `ResultWriteError` (an `OSError`) na
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -90,6 +91,21 @@ class AtomicFile:
 
     def __del__(self):  # dropped without close(): nothing replaces the target
         self.discard()
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an `AtomicFile` for `path` left when its process was killed mid-write.
+
+    Call only when no writer of `path` can be alive (its process has ended, or a lock says so): a live
+    writer's temporary file looks the same.
+    """
+    target = Path(path)
+    removed = []
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp{glob.escape(target.suffix)}"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
 
 
 def opener_for(paths: set[str]):
