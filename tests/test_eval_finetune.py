@@ -41,3 +41,28 @@ def test_finetune_with_pruning_is_reproducible(tmp_path, capsys):
     for run in (first, baseline):  # per-image correctness after the last epoch, so a pair gets a paired interval
         correct = unpack_correct(run["per_image"]["correct"], run["per_image"]["n"])
         assert len(correct) == 6 and correct.mean() == run["metrics"]["acc1"]
+
+
+def test_finetune_of_exactly_ten_steps_runs(tmp_path):
+    """10 optimiser steps: torch's OneCycleLR at pct_start 0.1 would end its warm-up at step 0."""
+    root = write_colour_webdataset(tmp_path / "wds", n_train=40, n_test=4, classes=2)
+    result = finetune(tmp_path, root, "ten")
+    assert len(result["metrics"]["train_loss"]) == 1 and result["metrics"]["acc1"] == result["metrics"]["acc1"]
+
+
+def test_one_cycle_schedule_for_every_short_run():
+    import torch
+
+    from pruning_bench.evaluate.finetune import one_cycle
+
+    for steps in range(1, 41):
+        optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        schedule = one_cycle(optimiser, 0.1, steps)
+        rates = []
+        for _ in range(steps):
+            rates.append(optimiser.param_groups[0]["lr"])
+            optimiser.step()
+            schedule.step()
+        assert 0.09 < max(rates) <= 0.1 + 1e-12, steps  # the peak is (about) reached, never passed
+        if steps >= 3:
+            assert rates[0] < 0.1 and rates[-1] < rates[rates.index(max(rates))], steps  # warm-up, then anneal

@@ -147,6 +147,20 @@ def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, trans
         return _train(model, train_set, test_set, transform, config)
 
 
+def one_cycle(optimiser, lr: float, steps: int):
+    """One-cycle learning rate: 10% warm-up then a cosine anneal over `steps` optimiser steps.
+
+    torch's OneCycleLR ends the warm-up at step `pct_start * steps - 1`: at exactly 10 steps that is 0, a
+    phase of length zero (a ZeroDivisionError), and below it the phase ends before it starts. Short runs
+    warm up for one step instead; runs of 20 steps and more keep the 10%. Under 3 steps there is no room
+    for both phases and the rate stays at `lr`.
+    """
+    if steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps),
+                                               anneal_strategy="cos")
+
+
 def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
     seed_everything(config.seed)
     state = state_of(model)  # an open refill / rsst state: masks or penalty while training, sliced at the end
@@ -155,8 +169,7 @@ def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(train_set) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=max(steps, 1),
-                                                   pct_start=0.1, anneal_strategy="cos")
+    schedule = one_cycle(optimiser, config.lr, steps)
     loss_fn = torch.nn.CrossEntropyLoss()
     result = FinetuneResult(acc1=float("nan"), warmup_steps=config.warmup_steps)
     for epoch in range(config.epochs):
