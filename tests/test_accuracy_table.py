@@ -1,8 +1,10 @@
-"""The accuracy benchmark's table: plan order, the per-budget summary and the alpha ablation ids."""
+"""The accuracy benchmark's table: plan order, the per-budget summary, and ids read alike by a resume and a rebuild."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -96,3 +98,43 @@ def test_field_configs_resolve_their_knob_only_when_run(accuracy, monkeypatch):
     config["resolve"]()
     assert calls == [("anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})]
     assert config["params"] == {"prune_layers": [3, 6, 9], "keep_rate": 0.45} and config["analytic_ratio"] == 0.61
+
+
+def test_ids_written_with_other_digits_name_one_configuration(accuracy):
+    key = accuracy.id_key
+    assert key("tome[match_fraction=0.80]@0.8") == key("tome[match_fraction=0.8]@0.80") == "tome[match_fraction=0.8]@0.8"
+    assert key("anchor_diversity[alpha=0.50000001]@0.60/s1") == key("anchor_diversity[alpha=0.5]@0.60/s1")
+    assert key("anchor_diversity[prune_layers=3,6,9]@0.80/field") == "anchor_diversity[prune_layers=3,6,9]@0.8/field"
+    assert len({key(i) for i in ("tome@0.80", "tome@0.60", "cls_topk@0.80/s1", "cls_topk@0.80/s0",
+                                 "anchor_diversity[alpha=1]@0.80/s1", "anchor_diversity[alpha=0]@0.80/s1")}) == 6
+
+
+def test_every_recorded_configuration_is_one_the_default_plan_names(accuracy):
+    """reports/accuracy.jsonl against the ids the script plans now: a resume would run nothing again."""
+    configs = accuracy.plan(None, None, None, accuracy.build_parser().parse_args([]), None)
+    done = accuracy.done_ids(BENCHMARKS.parent / "reports" / "accuracy.jsonl")
+    assert len(done) == len(configs) and accuracy.to_run(configs, done) == []
+
+
+def test_a_resume_and_the_table_rebuild_read_old_ids_alike(accuracy, tmp_path):
+    """Records written under older ids (other digits) and one configuration recorded twice: a resume runs neither
+    again, `--table_only` shows each configuration once (the later record), in plan order, numbers unchanged."""
+    options = ["--budgets", "0.8", "--no-structured", "--sweep_budgets", "--alpha_budgets", "--field_budgets",
+               "--no-protocol", "--out", str(tmp_path / "acc")]
+    records = [record("baseline", "baseline", "baseline", None, {}, 0.7, gmacs=5.0),
+               record("cls_topk@0.8/s1", "cls_topk", "main", 0.8, {"keep": 200}, 0.61, 1),
+               record("tome@0.8", "tome", "main", 0.8, {"r": 8}, 0.66),
+               record("cls_topk@0.80/s1", "cls_topk", "main", 0.8, {"keep": 200}, 0.62, 1),
+               record("kept@0.50", "kept", "main", 0.5, {}, 0.5)]  # from another plan
+    (tmp_path / "acc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    configs = accuracy.plan(None, None, None, accuracy.build_parser().parse_args(options), None)
+    assert [c["id"] for c in configs] == ["baseline", "tome@0.80", "anchor_diversity@0.80/s1", "cls_topk@0.80/s1",
+                                          "random_drop@0.80/s1"]
+    done = accuracy.done_ids(tmp_path / "acc.jsonl")
+    assert [c["id"] for c in accuracy.to_run(configs, done)] == ["anchor_diversity@0.80/s1", "random_drop@0.80/s1"]
+    assert [c["id"] for c in accuracy.to_run(configs, done, only=["tome@0.8", "random_drop@0.8/s1"])] == \
+        ["random_drop@0.80/s1"]
+    accuracy.main(["--table_only", *options])
+    table = pd.read_csv(tmp_path / "acc.csv")
+    assert list(table["strategy"]) == ["baseline", "tome", "cls_topk", "kept"]
+    assert list(table["acc1"]) == [0.7, 0.66, 0.62, 0.5]

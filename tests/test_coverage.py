@@ -67,15 +67,30 @@ def test_the_benchmark_runs_the_reports_own_interval(coverage, tmp_path):
 def test_reading_is_computed_from_the_table(coverage):
     rows = [{"method": "per-image", "seeds": 3, "cells": 4, "coverage_min": 0.94, "coverage_max": 0.96,
              "false_max": 0.05, "meets_goal": 4},
-            {"method": "binomial bound", "seeds": 1, "cells": 2, "coverage_min": 0.99, "coverage_max": 1.0,
-             "false_max": 0.01, "meets_goal": 0},
+            {"method": "per-image", "seeds": 1, "cells": 2, "coverage_min": 0.92, "coverage_max": 0.95,
+             "false_max": 0.07, "meets_goal": 1},
             {"method": "before: t over seeds", "seeds": 3, "cells": 4, "coverage_min": 0.2, "coverage_max": 0.9,
              "false_max": 0.8, "meets_goal": 1}]
-    text = coverage.reading(rows)
+    records = [{"kind": "difference", "regime": "one run", "n": 500, "flip": 0.25, "d": 0.0, "trials": 100,
+                "counts": {"per-image": {"covered": 92, "false": 7}}},
+               {"kind": "difference", "regime": "one run", "n": 2000, "flip": 0.08, "d": -0.01, "trials": 100,
+                "counts": {"per-image": {"covered": 95, "false": 0}}}]
+    text = coverage.reading(rows, records)
     goal, missed, before = text.split("\n\n")
-    assert "per-image (3 seeds): coverage 0.940-0.960" in goal and "binomial" not in goal
-    assert "binomial bound (1 seed): coverage 0.990-1.000" in missed and "(2 of 2 cells miss)" in missed
+    assert "per-image (3 seeds): coverage 0.940-0.960" in goal and "1 seed" not in goal
+    assert "per-image (1 seed): coverage 0.920-0.950" in missed and "(1 of 2 cells miss: one run, n 500, 25% flipped, " \
+        "d +0: 0.920 / 0.070)" in missed and "n 2000" not in missed
     assert "before: t over seeds (3 seeds)" in before and "(3 of 4 cells miss)" in before
+
+
+def test_the_bounds_used_without_per_image_outcomes_over_cover(coverage):
+    """The agreement bound is wider once predictions also change between wrong classes, as they do on the reference
+    model; the binomial bound is wider still: none is a calibrated 95%, so the report shows none of them."""
+    record = coverage.run_cell({"kind": "difference", "regime": "one run", "n": 2000, "flip": 0.08, "d": -0.01}, TRIALS)
+    width = {name: c["width"] for name, c in record["counts"].items()}
+    tight, wrong = "before: agreement bound, tight", "before: agreement bound, wrong-to-wrong changes"
+    assert width["per-image"] < width[tight] * 1.05 < width[wrong] < width["before: binomial bound"]
+    assert rates(record, wrong)[0] > 0.97 and rates(record, "before: binomial bound")[0] > 0.97
 
 
 def test_resumes_without_redoing_finished_cells(coverage, tmp_path, monkeypatch):
@@ -84,10 +99,16 @@ def test_resumes_without_redoing_finished_cells(coverage, tmp_path, monkeypatch)
     out = tmp_path / "cov"
     assert coverage.main(["--trials", "50", "--out", str(out)]) == 0
     first = (tmp_path / "cov.jsonl").read_text()
-    calls = []
-    monkeypatch.setattr(coverage, "run_cell", lambda cell, trials: calls.append(cell))
+    calls, simulate = [], coverage.run_cell
+    monkeypatch.setattr(coverage, "run_cell", lambda cell, trials: calls.append(cell) or simulate(cell, trials))
     assert coverage.main(["--trials", "50", "--out", str(out)]) == 0
     assert calls == [] and (tmp_path / "cov.jsonl").read_text() == first
     assert "python benchmarks/coverage.py --trials 50" in (tmp_path / "cov.md").read_text()
+    records = [json.loads(line) for line in first.splitlines()]
+    del records[1]["counts"]["above chance"]  # a record from before a method was added is simulated again
+    (tmp_path / "cov.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert coverage.main(["--trials", "50", "--out", str(out)]) == 0
+    again = [json.loads(line) for line in (tmp_path / "cov.jsonl").read_text().splitlines()]
+    assert calls == [few[1]] and again[1]["counts"] == json.loads(first.splitlines()[1])["counts"]
     assert coverage.main(["--trials", "0"]) == 2
     sys.stderr.flush()

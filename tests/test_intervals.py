@@ -10,7 +10,8 @@ from pruning_bench.commands import leaderboard as leaderboard_command
 from pruning_bench.report import compare, load_results, write_report
 from pruning_bench.report.aggregate import aggregate
 from pruning_bench.report.leaderboard import best_within_budget, leaderboard, write_leaderboard
-from pruning_bench.report.uncertainty import images_and_seeds_interval, pack_correct
+from pruning_bench.report.uncertainty import (MISSING_OUTCOMES_NOTE, NO_OUTCOMES, images_and_seeds_interval,
+                                              pack_correct)
 
 N = 2000
 
@@ -157,15 +158,48 @@ def test_match_target_achieved_gap_and_clamp_notes_are_shown(tmp_path):
     assert "match_gap" in board_text and "+0.0380" in board_text
 
 
-def test_without_per_image_outcomes_identical_seeds_get_a_bound_not_zero_width(tmp_path):
-    """Results that carry no per-image correctness: the seed spread (0 here) plus a binomial bound on the images."""
+def test_without_per_image_outcomes_there_is_no_interval_and_the_report_says_how_to_get_one(tmp_path):
+    """Older result files carry no per-image correctness: no bound is passed off as a 95% interval (those over-cover,
+    reports/coverage.md); the difference is shown, never called out, and the report names the files to re-run."""
     for seed in range(3):
         result(tmp_path, f"b{seed}", acc=0.70, seed=seed)
-        result(tmp_path, f"p{seed}", acc=0.699, seed=seed, strategy="tome")
-    row = config(load_results([tmp_path]), "tome")
-    assert row["delta_method"] == "binomial bound + seeds" and not row["delta_significant"]
-    half = 1.959964 * np.sqrt((0.699 * 0.301 + 0.7 * 0.3) / N)
-    assert (row["acc1_delta_low"], row["acc1_delta_high"]) == pytest.approx((-0.001 - half, -0.001 + half), rel=1e-5)
+        result(tmp_path, f"p{seed}", acc=0.60, seed=seed, strategy="tome")  # 10 points: any bound would call it
+    base = np.random.default_rng(8).random(N) < 0.7
+    result(tmp_path, "b9", correct=base, seed=9)
+    result(tmp_path, "p9", acc=0.60, seed=9, strategy="evit")  # the baseline has outcomes, the run not
+    table = compare(load_results([tmp_path]))
+    configs = aggregate(table).set_index("strategy")
+    for strategy in ("tome", "evit"):
+        row = configs.loc[strategy]
+        assert row["delta_method"] == NO_OUTCOMES and pd.isna(row["delta_significant"])
+        assert np.isnan(row["acc1_delta_low"]) and np.isnan(row["acc1_delta_high"])
+    assert configs.loc["tome", "acc1_delta_mean"] == pytest.approx(-0.10)
+    write_report(table, tmp_path / "out" / "r", with_plot=False)
+    text = (tmp_path / "out" / "r.md").read_text()
+    assert "-10.00 ± 0.00 pp (none: per-image outcomes missing; undecided)" in text and "; **significant**)" not in text
+    listed = text.split(MISSING_OUTCOMES_NOTE)[1].split("## Runs")[0]
+    assert "- tome (m, wds/cifar10): `" in listed and all(f"p{seed}.json`" in listed for seed in (0, 1, 2, 9))
+    saved = pd.read_csv(tmp_path / "out" / "r_configurations.csv").set_index("strategy")
+    assert saved["delta_significant"].isna().all()
+
+
+def test_a_lead_needs_both_configurations_per_image_outcomes(tmp_path):
+    """Without outcomes a 20-point lead is `uncertainty unknown`, not a clear lead; with them it is clear."""
+    for name, strategy, acc, gmacs in (("b", None, 0.70, 4.0), ("t", "tome", 0.68, 2.0), ("c", "cls_topk", 0.48, 1.9)):
+        result(tmp_path, name, acc=acc, strategy=strategy, gmacs=gmacs)
+    board = leaderboard(load_results([tmp_path]))
+    best = best_within_budget(board, budgets=[0.5]).iloc[0]
+    assert best["strategy"] == "tome" and best["verdict"] == "uncertainty unknown"
+    assert best["delta_method"] == NO_OUTCOMES and pd.isna(best["delta_significant"])
+    paths = write_leaderboard(board, tmp_path / "lb", budgets=[0.5])
+    text = paths[-1].read_text()
+    assert "-2.00 pp (no interval)" in text and MISSING_OUTCOMES_NOTE in text
+    base = np.random.default_rng(9).random(N) < 0.7
+    for name, strategy, lost, gmacs in (("b", None, 0, 4.0), ("t", "tome", 40, 2.0), ("c", "cls_topk", 400, 1.9)):
+        pruned = base.copy()
+        pruned[np.flatnonzero(base)[:lost]] = False
+        result(tmp_path, name, correct=pruned, strategy=strategy, gmacs=gmacs)
+    assert best_within_budget(leaderboard(load_results([tmp_path])), budgets=[0.5]).iloc[0]["verdict"] == "clear lead"
 
 
 def test_configurations_with_different_seed_counts_add_each_ones_seed_part():

@@ -21,9 +21,9 @@ ranked once per seed. "Best" is never given to a configuration that is not above
 (1 / the dataset's classes, one-sided exact binomial test per run; `above_chance`). The best one's
 `verdict` is `only candidate` when nothing else fits, `clear lead` when the 95% interval of its lead
 over every other candidate excludes zero (paired bootstrap over the test images for single runs with
-per-image outcomes, images + seeds t interval with Satterthwaite degrees of freedom for seeds, a
-conservative binomial + seed-spread bound without per-image outcomes; see uncertainty.py),
-`tied within noise` (`tied_with` names them) or `uncertainty unknown`.
+per-image outcomes, images + seeds t interval with Satterthwaite degrees of freedom for seeds; see
+uncertainty.py), `tied within noise` (`tied_with` names them) or `uncertainty unknown` when a candidate's
+result files carry no per-image outcomes (older files: no calibrated interval exists for them).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import pandas as pd
 from ..record.atomic import write_text
 from .aggregate import aggregate
 from .compare import compare
-from .uncertainty import config_difference_interval, scores_bound_interval, unpack_correct
+from .uncertainty import MISSING_OUTCOMES_NOTE, NO_OUTCOMES, config_difference_interval, unpack_correct
 from .build_csv import BUILD_KEYS, build_csv_records  # noqa: F401  (re-exported)
 from .load import GROUP_KEYS, load_results
 
@@ -90,14 +90,12 @@ def _outcomes(row) -> np.ndarray | None:
 
 
 def lead_interval(best, other) -> tuple[float, float, float]:
-    """(mean, low, high) of best's score minus other's (see the module docstring for the interval used)."""
+    """(mean, low, high) of best's score minus other's: the paired interval over the images both were evaluated on
+    (see the module docstring); NaN bounds unless both carry per-image outcomes for the same images."""
     a, b = _outcomes(best), _outcomes(other)
     if a is not None and b is not None and a.shape[1] == b.shape[1]:
         return tuple(float(v) for v in config_difference_interval(a, b))
-    parts = [(r["score"], r["score_std"], int(r["n"]), r["images_evaluated"]) for r in (best, other)]
-    if any(pd.isna(p[0]) or pd.isna(p[3]) or p[3] <= 0 for p in parts):
-        return best["score"] - other["score"], math.nan, math.nan
-    return tuple(float(v) for v in scores_bound_interval(*parts))
+    return best["score"] - other["score"], math.nan, math.nan
 
 
 def _verdicts(ordered: pd.DataFrame) -> pd.Series:
@@ -163,7 +161,8 @@ def best_within_budget(board: pd.DataFrame, budgets: Iterable[float] = (), gmacs
         table[column] = table[column].fillna("") if column in table else ""
     columns = ["budget", "budget_kind", "budget_value", "budget_tolerance", "model_fullname", "model", "pretrained", "dataset", "task",
                "language", "strategy", "params", "metric", "score", "score_delta", "score_delta_low", "score_delta_high",
-               "delta_significant", "n", "gmacs", "gmacs_ratio", "match_target", "match_achieved", "match_gap", "speedup",
+               "delta_significant", "delta_method", "n", "gmacs", "gmacs_ratio", "match_target", "match_achieved", "match_gap",
+               "speedup",
                "candidates", "at_chance", "verdict", "tied_with", "file"]
     return table[columns]
 
@@ -203,9 +202,10 @@ def _noise_marked(table: pd.DataFrame) -> pd.DataFrame:
         shown["score"] = [s + (f" ± {sd * 100:.2f} (n={int(n)})" if not pd.isna(sd) else "")
                           for s, sd, n in zip(shown["score"], table["score_std"], table["n"].fillna(1))]
     if "score_delta_low" in table:
-        shown["score_delta"] = [d + (" (within noise)" if d and not pd.isna(lo) and not sig else "")
-                                for d, lo, sig in zip(shown["score_delta"], table["score_delta_low"],
-                                                      table["delta_significant"].fillna(False))]
+        methods = table["delta_method"] if "delta_method" in table else pd.Series("", index=table.index)
+        shown["score_delta"] = [d + ("" if not d else " (no interval)" if m == NO_OUTCOMES else
+                                     "" if pd.isna(sig) or sig else " (within noise)")
+                                for d, sig, m in zip(shown["score_delta"], table["delta_significant"], methods)]
     return shown
 
 
@@ -224,7 +224,8 @@ def markdown(board: pd.DataFrame, best: pd.DataFrame, title: str, top: int | Non
                   "classes) are never best (`at_chance` counts those set aside); `verdict` says whether the best "
                   "one's lead over every other candidate is outside its 95% interval (`clear lead`), or that it is "
                   "the `only candidate`. Intervals: paired over the test images, seeds included with t quantiles "
-                  "(see uncertainty in `pruning-bench report`'s Definitions).", ""]
+                  "(see uncertainty in `pruning-bench report`'s Definitions); `uncertainty unknown`: some candidate "
+                  "has no per-image outcomes.", ""]
         for _, part in best.groupby("budget", sort=False):
             tolerance = part["budget_tolerance"].iloc[0]
             lines += [f"### {part['budget'].iloc[0]}" + (f" (tolerance {tolerance:g} of baseline MACs)" if tolerance
@@ -248,6 +249,9 @@ def markdown(board: pd.DataFrame, best: pd.DataFrame, title: str, top: int | Non
         cols = ["rank", "model_fullname", "strategy", "params", "score", "score_delta", "gmacs", "gmacs_ratio",
                 *_match_columns(part), "images_per_second", "speedup", "efficiency"]
         lines += [_noise_marked(part)[cols].to_markdown(index=False, disable_numparse=True), ""]
+    if board["delta_method"].eq(NO_OUTCOMES).any():
+        lines += [MISSING_OUTCOMES_NOTE + " Rows marked `(no interval)`; a lead over one of them is `uncertainty "
+                  "unknown`.", ""]
     metrics = sorted(set(board["metric"].dropna()) - {""})
     lines += [f"`score` is the task's headline metric ({', '.join(f'`{m}`' for m in metrics)}); `score_delta` is "
               "against the baseline of the same model, checkpoint, dataset, task and language; `gmacs_ratio` and "

@@ -17,6 +17,7 @@ from .compare import __doc__ as DEFINITIONS
 from .layers import layer_sections
 from .plots import write_plots
 from .rounds import rounds_sections
+from .uncertainty import MISSING_OUTCOMES_NOTE, NO_OUTCOMES
 from .uncertainty import __doc__ as UNCERTAINTY
 
 MARKDOWN_COLUMNS = [
@@ -26,9 +27,9 @@ MARKDOWN_COLUMNS = [
 DECISION = ("How differences are decided: a difference is called out (**significant**) only when its 95% interval "
             "excludes zero. With per-image correctness in every run and its baseline: a paired bootstrap over the test "
             "images for one seed (`bootstrap`), or, for seeds sharing the test images, a t interval whose variance "
-            "counts both the images and the seed spread (`images + seeds`); without it, a conservative bound from "
-            "top-1 agreement or from binomial variances (plus the seed spread). Each row names its method; "
-            "\"undecided\" means none applied (see Definitions; simulated coverage in reports/coverage.md).")
+            "counts both the images and the seed spread (`images + seeds`). Without it there is no interval "
+            "(`none: per-image outcomes missing`, \"undecided\"): what older result files keep cannot calibrate one. "
+            "Each row names its method (see Definitions; simulated coverage in reports/coverage.md).")
 LOAD_RULE = "1-minute load average before or after the timed runs above the machine's logical CPU count"
 
 
@@ -60,7 +61,8 @@ def _delta_cell(row) -> str:
         return ""
     text = _pm(row["acc1_delta_mean"], row["acc1_delta_std"], 100, "{:+.2f}", " pp")
     interval = _interval(row["acc1_delta_low"], row["acc1_delta_high"], 100, "{:+.2f}")
-    verdict = "**significant**" if row["delta_significant"] else ("within noise" if interval else "undecided")
+    decided = row["delta_significant"]
+    verdict = "undecided" if pd.isna(decided) else ("**significant**" if decided else "within noise")
     return " ".join(t for t in (text, interval, f"({row['delta_method']}; {verdict})") if t)
 
 
@@ -159,6 +161,12 @@ def markdown(table: pd.DataFrame, title: str, configs: pd.DataFrame | None = Non
              "## Configurations (runs differing only in seed grouped: mean ± std, n runs)", "",
              "The same numbers, unrounded, with every interval: the `_configurations.csv` beside this file.", ""]
     lines += configuration_tables(configs)
+    without = configs[configs["delta_method"].eq(NO_OUTCOMES)] if "delta_method" in configs else configs[:0]
+    if len(without):
+        lines += [MISSING_OUTCOMES_NOTE + " Here:", ""]
+        lines += [f"- {' '.join(t for t in (row.strategy, row.params) if t)} ({row.model}, {row.dataset}): "
+                  + ", ".join(f"`{f}`" for f in row.files.split()) for row in without.itertuples()]
+        lines += [""]
     lines += ["## Runs", "", _run_table(table), ""]
     metrics = sorted(set(table["metric"].dropna()) - {""})
     if metrics:
