@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import round_robin  # noqa: E402  (same folder: one timing protocol for both tables)
 from accuracy_intervals import (UNCERTAINTY_NOTE, correct_on, delta_interval, delta_text,  # noqa: E402,F401
                                 difference_interval)
+from readings import accuracy_section  # noqa: E402
 
 PRUNE_ONCE = ("anchor_diversity", "cls_topk", "random_drop")
 TOKEN = ("tome", "anchor_diversity", "cls_topk")  # each runs beside random_drop at the same budget
@@ -318,7 +319,9 @@ def summary(frame: pd.DataFrame, with_interval: bool = False) -> pd.DataFrame:
     return pivot.reset_index()
 
 
-def markdown(frame: pd.DataFrame, header: str) -> str:
+def markdown(frame: pd.DataFrame, header: str, readings: str = "") -> str:
+    """The report: header, uncertainty note, the per-budget summary, `readings` (a section computed from the
+    records, `readings.accuracy_section`) and every measurement."""
     compact = summary(frame, with_interval=True)
     compact_text = compact.to_markdown(index=False, disable_numparse=True)
     shown = frame.copy()
@@ -336,14 +339,14 @@ def markdown(frame: pd.DataFrame, header: str) -> str:
     shown["budget"] = shown["budget"].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
     shown["start_layer"] = shown["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     return (header + UNCERTAINTY_NOTE + "\n## acc1_delta (points against the unpruned model, ± its 95% interval; "
-            "(ns): not significant) by budget\n\n" + compact_text
-            + "\n\n## All measurements\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+            "(ns): not significant) by budget\n\n" + compact_text + "\n\n" + (readings + "\n" if readings else "")
+            + "## All measurements\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
 
 
 def write_table(records, out: Path, header: str) -> None:
     frame = table(records)
     write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
-    write_text(out.with_suffix(".md"), markdown(frame, header))
+    write_text(out.with_suffix(".md"), markdown(frame, header, accuracy_section(records)))
 
 
 # ---------------------------------------------------------------- main
@@ -447,14 +450,20 @@ def main(argv=None):
     write_table(in_plan_order(done, configs), out, header(args, probe, configs, done))
 
 
-def rebuild_table(out: Path) -> None:
-    """The table from the records already measured, under the header of the run that measured them."""
+def ordered_records(out: Path) -> list[dict]:
+    """The records of `<out>.jsonl` in the order of the table already written (the plan's), new ones last."""
     records = list(done_ids(out.with_suffix(".jsonl")).values())
-    if out.with_suffix(".csv").is_file():  # keep the order of the table being rebuilt (the plan's)
+    if out.with_suffix(".csv").is_file():
         old_rows = pd.read_csv(out.with_suffix(".csv")).astype(object).fillna("")
         order = {(g, s_, p): i for i, (g, s_, p) in enumerate(zip(old_rows["group"], old_rows["strategy"], old_rows["params"]))}
         key = lambda r: order.get((r["group"], r["strategy"], params_text(r["params"])), len(order))
         records.sort(key=key)
+    return records
+
+
+def rebuild_table(out: Path) -> None:
+    """The table and its readings from the records already measured, under the header of the run that measured them."""
+    records = ordered_records(out)
     old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else "# Accuracy\n\n"
     header = old.split("- Uncertainty (")[0].split("\n## ")[0].rstrip("\n") + "\n"
     write_table(records, out, header)
