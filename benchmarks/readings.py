@@ -195,7 +195,8 @@ def _match_fraction(records) -> list[str]:
             continue
         steps = [f"{a['params'].get('match_fraction', 1.0)} -> {c['params'].get('match_fraction', 1.0)}: "
                  f"{gap(a, c).text()} ({gap(a, c).verdict()})" for a, c in zip(chain, chain[1:])]
-        text = (f"tome at {budget_text(b)}, each step down in match_fraction (the larger share's lead): " + "; ".join(steps))
+        text = f"tome at {budget_text(b)}, each step down in match_fraction (the larger share's lead): "
+        text += "; ".join(steps)
         full = chain[0]["gmacs"]
         capped = [f"match_fraction {r['params']['match_fraction']} ran at {r['gmacs'] / full:.1%} of the MACs of "
                   f"match_fraction {chain[0]['params'].get('match_fraction', 1.0)}" for r in chain[1:]
@@ -255,7 +256,8 @@ def _structured(records) -> list[str]:
         magnitude = pick(records, "head_prune", {"structured"}, b, importance="magnitude")
         if fisher and magnitude:
             g = gap(fisher[0], magnitude[0])
-            out.append(f"head_prune at {budget_text(b)}, Fisher against magnitude importance: {g.text()}, {g.verdict()}.")
+            out.append(f"head_prune at {budget_text(b)}, Fisher against magnitude importance: {g.text()}, "
+                       f"{g.verdict()}.")
     return out
 
 
@@ -318,8 +320,8 @@ def finetune_readings(rows: list[dict]) -> list[str]:
             runs = at(r, p)
             done = sum(sum(x["merges_per_layer"] or []) for x in runs)
             asked = sum(r * len(x["merges_per_layer"] or []) for x in runs)
-            short = [f"{x['key']} merged {sum(x['merges_per_layer'])} of {r * len(x['merges_per_layer'])}"
-                     for x in runs if x["merges_per_layer"] and sum(x["merges_per_layer"]) < r * len(x["merges_per_layer"])]
+            counts = [(x["key"], sum(x["merges_per_layer"] or []), r * len(x["merges_per_layer"] or [])) for x in runs]
+            short = [f"{name} merged {got} of {want}" for name, got, want in counts if got < want]
             merged.append((p, done, asked, short))
         text = f"r={r}: merges done of those asked, over {len(at(r, ps[0]))} seeds: " + "; ".join(
             f"match_fraction {p}: {done} of {asked}" for p, done, asked, _ in merged)
@@ -350,8 +352,8 @@ def finetune_readings(rows: list[dict]) -> list[str]:
                      f"{100 * np.std(base, ddof=1):.1f} points). Against it, with Welch's 95% interval over seeds "
                      f"({len(apart) + near} comparisons, not corrected for their number): "
                      + (f"significantly different: {'; '.join(apart)}; " if apart else "")
-                     + f"{near} configuration{'s' if near != 1 else ''} within noise. One short epoch leaves the new head "
-                     "far from converged (the notes trained 10 epochs), so these rank configurations early in "
+                     + f"{near} configuration{'s' if near != 1 else ''} within noise. One short epoch leaves the "
+                     "new head far from converged (the notes trained 10 epochs), so these rank configurations early in "
                      "training, not where the runs would end.")
     ratios = [max(v) / min(v) for r in rs for p in sorted({x["p"] for x in rows})
               for v in [[x["train_images_per_second"] for x in at(r, p)]] if len(v) > 1 and min(v) > 0]

@@ -114,8 +114,8 @@ def test_the_fine_tuning_reading_names_a_run_short_of_its_merges(bench):
     readings = bench[0]
 
     def run(r, p, seed, merges, acc1=0.2):
-        return {"key": f"r{r}_p{p}_s{seed}", "r": r, "p": p, "seed": seed, "acc1": acc1, "gmacs": 1.0 - 0.01 * sum(merges),
-                "train_images_per_second": 10.0, "merges_per_layer": merges}
+        return {"key": f"r{r}_p{p}_s{seed}", "r": r, "p": p, "seed": seed, "acc1": acc1,
+                "gmacs": 1.0 - 0.01 * sum(merges), "train_images_per_second": 10.0, "merges_per_layer": merges}
 
     rows = [run(0, 1.0, s, [0, 0], acc1=0.2 + 0.01 * s) for s in range(3)]
     rows += [run(4, 1.0, s, [4, 4]) for s in range(3)] + [run(4, 0.4, s, [4, 4 - (s == 2)]) for s in range(3)]
