@@ -56,6 +56,7 @@ from speed import round_robin  # noqa: E402  (same folder: one timing protocol f
 from accuracy_intervals import (UNCERTAINTY_NOTE, correct_on, delta_interval, delta_text,  # noqa: E402,F401
                                 difference_interval)
 from accuracy_records import done_ids, id_key, in_plan_order, to_run  # noqa: E402,F401
+from readings import accuracy_section  # noqa: E402
 
 PRUNE_ONCE = ("anchor_diversity", "cls_topk", "random_drop")
 TOKEN = ("tome", "anchor_diversity", "cls_topk")  # each runs beside random_drop at the same budget
@@ -314,7 +315,9 @@ def summary(frame: pd.DataFrame, with_interval: bool = False) -> pd.DataFrame:
     return pivot.reset_index()
 
 
-def markdown(frame: pd.DataFrame, header: str) -> str:
+def markdown(frame: pd.DataFrame, header: str, readings: str = "") -> str:
+    """The report: header, uncertainty note, the per-budget summary, `readings` (a section computed from the
+    records, `readings.accuracy_section`) and every measurement."""
     compact = summary(frame, with_interval=True)
     compact_text = compact.to_markdown(index=False, disable_numparse=True)
     shown = frame.copy()
@@ -332,14 +335,14 @@ def markdown(frame: pd.DataFrame, header: str) -> str:
     shown["budget"] = shown["budget"].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
     shown["start_layer"] = shown["start_layer"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     return (header + UNCERTAINTY_NOTE + "\n## acc1_delta (points against the unpruned model, ± its 95% interval; "
-            "(ns): not significant) by budget\n\n" + compact_text
-            + "\n\n## All measurements\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+            "(ns): not significant) by budget\n\n" + compact_text + "\n\n" + (readings + "\n" if readings else "")
+            + "## All measurements\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n")
 
 
 def write_table(records, out: Path, header: str) -> None:
     frame = table(records)
     write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
-    write_text(out.with_suffix(".md"), markdown(frame, header))
+    write_text(out.with_suffix(".md"), markdown(frame, header, accuracy_section(records)))
 
 
 # ---------------------------------------------------------------- main
@@ -443,10 +446,16 @@ def main(argv=None):
     write_table(in_plan_order(done, configs), out, header(args, probe, configs, done))
 
 
-def rebuild_table(out: Path, configs: list[dict]) -> None:
-    """The table from the records already measured, in the order of `configs` (the plan of the options given; the
-    records of other plans last), under the header of the run that measured them."""
-    records = in_plan_order(done_ids(out.with_suffix(".jsonl")), configs)
+def ordered_records(out: Path, configs: list[dict] | None = None) -> list[dict]:
+    """The records of `<out>.jsonl` in the order of `configs` (default: the plan of the default options; the
+    records of other plans last)."""
+    configs = plan(None, None, None, build_parser().parse_args([]), None) if configs is None else configs
+    return in_plan_order(done_ids(out.with_suffix(".jsonl")), configs)
+
+
+def rebuild_table(out: Path, configs: list[dict] | None = None) -> None:
+    """The table and its readings from the records already measured, under the header of the run that measured them."""
+    records = ordered_records(out, configs)
     old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else "# Accuracy\n\n"
     header = old.split("- Uncertainty (")[0].split("\n## ")[0].rstrip("\n") + "\n"
     write_table(records, out, header)

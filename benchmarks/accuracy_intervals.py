@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from pruning_bench.report.uncertainty import Z95, agreement_se_bound, pack_correct, paired_bootstrap, unpack_correct
+from pruning_bench.report.uncertainty import BOOTSTRAP_DRAWS, Z95, agreement_se_bound, pack_correct, paired_bootstrap, unpack_correct
 
 
 def correct_on(probe, features) -> dict:
@@ -45,7 +45,7 @@ def delta_text(delta: float, half: float, significant, with_interval: bool) -> s
 
 UNCERTAINTY_NOTE = (
     "- Uncertainty (`acc1_delta_ci95`, `ci_method`, `significant`): the half-width of a 95% interval of acc1_delta. "
-    "`bootstrap`: paired bootstrap over the test images (1,000 draws) from the per-image correctness the record "
+    f"`bootstrap`: paired bootstrap over the test images ({BOOTSTRAP_DRAWS:,} draws) from the per-image correctness the record "
     "keeps. `agreement bound`: for records written before per-image correctness was kept, a bound derived from "
     "numbers the record has: images whose correctness changes are at most the images whose prediction changes, so "
     "the paired standard error is at most sqrt((1 - agreement - delta^2) / n), n the test images, and the interval "

@@ -26,6 +26,7 @@ import bench_common as common  # noqa: E402
 import pruning_bench as pb  # noqa: E402
 from pruning_bench.evaluate import finetune  # noqa: E402
 from pruning_bench.record.atomic import write_text  # noqa: E402
+from readings import finetune_readings  # noqa: E402
 
 
 def run_one(args, r: int, p: float, seed: int, train, test) -> dict:
@@ -61,10 +62,10 @@ def _first(images, loaded):
     return next(iter(loader(images.head(1), loaded.transform, 1)))[0]
 
 
-def report(args, records, started, kept_header: list[str] | None = None) -> str:
-    sizes = (f"{args.model} at {args.img_size} px, {args.train} CIFAR-10 training images (1 epoch, batch "
-             f"{args.batch_size}, AdamW lr {args.lr}, one-cycle), {args.test} test images, seeds {args.seeds}; "
-             f"first {args.warmup_steps} steps excluded from the timing.")
+def report(args, records, started, kept_header: list[str] | None = None, kept_sizes: str | None = None) -> str:
+    sizes = kept_sizes or (f"{args.model} at {args.img_size} px, {args.train} CIFAR-10 training images (1 epoch, batch "
+                           f"{args.batch_size}, AdamW lr {args.lr}, one-cycle), {args.test} test images, seeds "
+                           f"{args.seeds}; first {args.warmup_steps} steps excluded from the timing.")
     lines = common.header("Fine-tuning through ToMe: r x match_fraction", started, sizes, kept_header)
     lines += ["| r | match_fraction | acc1 (%) | GMACs | train images/s | merges per block (seed 0) |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -89,44 +90,25 @@ def report(args, records, started, kept_header: list[str] | None = None) -> str:
 
 
 def reading(args, rows) -> list[str]:
-    """What the table says, computed from it: the MACs growth as p falls, accuracy against r=0 beside the
-    seed spread, and how far the timing of one configuration moved between its seeds."""
-    import numpy as np
-
-    def mean(values):
-        return float(np.mean(values)) if values else float("nan")
-
-    at = lambda r, p, field: [x[field] for x in rows if x["r"] == r and (r == 0 or x["p"] == p)]  # noqa: E731
-    lines = ["", "Reading:", ""]
-    for r in [r for r in args.r if r]:
-        ps = [p for p in args.p if at(r, p, "gmacs")]
-        if len(ps) > 1:
-            full, low = mean(at(r, ps[0], "gmacs")), mean(at(r, ps[-1], "gmacs"))
-            why = ("the fewer tokens take part in matching, the fewer merges are possible, so the capped runs keep "
-                   "more tokens (caps below)" if low > full * 1.005 else "every merge asked was possible")
-            lines.append(f"- r={r}: GMACs {full:.3f} at match_fraction {ps[0]} and {low:.3f} at {ps[-1]} "
-                         f"({100 * (low / full - 1):+.0f}%): {why}.")
-    base = [a * 100 for a in at(0, None, "acc1")]
-    if len(base) > 1:
-        spread = float(np.std(base, ddof=1))
-        lines.append(f"- acc1 at r=0 is {mean(base):.1f}% with a seed standard deviation of {spread:.1f} points; a "
-                     "configuration whose mean lies within about two of those of it is not distinguishable here. "
-                     "One short epoch leaves the new head far from converged (the notes trained 10 epochs), so the "
-                     "accuracies rank configurations early in training; they are not where the runs would end.")
-    ratios = [max(v) / min(v) for r in args.r for p in args.p for v in [at(r, p, "train_images_per_second")]
-              if len(v) > 1 and min(v) > 0]
-    if ratios:
-        lines.append(f"- Training images/s of one configuration varies up to {max(ratios):.1f}x between its seeds: the "
-                     "cores were shared with other jobs while this ran, so read the GMACs column for compute, and "
-                     "images/s only as a rough order.")
-    return lines
+    """What the table says, computed from its records (`readings.finetune_readings`)."""
+    return ["", "Reading:", ""] + finetune_readings(rows)
 
 
 def key(r, p, seed) -> str:
     return f"r{r}_p{p}_s{seed}"
 
 
-def main():
+def rebuild(out: Path, args=None) -> None:
+    """Re-render `<out>.md` from `<out>.jsonl`, keeping the header and sizes of the run that measured them."""
+    args = args or parser().parse_args([])
+    md = out.with_suffix(".md")
+    kept = common.previous_header(md)
+    old = md.read_text().splitlines() if md.is_file() else []
+    sizes = next((line[len("Sizes: "):] for line in old if line.startswith("Sizes: ")), None)
+    write_text(md, report(args, common.Records(out), time.time(), kept, sizes))
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reference")
     parser.add_argument("--img_size", type=int, default=112)
@@ -142,14 +124,17 @@ def main():
     parser.add_argument("--out", default="reports/finetune_tome")
     parser.add_argument("--table_only", action="store_true",
                         help="re-render <out>.md from <out>.jsonl, keeping the header of the run that measured them")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
     out = Path(args.out)
-    records = common.Records(out)
     if args.table_only:
-        return write_text(out.with_suffix(".md"), report(args, records, started,
-                                                         common.previous_header(out.with_suffix(".md"))))
+        return rebuild(out, args)
+    records = common.Records(out)
     train, test = common.cifar("train", args.train), common.cifar("test", args.test)
     for seed in args.seeds:
         for r in args.r:

@@ -70,9 +70,11 @@ def test_ppt_equals_the_algorithm_written_out_per_image(scale):
         with pb.prune(model, "ppt", r=r, pp_loc_list=layers, threshold=threshold) as h:
             got = model(x)
             tokens = h.stats()["tokens_per_layer"]
+            mlp_tokens = h.stats()["mlp_tokens_per_layer"]
     pooled = [e[1][0] < threshold for e in expected]
     assert 0 < sum(pooled) < len(pooled)
     assert tokens == [65, 65, 57, 57, 49]
+    assert mlp_tokens == [65, 57, 57, 49, 49]  # as the reference: a listed block's MLP runs on the reduced tokens
     torch.testing.assert_close(got, torch.stack([e[0] for e in expected]), rtol=0, atol=1e-12)
 
 

@@ -1,7 +1,8 @@
 """zero_tprune (Zero-TPrune) written out independently, one image at a time, against the strategy.
 
-The reference runs a timm ViT block by block with explicit attention and, in each pruning block, does
-the paper's I' -> S -> I steps with plain loops: power iteration s <- A^T s per head, the variance head
+The reference runs a timm ViT block by block with explicit attention and, after each pruning block (the
+paper's pruning layer between blocks, reading the attention of the block before it), does the paper's
+I' -> S -> I steps with plain loops: power iteration s <- A^T s per head, the variance head
 filter and root-mean-square head combination, the importance-ordered halves matched token by token by
 cosine similarity of the head-averaged keys, then the I-stage on the graph of the tokens left. The
 strategy decides for the whole batch at once; logits must agree in float64. Also checked: PageRank's
@@ -74,11 +75,11 @@ def reference_logits(vit, image, layers, r_s, r_i, iterations, v_min, v_max):
         q, k, v = attn.qkv(block.norm1(x)).reshape(len(x), 3, attn.num_heads, -1).permute(1, 2, 0, 3)
         weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1)
         x = x + attn.proj((weights @ v).transpose(0, 1).reshape(len(x), -1))
-        if i in layers:
+        x = x + block.mlp(block.norm2(x))
+        if i in layers:  # the pruning layer between this block and the next, from this block's attention
             kept, head_variances = _prune(x, weights, k.mean(0), r_s, r_i, iterations, v_min, v_max)
             variances.append(head_variances)
             x = x[kept]
-        x = x + block.mlp(block.norm2(x))
     return vit.head(vit.norm(x)[0]), variances
 
 
@@ -108,10 +109,12 @@ def test_zero_tprune_equals_the_algorithm_written_out_per_image(scale, filtered)
                       v_min=v_min, v_max=v_max) as h:
             got = model(x)
             tokens = h.stats()["tokens_per_layer"]
+            mlp_tokens = h.stats()["mlp_tokens_per_layer"]
     if filtered:
         passing = [v_min <= v <= v_max for e in expected for v in e[1][0]]
         assert 0 < sum(passing) < len(passing)
     assert tokens == [65, 65, 55, 55, 45]
+    assert mlp_tokens == tokens  # a pruning block's MLP still sees every token: the layer follows the block
     torch.testing.assert_close(got, torch.stack([e[0] for e in expected]), rtol=0, atol=1e-12)
 
 
@@ -164,6 +167,7 @@ def test_schedule_clamp_and_bad_parameters():
     default = get_strategy("zero_tprune")()
     default.check_model(12, 1)
     assert [default.iterations_at(i) for i in range(12)] == [30] * 3 + [5] * 6 + [1] * 3
+    assert [default.prunes_at(i) for i in range(12)] == [True] * 11 + [False]  # between blocks, none after the last
     for params, match in (({"v_min": 0.5, "v_max": 0.1}, "v_max"), ({"prune_layers": [9]}, "prune_layers"),
                           ({"r": -2}, "r"), ({"iterations": 0}, "iterations"), ({"init": "x"}, "init"),
                           ({"s_fraction": 1.5}, "s_fraction")):

@@ -1,7 +1,9 @@
 """ats: Adaptive Token Sampling (Fayyaz et al., ECCV 2022), parameter-free, a different token count per image.
 
 In each block of `prune_layers` (default 3, 6, 9: the 4th, 7th and 10th block, Haurum et al.'s placement
-and reference, JoakimHaurum/TokenReduction `models/ats.py`), after attention: every patch token gets the
+and reference, JoakimHaurum/TokenReduction `models/ats.py`), after attention and before the MLP (the reference
+samples inside its attention module, keeping only the sampled rows of the attention output and of the
+residual: the `attention` placement): every patch token gets the
 significance score sum over heads of (class-token attention x norm of its value vector), normalised to
 sum to 1 (plus 1e-6 in the denominator, as the reference); its cumulative sum is a CDF over the tokens.
 K fixed points 1/(2K), 3/(2K), ... (`torch.arange` as the reference builds them) are each mapped to the

@@ -1,7 +1,8 @@
 """ppt: token Pruning and Pooling (Wu et al., 2023, "PPT: Token Pruning and Pooling for Efficient Vision
 Transformers"; reference xjwu1024/PPT `ppt_deit.py`), training-free, prune or pool chosen per image.
 
-In each block of `pp_loc_list` (default 3, 6, 9), after attention, every patch-side token gets the
+In each block of `pp_loc_list` (default 3, 6, 9), after the attention residual and before the MLP (the
+reference's `pp_block_adaptive`: the `attention` placement), every patch-side token gets the
 significance score (class-token attention summed over heads) x (norm of its value vector over all heads),
 normalised to sum to 1 over the patch-side tokens. An image whose scores vary little (unbiased variance
 below `threshold`: attention spread evenly, tokens redundant) is *pooled*: ToMe's bipartite soft

@@ -1,8 +1,9 @@
 """zero_tprune: Zero-TPrune (Wang, Dedhia & Jha, CVPR 2024, arXiv 2305.17328), training-free token pruning
 by importance (a weighted PageRank over the attention graph) and by similarity.
 
-A pruning block (every block by default, or those of `prune_layers`) removes `r` patch-side tokens after
-its attention, in the paper's order I' -> S -> I:
+A pruning block (every block but the last by default, or those of `prune_layers`) removes `r` patch-side tokens at its
+exit (`placement = "exit"`: the paper's pruning layer sits between blocks and reads the attention of the
+block before it, so that block's MLP still sees every token), in the paper's order I' -> S -> I:
 - the attention graph: the block's softmax attention A_h (row = query) of every head h, recomputed from
   its queries and keys. Weighted PageRank (WPR) iterates s <- A_h^T s per head (s_i = sum_j A_h[j, i] s_j:
   a token is important when important tokens attend to it). A_h^T is column-stochastic, so a score vector
@@ -33,9 +34,7 @@ the I' -> S -> I order, matching on keys by cosine similarity, dropping the A si
 text. The paper's text we could read leaves open: the scale on which VHF's variance is taken, the
 defaults for where pruning layers go and how many tokens each stage prunes (`r`, `s_fraction` here), and
 whether rows are renormalised after the S-stage. Every image keeps the same count (the paper prunes a
-fixed top-k). Departure: the paper places its pruning layer between blocks (after the MLP) using the
-preceding block's attention; here the block reduces after its attention, so that block's MLP already
-runs on the kept tokens. The third-party code scales attention by a temperature before its vote (exp(A / 0.1),
+fixed top-k). The third-party code scales attention by a temperature before its vote (exp(A / 0.1),
 renormalised); the paper's WPR uses the attention as it is, as here.
 """
 from __future__ import annotations
@@ -136,7 +135,8 @@ def zero_tprune_selection(graph: torch.Tensor, metric: torch.Tensor, n_prefix: i
 class ZeroTPrune(TokenStrategy):
     param_spec = {
         "r": Int(8, "patch-side tokens each pruning block removes (S-stage and I-stage together)", low=0),
-        "prune_layers": Blocks(None, "the pruning blocks (None: every block)", optional=True),
+        "prune_layers": Blocks(None, "the blocks a pruning layer follows (None: every block but the last)",
+                               optional=True),
         "s_fraction": Float(0.5, "share of r the S-stage prunes (floor, at most half the patch tokens); the I-stage "
                                  "prunes the rest"),
         "iterations": Int(None, "WPR iterations of the I-stage (None: the paper's schedule, 30 / 5 / 1 in the first "
@@ -149,6 +149,7 @@ class ZeroTPrune(TokenStrategy):
                        high=float("inf")),
     }
     compute_knob = "r"
+    placement = "exit"  # the paper's pruning layer: between blocks, from the preceding block's attention
     example_params = {"r": 8, "prune_layers": [1, 2], "iterations": 3}
     keep_all_params = {"r": 0, "prune_layers": [1, 2]}
 
@@ -175,8 +176,11 @@ class ZeroTPrune(TokenStrategy):
         self.n_layers = n_layers
 
     def prunes_at(self, layer: int) -> bool:
+        """Whether a pruning layer follows block `layer`; by default one between every two blocks (none after
+        the last: nothing would read what it kept but the output pooling)."""
         layers = self.params["prune_layers"]
-        return self.params["r"] > 0 and (layers is None or layer in layers)
+        last = (self.n_layers or 12) - 1
+        return self.params["r"] > 0 and (layer < last if layers is None else layer in layers)
 
     def iterations_at(self, layer: int) -> int:
         """WPR iterations of the I-stage in block `layer` (the paper's schedule unless given)."""
