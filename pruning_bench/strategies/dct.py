@@ -18,7 +18,9 @@ Departures, none of which changes a result in float32 or float64 beyond rounding
 (T - r, T) matrix built once per token count (theirs runs two FFTs), computed in the tokens' dtype or
 float32 if narrower (theirs always casts to float32); every prefix token (class token, registers,
 distillation token) is set aside, where theirs sets aside the class token only. Token sizes are not
-tracked (a resampled token is not a count of patches), so average pooling weighs every token alike.
+tracked (a resampled token is not a count of patches), so average pooling weighs every token alike. On
+rotary-position families (EVA) each resampled token takes the rotary row of the patch token under its
+centre (the reference patches no such family).
 """
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ def _matrix_in(tokens: int, kept: int, dtype_name: str) -> torch.Tensor:
     return truncation_matrix(tokens, kept).to(getattr(torch, dtype_name))
 
 
+def _sample_positions(tokens: int, kept: int, n_prefix: int) -> torch.Tensor:
+    """Prefix positions, then the patch token under each resampled token's centre."""
+    centres = (torch.arange(kept, dtype=torch.float64) + 0.5) * tokens / kept
+    return torch.cat([torch.arange(n_prefix), n_prefix + centres.floor().long()])
+
+
 class LowPassResample:
     """The reduction: prefix tokens unchanged, the patch tokens resampled by the cached truncation matrix.
 
@@ -78,6 +86,13 @@ class LowPassResample:
 
     def reduce_features(self, x, size):
         return self.apply(x), None
+
+    def rotary_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rotary rows (B, N, R) of the resampled tokens: output token i samples the band-limited sequence at
+        (i + 1/2) T / (T - r) on the token axis, so it takes the row of the patch token found there (a blend
+        of (cos, sin) rows would not be a rotation)."""
+        index = schedule_constant(_sample_positions, (self.tokens, self.kept, self.n_prefix), rows.device)
+        return rows.index_select(1, index)
 
 
 @register_strategy("dct")
