@@ -1,4 +1,4 @@
-"""dct: frequency-domain token reduction, as in the Fourier Transformer (He et al., ACL 2023).
+"""dct: frequency-domain token reduction, as in the Fourier Transformer (He et al., Findings of ACL 2023).
 
 Neighbouring patch tokens are strongly correlated, so along the token axis most of a sequence's energy
 sits in its low frequencies. At the exit of each block the patch tokens are taken to the frequency
@@ -13,14 +13,15 @@ As in the timm patch of Westlake-AI/OpenToMe (`opentome/timm/dct.py`, `opentome/
 - the class token is set aside and never transformed; r is capped at T // 2 of the T patch tokens;
 - `r` is an int or a per-block list; an int is spread over the blocks by ToMe's `parse_r` with
   `inflect` (OpenToMe's evaluation uses inflect -0.5 and, for its default of 98 tokens removed on
-  196 patches, r=9 with the first block's 13 corrected to 8: pass that list to reproduce it exactly).
-Departures, none of which changes a result in float32 or float64 beyond rounding: the DCT pair is one
-(T - r, T) matrix built once per token count (theirs runs two FFTs), computed in the tokens' dtype or
-float32 if narrower (theirs always casts to float32); every prefix token (class token, registers,
-distillation token) is set aside, where theirs sets aside the class token only. Token sizes are not
-tracked (a resampled token is not a count of patches), so average pooling weighs every token alike. On
-rotary-position families (EVA) each resampled token takes the rotary row of the patch token under its
-centre (the reference patches no such family).
+  196 patches, r=9 with the first block's 13 lowered to 8; r=[8, 12, 11, 10, 10, 9, 8, 7, 7, 6, 5, 5]
+  reproduces it exactly).
+Departures: the DCT pair is one (T - r, T) matrix built once per token count (theirs runs two FFTs),
+computed in the tokens' dtype or float32 if narrower (theirs always casts to float32): the same result to
+rounding. The others only matter on models their patch does not handle: every prefix token (class token,
+registers, distillation token) is set aside, where theirs sets aside the class token only; the block keeps
+its layer scale, which their block forward drops; on rotary-position families (EVA) each resampled token
+takes the rotary row of the patch token under its centre. Token sizes are not tracked (a resampled token
+is not a count of patches), so average pooling weighs every token alike, as theirs does.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _sample_positions(tokens: int, kept: int, n_prefix: int) -> torch.Tensor:
 class LowPassResample:
     """The reduction: prefix tokens unchanged, the patch tokens resampled by the cached truncation matrix.
 
-    Linear, so features, rotary rows and source maps all go through the same `apply`."""
+    Linear, so features and source maps go through the same `apply`; rotary rows are placed (`rotary_rows`)."""
 
     def __init__(self, tokens: int, kept: int, n_prefix: int):
         self.tokens, self.kept, self.n_prefix = tokens, kept, n_prefix
