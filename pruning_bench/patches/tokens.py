@@ -198,7 +198,11 @@ class TokenRun:
 
 def reduced_rope(reduction, rows: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
     """The rotary rows after a reduction: each output token's size-weighted mean of the (cos, sin) rows
-    it absorbed, with the decision the reduction already made (a kept token keeps its own row)."""
+    it absorbed, with the decision the reduction already made (a kept token keeps its own row). A reduction
+    that places its tokens itself (`rotary_rows`, e.g. a resampling whose tokens are not sums of patches)
+    gives their rows directly."""
+    if hasattr(reduction, "rotary_rows"):
+        return reduction.rotary_rows(rows)
     weight = torch.ones_like(rows[..., :1]) if size is None else size.to(rows.dtype)
     return reduction.apply(rows * weight, "sum") / reduction.apply(weight, "sum").clamp_min(1e-12)
 
