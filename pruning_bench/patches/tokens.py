@@ -52,6 +52,10 @@ class TokenRun:
         self.mask = None  # (B, N) bool once images keep different numbers of tokens: False marks padding
         self.counts_in: list[torch.Tensor | None] = []  # per block: valid tokens per image (None: all N)
         self.counts_mlp: list[torch.Tensor | None] = []
+        # what a strategy derives once from the first block's input and carries through its reductions
+        self.carry = None
+        if x is not None and self.strategy.carries_state:
+            self.carry = self.strategy.start(x, self.n_prefix, self.family.patch_grid())
         if x is not None and self.trace_source:
             B, N, _ = x.shape
             self.source = torch.eye(N, device=x.device, dtype=x.dtype).expand(B, N, N)
@@ -132,8 +136,12 @@ class TokenRun:
         the reduction, or None). The reduction is returned, never stored: a compiled graph would have to rebuild it."""
         kept = reduction = None
         if reducing:
-            per_image = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
-            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **per_image)
+            extra = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
+            if self.carry is not None:
+                extra["carry"] = self.carry
+            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **extra)
+            if self.carry is not None:
+                self.carry = reduction.carry  # the carried state, for the tokens the reduction leaves
             if isinstance(reduction, PaddedSelection):
                 reduction = self._padded(reduction)
             size = self.size

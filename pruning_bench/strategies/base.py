@@ -255,6 +255,14 @@ class TokenStrategy(Strategy):
     def check_model(self, n_layers: int, n_prefix: int) -> None:
         """Refuse parameters that cannot fit this model (e.g. a start block past the last one)."""
 
+    carries_state = False  # True: `start` runs on the first block's input of every forward
+
+    def start(self, x: torch.Tensor, n_prefix: int, grid: tuple[int, int]):
+        """State derived once per forward from the first block's input `x` (B, N, C), the patch grid being
+        `grid` (rows, columns), and carried through the reductions (GTP's token graph), or None. `reduce`
+        then receives it as `carry=` and its reduction's `carry` attribute is what later blocks receive."""
+        return None
+
     def uses_size_bias(self) -> bool:
         """Whether attention adds log(token size) to its logits once tokens have merged (ToMe)."""
         return False
