@@ -61,7 +61,7 @@ STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher
 # the paper defaults for everything else; visionzip reduces at block 3 (its LLaVA default, the second-to-
 # last block, cannot reach 60% MACs) and anchor_diversity runs EViT's schedule (keep_rate at 3, 6, 9).
 FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
-         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}))
+         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}), ("gtp", {}))
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
 PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
 PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
