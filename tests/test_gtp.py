@@ -3,21 +3,15 @@ authors' settings: a token graph built once from the first block's input (8 grid
 `num_neighbours` most cosine-similar patches, 1 / sqrt(d_i d_j) weights), then in every block, after the
 attention residual, the `num_prop` patch tokens of lowest max-over-heads self-attention times
 max-over-heads received attention removed and added, times alpha and their edge weights, to their kept
-neighbours; token scales follow the same rule and bias the attention logits; plus the contract."""
+neighbours; token scales follow the same rule and bias the attention logits. The contract (restore,
+keep-all no-op, batch invariance, MACs on every family) runs from tests/test_contract.py."""
 import math
 
 import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench.registry import get_strategy
-from strategy_contract import (
-    check_keep_all_is_exact_noop,
-    check_macs_follow_schedule,
-    check_reduces_restores_and_is_per_image,
-    family_models,
-    tiny_timm,
-)
+from strategy_contract import check_macs_follow_schedule, tiny_timm
 
 
 def paper_graph(patches, side, num_neighbours, graph_type):
@@ -104,13 +98,6 @@ def test_gtp_alpha_zero_is_plain_pruning_of_the_same_tokens():
         got = model(images)
     expected = torch.stack([paper_gtp_forward(model, image, 10, alpha=0.0, token_scale=False) for image in images])
     assert (got - expected).abs().max() < 1e-10
-
-
-def test_gtp_contract_on_every_family():
-    strategy = get_strategy("gtp")
-    for _, model, run in family_models():
-        check_keep_all_is_exact_noop("gtp", strategy.keep_all_params, model, run)
-        check_reduces_restores_and_is_per_image("gtp", strategy.example_params, model, run)
 
 
 def test_gtp_macs_follow_its_schedule():
