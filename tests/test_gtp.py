@@ -3,7 +3,8 @@ authors' settings: a token graph built once from the first block's input (8 grid
 `num_neighbours` most cosine-similar patches, 1 / sqrt(d_i d_j) weights), then in every block, after the
 attention residual, the `num_prop` patch tokens of lowest max-over-heads self-attention times
 max-over-heads received attention removed and added, times alpha and their edge weights, to their kept
-neighbours; token scales follow the same rule and bias the attention logits. The contract (restore,
+neighbours; token scales follow the same rule and bias the attention logits; with `sparsity` < 1 every
+block attends with (and selects from) its attention with the smallest weights zeroed. The contract (restore,
 keep-all no-op, batch invariance, MACs on every family) runs from tests/test_contract.py."""
 import math
 
@@ -32,7 +33,21 @@ def paper_graph(patches, side, num_neighbours, graph_type):
     return {(i, j): 1 / math.sqrt(degree[i] * degree[j]) for (i, j) in edges}
 
 
-def paper_gtp_forward(model, image, num_prop, num_neighbours=8, alpha=0.1, token_scale=True, graph_type="Mixed"):
+def sparsified(a, sparsity):
+    """Each head's weights (N, N) below its int(N^2 (1 - sparsity))-th smallest one set to 0."""
+    n = a.shape[-1]
+    k = int(n * n * (1 - sparsity))
+    if k == 0:
+        return a
+    heads = []
+    for head in a:
+        threshold = sorted(head.flatten().tolist())[k - 1]
+        heads.append(torch.where(head < threshold, 0.0, head))
+    return torch.stack(heads)
+
+
+def paper_gtp_forward(model, image, num_prop, num_neighbours=8, alpha=0.1, token_scale=True, graph_type="Mixed",
+                      sparsity=1.0):
     x = model.norm_pre(model._pos_embed(model.patch_embed(image[None])))[0]
     side = int(math.isqrt(x.shape[0] - 1))
     graph = paper_graph(x[1:], side, num_neighbours, graph_type)
@@ -45,7 +60,7 @@ def paper_gtp_forward(model, image, num_prop, num_neighbours=8, alpha=0.1, token
         logits = torch.einsum("nhd,mhd->hnm", q, k) * q.shape[-1] ** -0.5
         if token_scale:
             logits = logits + torch.tensor(scale, dtype=x.dtype).log()
-        a = logits.softmax(-1)
+        a = sparsified(logits.softmax(-1), sparsity)  # every block attends with, and selects from, this map
         x = x + block.ls1(attn.proj(torch.einsum("hnm,mhd->nhd", a, v).reshape(n, -1)))
         score = {t: a[:, t, t].max().item() * a[:, :, t].sum(dim=1).max().item() for t in range(1, n)}
         removed = sorted(score, key=lambda t: score[t])[:num_prop]
@@ -75,6 +90,8 @@ def _model(peaky=1.0):
     ({"num_prop": 9, "token_scale": False, "alpha": 0.4}, 3.0),
     ({"num_prop": 6, "graph_type": "Semantic", "num_neighbours": 3}, 3.0),
     ({"num_prop": 6, "graph_type": "Spatial"}, 1.0),
+    ({"num_prop": 8, "sparsity": 0.6}, 3.0),
+    ({"num_prop": 3, "sparsity": 0.9, "token_scale": False}, 1.0),
 ])
 def test_gtp_equals_the_papers_algorithm(params, peaky):
     model = _model(peaky)
@@ -100,16 +117,31 @@ def test_gtp_alpha_zero_is_plain_pruning_of_the_same_tokens():
     assert (got - expected).abs().max() < 1e-10
 
 
-def test_gtp_macs_follow_its_schedule():
-    """Beyond the formula: the attention map, the propagation products and, in block 0, the graph's similarities."""
+@pytest.mark.parametrize("sparsity", [1.0, 0.8])
+def test_gtp_macs_follow_its_schedule(sparsity):
+    """Beyond the formula: the graph's similarities in block 0, the propagation products and, unless sparsified
+    attention was formed from it anyway, the attention map."""
     def extra(dims, n):
         attn, width, removed = dims.blocks[0].attn_dim, dims.embed_dim, 8
         kept = n - removed - 1
         graph = (n - 1) ** 2 * width if n == 197 else 0
-        return n * n * attn + kept * removed * (width + 1) + graph
+        return n * n * attn * (sparsity == 1.0) + kept * removed * (width + 1) + graph
 
-    stats = check_macs_follow_schedule("gtp", {"num_prop": 8}, extra_per_block=extra)
+    stats = check_macs_follow_schedule("gtp", {"num_prop": 8, "sparsity": sparsity}, extra_per_block=extra)
     assert stats["tokens_per_layer"] == [197, 189, 181]
+
+
+def test_gtp_sparsity_alone_changes_every_block_and_removes_nothing():
+    model = _model(3.0)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        plain = model(images)
+        with pb.prune(model, "gtp", num_prop=0, sparsity=0.7) as h:
+            got = model(images)
+    expected = torch.stack([paper_gtp_forward(model, image, 0, sparsity=0.7) for image in images])
+    assert h.stats()["tokens_per_layer"] == [65] * 4
+    assert (got - plain).abs().max() > 1e-3
+    assert (got - expected).abs().max() < 1e-10
 
 
 def test_gtp_caps_a_budget_larger_than_the_patches():
@@ -127,7 +159,9 @@ def test_gtp_caps_a_budget_larger_than_the_patches():
     ({"alpha": -0.1}, r"alpha=-0.1 is out of range \[0.0, inf\)"),
     ({"token_scale": "maybe"}, "token_scale must be a boolean"),
     ({"graph_type": "Knn"}, "graph_type='Knn' is not one of Mixed, Spatial, Semantic"),
-    ({"sparsity": 0.5}, "unknown parameter"),
+    ({"sparsity": 0.0}, r"sparsity=0.0 is out of range \(0.0, 1.0\]"),
+    ({"sparsity": 1.5}, r"sparsity=1.5 is out of range"),
+    ({"sparse": 0.5}, "unknown parameter"),
 ])
 def test_gtp_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):

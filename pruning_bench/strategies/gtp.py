@@ -13,10 +13,11 @@ to the attention logits (proportional attention).
 
 As in the authors' code (Ackesnal/GTP-ViT, `models_v3.py`): the same `num_prop` in every block, the
 selection from the block's own attention (proportional bias included, the class token's query row
-counted in the column sums), prefix tokens never propagated. Kept tokens stay in their original order
-(theirs are ordered by score; no result changes). Not implemented: their attention sparsification
-(`sparsity` < 1 zeroes the smallest attention weights of every block before A @ V); the default here is
-their `sparsity` 1, i.e. none.
+counted in the column sums), prefix tokens never propagated, and their attention sparsification:
+with `sparsity` theta < 1 every block (reducing or not) zeroes, per image and head, the attention
+weights below the int(N^2 (1 - theta))-th smallest before A @ V (no renormalisation), and selects from
+that map. Its default is their code's 1 (none; their README tunes it between 0.5 and 1 per `num_prop`).
+Kept tokens stay in their original order (theirs are ordered by score; no result changes).
 """
 from __future__ import annotations
 
@@ -110,9 +111,11 @@ class GTP(TokenStrategy):
         "alpha": Float(0.1, "magnitude of the propagated features", low=0.0, high=math.inf, high_open=True),
         "token_scale": Bool(True, "token scales propagated too, their log added to the attention logits"),
         "graph_type": Choice("Mixed", "token graph: grid neighbours, similar patches, or both", choices=GRAPHS),
+        "sparsity": Float(1.0, "share of each head's attention weights kept in every block (the smallest set to 0)",
+                          low=0.0, high=1.0, low_open=True),
     }
     compute_knob = "num_prop"
-    example_params = {"num_prop": 6}
+    example_params = {"num_prop": 6, "sparsity": 0.9}  # the sparsified attention path too
     keep_all_params = {"num_prop": 0}
     carries_state = True
 
@@ -126,7 +129,7 @@ class GTP(TokenStrategy):
         r = self.params["num_prop"]
         if isinstance(r, list) and len(r) > n_layers:
             raise ValueError(f"{self.name}: num_prop has {len(r)} entries but the model has {n_layers} blocks")
-        if not any(self.r_at(layer) for layer in range(n_layers)):
+        if not any(self.r_at(layer) for layer in range(n_layers)) and not self.reshapes_attention:
             warnings.warn(f"{self.name}: num_prop=0 in every block propagates nothing; the model runs unchanged",
                           UserWarning, stacklevel=4)
 
@@ -173,11 +176,26 @@ class GTP(TokenStrategy):
         return gtp_propagation(x, probe.attention_map(), carry, n_prefix, int(x.shape[1]) - n_out, p["alpha"],
                                p["token_scale"])
 
+    @property
+    def reshapes_attention(self):
+        return self.params["sparsity"] < 1.0
+
+    def reshape_attention(self, weights):
+        """The authors' sparsification: per image and head, weights below the k-th smallest set to 0."""
+        B, H, N, _ = weights.shape
+        k = int(N * N * (1 - self.params["sparsity"]))
+        if k == 0:
+            return weights
+        threshold = weights.reshape(B, H, -1).kthvalue(k, dim=-1, keepdim=True).values[..., None]
+        return torch.where(weights < threshold, torch.zeros_like(weights), weights)
+
     def decision_macs(self, layer, n_tokens, n_out, n_prefix, dims):
-        """The attention map (the fused kernel does not return it), the propagated features (and scales) to
-        the kept tokens and, once, the patch-to-patch cosine similarity of the graph."""
+        """The attention map (unless sparsification already formed it: the fused kernel does not return it),
+        the propagated features (and scales) to the kept tokens and, once, the graph's patch similarities."""
         kept, removed = n_out - n_prefix, n_tokens - n_out
-        macs = n_tokens * n_tokens * dims.attn_dim + kept * removed * (dims.width + self.params["token_scale"])
+        macs = kept * removed * (dims.width + self.params["token_scale"])
+        if not self.reshapes_attention:
+            macs += n_tokens * n_tokens * dims.attn_dim
         if layer == self.first_reducing() and self.params["graph_type"] != "Spatial":
             patches = n_tokens - n_prefix
             macs += patches * patches * dims.width
