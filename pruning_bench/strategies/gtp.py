@@ -35,7 +35,8 @@ GRAPHS = ("Mixed", "Spatial", "Semantic")
 
 def spatial_graph(rows: int, cols: int, device=None, dtype=None) -> torch.Tensor:
     """(P, P) 0/1 adjacency of the patch grid: the 8 neighbours of each patch, itself excluded."""
-    r, c = torch.arange(rows * cols, device=device).div(cols, rounding_mode="floor"), torch.arange(rows * cols, device=device) % cols
+    cells = torch.arange(rows * cols, device=device)
+    r, c = cells.div(cols, rounding_mode="floor"), cells % cols
     near = ((r[:, None] - r[None, :]).abs() <= 1) & ((c[:, None] - c[None, :]).abs() <= 1)
     return near.to(dtype) - torch.eye(rows * cols, device=device, dtype=dtype)
 
