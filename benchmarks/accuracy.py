@@ -68,7 +68,8 @@ STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher
 # last block, cannot reach 60% MACs) and anchor_diversity runs EViT's schedule (keep_rate at 3, 6, 9).
 FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
          ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}),
-         ("dct", {}))  # dct: r searched with its default inflect -0.5 (r 10 / 16 at 80% / 60% on DINOv2 ViT-S/14)
+         ("dct", {}),  # dct: r searched with its default inflect -0.5 (r 10 / 16 at 80% / 60% on DINOv2 ViT-S/14)
+         ("gtp", {}))
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
 PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
 PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}

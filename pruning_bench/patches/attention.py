@@ -23,6 +23,15 @@ def attention_with_probe(view: AttentionView, h: torch.Tensor, bias: torch.Tenso
     return done.out, AttentionProbe(done.q, done.k, done.logit_fn, done.v)
 
 
+def reshaped_attention_with_probe(view: AttentionView, h: torch.Tensor, bias: torch.Tensor | None, reshape,
+                                  rotate=None, n_prefix: int = 0):
+    """(attention output, probe) where the softmax weights are first passed through `reshape` (B, heads, N, N);
+    the probe's `attention_map()` is the reshaped weights, the ones the output was formed with."""
+    probe = attention_probe(view, h, bias, rotate, n_prefix)
+    probe.weights = reshape(probe.attention_map())
+    return attention_from_weights(view, h, probe.weights), probe
+
+
 # ---------------------------------------------------------------- attention split at its softmax weights
 # The projections and output follow the family's attention view (the names it declares).
 # For a strategy that decides from a block's attention map before the block's output is formed (MCTF's

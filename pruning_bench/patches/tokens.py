@@ -8,7 +8,8 @@ its MLP on the survivors. A strategy whose `placement` is "exit" reduces at the 
 the MLP runs on every token and the reduction takes the block's output (what enters the next block),
 with the decision still made from the block's own attention. With "ahead" (MCTF's one-step-ahead
 attention) the block's input is reduced from its attention map before the attention output is formed,
-and the reduced tokens attend with the reduction's merged map. Swapping classes (not storing bound methods on instances) keeps
+and the reduced tokens attend with the reduction's merged map. A strategy that reshapes attention weights
+(GTP's sparsification) has every block attend with its reshaped softmax weights. Swapping classes (not storing bound methods on instances) keeps
 `nn.DataParallel` replicas and `state_dict` intact.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from ..families import Family, locate
 from ..strategies.base import Selection, TokenStrategy
 from ..strategies.per_image import PaddedSelection, key_mask_bias
-from .attention import attention_from_weights, attention_probe, attention_with_probe
+from .attention import attention_from_weights, attention_probe, attention_with_probe, reshaped_attention_with_probe
 from .pooling import patched_vit_class
 
 _BLOCK_CLASSES: dict[type, type] = {}
@@ -52,6 +53,10 @@ class TokenRun:
         self.mask = None  # (B, N) bool once images keep different numbers of tokens: False marks padding
         self.counts_in: list[torch.Tensor | None] = []  # per block: valid tokens per image (None: all N)
         self.counts_mlp: list[torch.Tensor | None] = []
+        # what a strategy derives once from the first block's input and carries through its reductions
+        self.carry = None
+        if x is not None and self.strategy.carries_state:
+            self.carry = self.strategy.start(x, self.n_prefix, self.family.patch_grid())
         if x is not None and self.trace_source:
             B, N, _ = x.shape
             self.source = torch.eye(N, device=x.device, dtype=x.dtype).expand(B, N, N)
@@ -77,7 +82,8 @@ class TokenRun:
         bias_needed = self.size is not None and self.strategy.uses_size_bias()
         # a per-image strategy's static width may exceed a padded batch's: it still decides in its blocks
         reducing = n_out < N or (getattr(self.strategy, "per_image", False) and self.strategy.reduces_at(layer))
-        if not reducing and not bias_needed and not self.record_attention and self.mask is None:
+        reshaping = self.strategy.reshapes_attention
+        if not reducing and not bias_needed and not reshaping and not self.record_attention and self.mask is None:
             self.tokens_mlp.append(N)
             self.tokens_out.append(N)
             self.counts_mlp.append(None)
@@ -94,7 +100,12 @@ class TokenRun:
         rotate = None if rope is None else (lambda t: self.family.rotate(t, rope))
         if self.strategy.placement == "ahead":
             return self._reduce_ahead(block, layout, x, bias, rotate, rope, n_out, reducing)
-        out, probe = attention_with_probe(self.family.attention_view(block), norm1(x), bias, rotate, self.n_prefix)
+        view = self.family.attention_view(block)
+        if reshaping:
+            out, probe = reshaped_attention_with_probe(view, norm1(x), bias, self.strategy.reshape_attention, rotate,
+                                                       self.n_prefix)
+        else:
+            out, probe = attention_with_probe(view, norm1(x), bias, rotate, self.n_prefix)
         x = x + layout.attn_residual(block, out)
         del out
         if self.strategy.placement == "exit":  # the MLP sees every token; the block's output is reduced
@@ -132,8 +143,12 @@ class TokenRun:
         the reduction, or None). The reduction is returned, never stored: a compiled graph would have to rebuild it."""
         kept = reduction = None
         if reducing:
-            per_image = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
-            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **per_image)
+            extra = {"mask": self.mask} if getattr(self.strategy, "per_image", False) else {}
+            if self.carry is not None:
+                extra["carry"] = self.carry
+            reduction = self.strategy.reduce(layer, x, probe, self.n_prefix, n_out, **extra)
+            if self.carry is not None:
+                self.carry = reduction.carry  # the carried state, for the tokens the reduction leaves
             if isinstance(reduction, PaddedSelection):
                 reduction = self._padded(reduction)
             size = self.size

@@ -209,11 +209,14 @@ class AttentionProbe:
     k: torch.Tensor
     logit_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     v: torch.Tensor | None = None  # (B, heads, N, head_dim), for strategies that weigh attention by value norms
+    weights: torch.Tensor | None = None  # the weights the block attended with, when a strategy reshaped them
 
     def attention_rows(self, rows: torch.Tensor | slice) -> torch.Tensor:
         """Head-averaged softmax attention of the queries `rows` over every key: (B, R, N).
 
         `rows` is a slice, or a (B, R) index tensor for per-image queries."""
+        if self.weights is not None and isinstance(rows, slice):
+            return self.weights[:, :, rows].float().mean(dim=1)
         if isinstance(rows, slice):
             q = self.q[:, :, rows]
         else:
@@ -224,7 +227,10 @@ class AttentionProbe:
         return logits.float().softmax(dim=-1).mean(dim=1)
 
     def attention_map(self) -> torch.Tensor:
-        """The full softmax attention (B, heads, N, N), in the dtype of q (softmax in at least float32)."""
+        """The full softmax attention (B, heads, N, N), in the dtype of q (softmax in at least float32); the
+        reshaped weights when a strategy reshaped them (`TokenStrategy.reshape_attention`)."""
+        if self.weights is not None:
+            return self.weights
         logits = self.logit_fn(self.q, self.k)
         return logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(self.q.dtype)
 
@@ -254,6 +260,20 @@ class TokenStrategy(Strategy):
 
     def check_model(self, n_layers: int, n_prefix: int) -> None:
         """Refuse parameters that cannot fit this model (e.g. a start block past the last one)."""
+
+    carries_state = False  # True: `start` runs on the first block's input of every forward
+
+    def start(self, x: torch.Tensor, n_prefix: int, grid: tuple[int, int]):
+        """State derived once per forward from the first block's input `x` (B, N, C), the patch grid being
+        `grid` (rows, columns), and carried through the reductions (GTP's token graph), or None. `reduce`
+        then receives it as `carry=` and its reduction's `carry` attribute is what later blocks receive."""
+        return None
+
+    reshapes_attention = False  # True: every block attends with `reshape_attention` of its softmax weights
+
+    def reshape_attention(self, weights: torch.Tensor) -> torch.Tensor:
+        """The weights (B, heads, N, N) a block attends with in place of its softmax `weights` (GTP's sparsification)."""
+        return weights
 
     def uses_size_bias(self) -> bool:
         """Whether attention adds log(token size) to its logits once tokens have merged (ToMe)."""
