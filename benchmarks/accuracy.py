@@ -61,7 +61,7 @@ STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher
 # the paper defaults for everything else; visionzip reduces at block 3 (its LLaVA default, the second-to-
 # last block, cannot reach 60% MACs) and anchor_diversity runs EViT's schedule (keep_rate at 3, 6, 9).
 FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
-         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}))
+         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}), ("atc", {}))
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
 PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
 PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
@@ -371,7 +371,7 @@ def main(argv=None):
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--field_budgets", type=float, nargs="*", default=[0.8, 0.6],
                         help="budgets of the field's methods (evit, visionzip, pitome, tofu, mctf, dpc_knn, kmedoids, "
-                             "anchor_diversity at 3/6/9), matched with pb.match_macs")
+                             "anchor_diversity at 3/6/9, atc), matched with pb.match_macs")
     parser.add_argument("--protocol", action=argparse.BooleanOptionalAction, default=True,
                         help="EViT's protocol (keep_rate 0.7 at blocks 3, 6, 9) for evit, cls_topk, random_drop, anchor_diversity")
     parser.add_argument("--batch", type=int, default=64)
