@@ -72,9 +72,11 @@ def agglomerate(distance: torch.Tensor, n_clusters: int, linkage: str) -> torch.
             merged = merged.masked_fill(rows.isinf().any(dim=1), float("inf"))
         is_keep, is_gone = position == keep[:, None], position == gone[:, None]
         merged = merged.masked_fill(is_keep | is_gone, float("inf"))
-        d = torch.where(is_keep[:, :, None], merged[:, None, :], d)
-        d = torch.where(is_keep[:, None, :], merged[:, :, None], d)
-        d = d.masked_fill(is_gone[:, :, None] | is_gone[:, None, :], float("inf"))
+        # only two rows and two columns change: written in place, so a step reads the matrix once (argmin)
+        absorbed = torch.full_like(merged, float("inf"))
+        for row, values in ((keep, merged), (gone, absorbed)):
+            d.scatter_(1, row[:, None, None].expand(B, 1, P), values[:, None, :])
+            d.scatter_(2, row[:, None, None].expand(B, P, 1), values[:, :, None])
         size = size + torch.where(is_keep, size.gather(1, gone[:, None]), torch.zeros_like(size))
         owner = torch.where(owner == gone[:, None], keep[:, None], owner)
     first = owner == position  # a cluster's first token
