@@ -69,7 +69,7 @@ STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher
 FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
          ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}),
          ("dct", {}),  # dct: r searched with its default inflect -0.5 (r 10 / 16 at 80% / 60% on DINOv2 ViT-S/14)
-         ("gtp", {}))
+         ("gtp", {}), ("atc", {}))
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
 PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
 PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--field_budgets", type=float, nargs="*", default=[0.8, 0.6],
                         help="budgets of the field's methods (evit, visionzip, pitome, tofu, mctf, dpc_knn, kmedoids, "
-                             "anchor_diversity at 3/6/9), matched with pb.match_macs")
+                             "anchor_diversity at 3/6/9, atc), matched with pb.match_macs")
     parser.add_argument("--protocol", action=argparse.BooleanOptionalAction, default=True,
                         help="EViT's protocol (keep_rate 0.7 at blocks 3, 6, 9) for evit, cls_topk, random_drop, anchor_diversity")
     parser.add_argument("--batch", type=int, default=64)
