@@ -69,7 +69,10 @@ STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher
 FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
          ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}),
          ("dct", {}),  # dct: r searched with its default inflect -0.5 (r 10 / 16 at 80% / 60% on DINOv2 ViT-S/14)
-         ("gtp", {}), ("atc", {}))
+         ("gtp", {}), ("atc", {}), ("ats", {}), ("ppt", {}), ("zero_tprune", {}),
+         ("tome", {"prop_attn": False}))  # ToFu and PiToMe run without proportional attention: ToMe so too
+# Fixed parameters that name a row's variant (the others are the paper's setting for that method).
+VARIANT_KEYS = ("prune_layers", "prop_attn")
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
 PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
 PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
@@ -243,7 +246,8 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
 
 def field_config(base, image, strategy: str, budget: float, fixed: dict) -> dict:
     """A matched-MACs configuration whose knob is searched only when it is about to run (resumes stay fast)."""
-    variant = f"prune_layers={','.join(map(str, fixed['prune_layers']))}" if "prune_layers" in fixed else ""
+    variant = ",".join(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
+                       for key, value in fixed.items() if key in VARIANT_KEYS)
     config = {"id": f"{strategy}{'[' + variant + ']' if variant else ''}@{budget:.2f}/field", "strategy": strategy,
               "group": "field", "budget": budget, "params": None, "variant": variant}
     config["resolve"] = _resolver(config, base, image, strategy, budget, fixed)
