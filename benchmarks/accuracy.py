@@ -32,6 +32,7 @@ import copy
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -461,10 +462,19 @@ def ordered_records(out: Path, configs: list[dict] | None = None) -> list[dict]:
 
 def rebuild_table(out: Path, configs: list[dict] | None = None) -> None:
     """The table and its readings from the records already measured, under the header of the run that measured them."""
+    configs = plan(None, None, None, build_parser().parse_args([]), None) if configs is None else configs
     records = ordered_records(out, configs)
     old = out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else "# Accuracy\n\n"
     header = old.split("- Uncertainty (")[0].split("\n## ")[0].rstrip("\n") + "\n"
-    write_table(records, out, header)
+    write_table(records, out, re.sub(r"^- Finished .*$", progress_line(configs, done_ids(out.with_suffix(".jsonl"))),
+                                     header, flags=re.M))
+
+
+def progress_line(configs: list[dict], done: dict) -> str:
+    """How much of the plan has a record: the header of a rebuilt table says so of the records it has now."""
+    missing = [c["id"] for c in configs if id_key(c["id"]) not in done]
+    return (f"- Finished {len(configs) - len(missing)} of {len(configs)} planned configurations"
+            + (f"; still to run: {', '.join(missing)}." if missing else "."))
 
 
 def evaluate_baseline(base, sets, reference, probe, args) -> dict:
@@ -504,8 +514,7 @@ def header(args, probe, configs, done) -> str:
         "whose rate in the same window gives `speedup`.",
         f"- Machine: {env['device_name']}, {env['threads']} threads, torch {env['versions']['torch']}, timm "
         f"{env['versions']['timm']}; shared with other jobs, so images/s is noisy (speedup less so).",
-        f"- Finished {len(configs) - len(missing)} of {len(configs)} planned configurations"
-        + (f"; still to run: {', '.join(missing)}." if missing else "."),
+        progress_line(configs, done),
         "",
     ])
 
