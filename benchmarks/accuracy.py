@@ -61,7 +61,7 @@ STRUCTURED = (("head_prune", None), ("layer_drop", None), ("head_prune", "fisher
 # the paper defaults for everything else; visionzip reduces at block 3 (its LLaVA default, the second-to-
 # last block, cannot reach 60% MACs) and anchor_diversity runs EViT's schedule (keep_rate at 3, 6, 9).
 FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {}), ("mctf", {}),
-         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}))
+         ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}), ("diffrate", {}))
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
 PROTOCOL = ("evit", "cls_topk", "random_drop", "anchor_diversity")
 PROTOCOL_PARAMS = {"prune_layers": [3, 6, 9], "keep_rate": 0.7}
@@ -221,7 +221,7 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
             add("tome", budget, group="match_fraction", variant={"match_fraction": fraction})
     for budget in args.field_budgets:
         for strategy, fixed in FIELD:
-            configs.append(field_config(base, image, strategy, budget, fixed))
+            configs.append(field_config(base, image, strategy, budget, fixed, calibration))
     if args.protocol:
         for strategy in PROTOCOL:
             configs.append({"id": f"{strategy}@evit_protocol", "strategy": strategy, "group": "evit_protocol",
@@ -229,11 +229,16 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     return configs
 
 
-def field_config(base, image, strategy: str, budget: float, fixed: dict) -> dict:
-    """A matched-MACs configuration whose knob is searched only when it is about to run (resumes stay fast)."""
+def field_config(base, image, strategy: str, budget: float, fixed: dict, calibration=None) -> dict:
+    """A matched-MACs configuration whose knob is searched only when it is about to run (resumes stay fast).
+    A strategy without a compute knob reaches the budget itself (diffrate searches its rates on the
+    calibration images for `target_ratio`)."""
     variant = f"prune_layers={','.join(map(str, fixed['prune_layers']))}" if "prune_layers" in fixed else ""
     config = {"id": f"{strategy}{'[' + variant + ']' if variant else ''}@{budget:.2f}/field", "strategy": strategy,
               "group": "field", "budget": budget, "params": None, "variant": variant}
+    if pb.get_strategy(strategy).compute_knob is None:
+        config["params"] = {**fixed, "target_ratio": budget, "calibration": calibration}
+        return config
     config["resolve"] = _resolver(config, base, image, strategy, budget, fixed)
     return config
 

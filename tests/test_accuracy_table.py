@@ -96,3 +96,12 @@ def test_field_configs_resolve_their_knob_only_when_run(accuracy, monkeypatch):
     config["resolve"]()
     assert calls == [("anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})]
     assert config["params"] == {"prune_layers": [3, 6, 9], "keep_rate": 0.45} and config["analytic_ratio"] == 0.61
+
+
+def test_a_field_strategy_without_a_knob_reaches_the_budget_itself(accuracy, monkeypatch):
+    monkeypatch.setattr(accuracy.pb, "match_macs", lambda *a, **k: pytest.fail("diffrate is not matched by a knob"))
+    calibration = [object()]
+    config = accuracy.field_config(object(), None, "diffrate", 0.8, {}, calibration)
+    assert config["id"] == "diffrate@0.80/field" and "resolve" not in config
+    assert config["params"] == {"target_ratio": 0.8, "calibration": calibration}
+    assert ("diffrate", {}) in accuracy.FIELD
