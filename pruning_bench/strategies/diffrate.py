@@ -129,9 +129,13 @@ class DiffRate(TokenStrategy):
         self.search_record = None
 
     def resolved_params(self):
+        """After a search, the counts it found stand in for None: the record (and a saved model re-applied
+        from it) reproduces the schedule without calibration images."""
         params = dict(self.params)
         if params["calibration"] is not None:
             params["calibration"] = None if self.search_record is None else self.search_record["calibration"]
+        if self.search_record is not None:
+            params["prune_kept_num"], params["merge_kept_num"] = (list(c) for c in self.schedule)
         return params
 
     def attach(self, model):
