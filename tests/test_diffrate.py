@@ -169,3 +169,10 @@ def test_an_empty_calibration_set_is_refused_before_the_model_changes():
     with pytest.raises(ValueError, match="calibration"):
         pb.prune(model, "diffrate", calibration=[])
     assert type(model.blocks[0]).__name__ == "Block" and "forward" not in model.blocks[0].__dict__
+
+
+def test_a_search_that_stops_short_of_its_target_says_so():
+    with pytest.warns(UserWarning, match="rate search ended at 0.[0-9]+ of the MACs for target_ratio=0.95"):
+        handle = pb.prune(tiny_timm(depth=4), "diffrate", calibration=[torch.randn(2, 3, 32, 32)], target_ratio=0.95,
+                          epochs=1)
+    handle.restore()

@@ -21,6 +21,7 @@ The searched counts are in `h.stats()` (`prune_kept_num`, `merge_kept_num`, `sea
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -28,6 +29,8 @@ from ..families import locate
 from ..registry import register_strategy
 from .base import TokenStrategy
 from .params import Calibration, Custom, Float, Int, check_int
+
+MISSED_TARGET = 0.01  # a searched schedule further than this from target_ratio (share of the MACs) is noted
 
 
 def class_attention(probe, n_prefix: int) -> torch.Tensor:
@@ -152,6 +155,11 @@ class DiffRate(TokenStrategy):
                 model, family, p["calibration"], target_ratio=p["target_ratio"], granularity=p["granularity"],
                 epochs=p["epochs"], lr=p["arch_lr"], min_lr=p["arch_min_lr"], lamb=p["lamb"])
             self.schedule = (prune, merge)
+            achieved = self.search_record["analytic_mac_ratio"]
+            if abs(achieved - p["target_ratio"]) > MISSED_TARGET:
+                warnings.warn(f"{self.name}: the rate search ended at {achieved:.3f} of the MACs for target_ratio="
+                              f"{p['target_ratio']}; more epochs (or calibration batches) or a larger arch_lr get "
+                              "closer", UserWarning, stacklevel=3)
         self.check_pooling(family.pools_patch_tokens())
         return attach_token_strategy(model, self, family)
 
