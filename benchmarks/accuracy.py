@@ -71,7 +71,7 @@ FIELD = (("evit", {}), ("visionzip", {"layer": 3}), ("pitome", {}), ("tofu", {})
          ("dpc_knn", {}), ("kmedoids", {}), ("anchor_diversity", {"prune_layers": [3, 6, 9]}),
          ("dct", {}),  # dct: r searched with its default inflect -0.5 (r 10 / 16 at 80% / 60% on DINOv2 ViT-S/14)
          ("gtp", {}), ("atc", {}), ("ats", {}), ("ppt", {}), ("zero_tprune", {}),
-         ("tome", {"prop_attn": False}))  # ToFu and PiToMe run without proportional attention: ToMe so too
+         ("diffrate", {}), ("tome", {"prop_attn": False}))  # ToFu and PiToMe run without proportional attention: ToMe so too
 # Fixed parameters that name a row's variant (the others are the paper's setting for that method).
 VARIANT_KEYS = ("prune_layers", "prop_attn")
 # EViT's own protocol, the same schedule for every pruning method: keep_rate 0.7 at blocks 3, 6 and 9.
@@ -237,7 +237,7 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
             add("tome", budget, group="match_fraction", variant={"match_fraction": fraction})
     for budget in args.field_budgets:
         for strategy, fixed in FIELD:
-            configs.append(field_config(base, image, strategy, budget, fixed))
+            configs.append(field_config(base, image, strategy, budget, fixed, calibration))
     if args.protocol:
         for strategy in PROTOCOL:
             configs.append({"id": f"{strategy}@evit_protocol", "strategy": strategy, "group": "evit_protocol",
@@ -245,12 +245,17 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
     return configs
 
 
-def field_config(base, image, strategy: str, budget: float, fixed: dict) -> dict:
-    """A matched-MACs configuration whose knob is searched only when it is about to run (resumes stay fast)."""
+def field_config(base, image, strategy: str, budget: float, fixed: dict, calibration=None) -> dict:
+    """A matched-MACs configuration whose knob is searched only when it is about to run (resumes stay fast).
+    A strategy without a compute knob reaches the budget itself (diffrate searches its rates on the
+    calibration images for `target_ratio`)."""
     variant = ",".join(f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
                        for key, value in fixed.items() if key in VARIANT_KEYS)
     config = {"id": f"{strategy}{'[' + variant + ']' if variant else ''}@{budget:.2f}/field", "strategy": strategy,
               "group": "field", "budget": budget, "params": None, "variant": variant}
+    if pb.get_strategy(strategy).compute_knob is None:
+        config["params"] = {**fixed, "target_ratio": budget, "calibration": calibration}
+        return config
     config["resolve"] = _resolver(config, base, image, strategy, budget, fixed)
     return config
 

@@ -141,3 +141,12 @@ def test_a_resume_and_the_table_rebuild_read_old_ids_alike(accuracy, tmp_path):
     table = pd.read_csv(tmp_path / "acc.csv")
     assert list(table["strategy"]) == ["baseline", "tome", "cls_topk", "kept"]
     assert list(table["acc1"]) == [0.7, 0.66, 0.62, 0.5]
+
+
+def test_a_field_strategy_without_a_knob_reaches_the_budget_itself(accuracy, monkeypatch):
+    monkeypatch.setattr(accuracy.pb, "match_macs", lambda *a, **k: pytest.fail("diffrate is not matched by a knob"))
+    calibration = [object()]
+    config = accuracy.field_config(object(), None, "diffrate", 0.8, {}, calibration)
+    assert config["id"] == "diffrate@0.80/field" and "resolve" not in config
+    assert config["params"] == {"target_ratio": 0.8, "calibration": calibration}
+    assert ("diffrate", {}) in accuracy.FIELD
