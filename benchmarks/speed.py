@@ -56,6 +56,13 @@ FIELD_CONFIGS = [
     ("pitome", {"ratio": 0.9}),
     ("tofu", {"r": 13}),
     ("mctf", {"r": 13}),
+    ("atc", {}),  # keep_rate 0.7 at 3/6/9, average linkage
+    ("ats", {}),  # keep_rate 0.7 at 3/6/9, per-image counts (padded batch)
+    ("ppt", {}),  # r 50 at 3/6/9
+    ("zero_tprune", {}),  # r 8 after every block but the last
+    ("dct", {}),  # r 9, inflect -0.5
+    ("gtp", {}),  # num_prop 8 in every block
+    ("diffrate", {"target_ratio": 0.6, "_calibrate": True}),  # rates searched on the calibration batches
 ]
 # Structured strategies: name, params, whether they need calibration batches.
 STRUCTURED_CONFIGS: list[tuple[str, dict]] = [

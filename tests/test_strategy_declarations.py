@@ -147,3 +147,11 @@ def test_the_rounds_driver_asks_the_strategy_its_kind(scratch_registry):
     assert rounds.iterable("keep_all_heads_test") and rounds.iterable("head_prune")
     assert not rounds.iterable("tome") and not rounds.iterable("evit")
     assert "keep_all_heads_test" in rounds.structured_names()
+
+
+@pytest.mark.parametrize("name", [n for n in BUILT_IN if get_strategy(n).compute_knob is not None])
+def test_every_compute_knob_has_a_finite_search_range(name):
+    """`match_macs` searches the knob between these ends, on ViT-B/16's 196 patches and 12 blocks."""
+    cls = get_strategy(name)
+    low, high = cls.knob_range(cls.compute_knob, dict(cls.defaults), 196, 12)
+    assert math.isfinite(low) and math.isfinite(high) and low < high

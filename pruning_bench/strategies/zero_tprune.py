@@ -166,6 +166,15 @@ class ZeroTPrune(TokenStrategy):
         p["v_max"] = check_float("v_max", p["v_max"], p["v_min"], float("inf"), owner=self.name)  # >= v_min
         self.n_layers: int | None = None
 
+    @classmethod
+    def knob_range(cls, knob, params, patches, depth):
+        """r up to the share of the patches each pruning block could remove (one patch-side token always stays)."""
+        if knob != "r":
+            return super().knob_range(knob, params, patches, depth)
+        layers = params.get("prune_layers")
+        blocks = len(layers) if layers is not None else max(depth - 1, 1)
+        return 0, max((patches - 1) // blocks, 1)
+
     def check_model(self, n_layers, n_prefix):
         layers = self.params["prune_layers"]
         if layers is not None and layers[-1] >= n_layers:
