@@ -405,7 +405,7 @@ sys.exit(run_planned(runs, log_dir=out / "logs", progress=False))
 def _sweep_killed(signum: int):
     """A sweep stopped mid-point by `signum`, then resumed: every result once, valid, no process left."""
     from pruning_bench.record import check as result_check
-    from pruning_bench.sweep_control import pid_alive
+    from pruning_bench.sweep.control import pid_alive
 
     def run(tmp):
         return api_handles(lambda: checked(tmp))

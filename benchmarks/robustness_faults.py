@@ -295,7 +295,7 @@ def _stale_locks(tmp):
 
 
 def _sweep_read_only(tmp):
-    from pruning_bench import sweep_control
+    from pruning_bench.sweep import control as sweep_control
 
     results = tmp / "res"
     results.mkdir()

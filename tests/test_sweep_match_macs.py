@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench import registry, sweep, sweep_match
+from pruning_bench import registry, sweep
+from pruning_bench.sweep import match as sweep_match
 from pruning_bench.cli import main
 from pruning_bench.clip_benchmark_ext import tiny
 from pruning_bench.clip_benchmark_ext.flags import PruningConfig
