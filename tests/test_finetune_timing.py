@@ -8,7 +8,7 @@ from conftest import tiny_timm
 from pruning_bench.evaluate import finetune
 from pruning_bench.evaluate.data import ImageSet
 from pruning_bench.evaluate.runner import attach
-from pruning_bench.clip_benchmark_ext.flags import PruningConfig
+from pruning_bench.run_config import PruningConfig
 
 
 def small_sets(tmp_path):

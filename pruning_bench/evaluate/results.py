@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from ..record import efficiency, naming
-from ..clip_benchmark_ext.flags import PruningConfig
+from ..run_config import PruningConfig
 from ..record import result as record
 
 DEFAULT_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}_{pruning}.json"

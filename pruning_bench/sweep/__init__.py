@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from . import outputs
 from ..record import check as result_check
-from ..clip_benchmark_ext import flags
+from .. import run_config
 from ..record import naming
 from ..record.result import MATCH_ENV
 from .control import (OUTPUTS_ENV, SweepInterrupted, SweepSummary, log_path,  # noqa: F401  (re-exported)
@@ -106,7 +106,7 @@ def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
             raise ValueError(f"--grid {text!r}: expected KEY=V1,V2,... but got {item!r}")
         if key in axes:
             raise ValueError(f"--grid {text!r}: {key} is given twice")
-        parsed = [flags.parse_value(v) for v in split_top_level(values)]
+        parsed = [run_config.parse_value(v) for v in split_top_level(values)]
         if any(v == "" for v in parsed):
             raise ValueError(f"--grid {text!r}: {key} has an empty value")
         axes[key] = parsed
@@ -205,11 +205,11 @@ def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int
 
 
 def literal(value: Any) -> str:
-    """A `--prune_param` value that `flags.parse_value` reads back as `value`."""
+    """A `--prune_param` value that `run_config.parse_value` reads back as `value`."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if flags.parse_value(value) == value else repr(value)
+        return value if run_config.parse_value(value) == value else repr(value)
     return repr(value).replace(" ", "")
 
 
@@ -247,7 +247,7 @@ def local_executable(driver: str = outputs.CLIP_BENCHMARK) -> str:
 # ---------------------------------------------------------------- result files
 
 
-SWEPT_FLAGS = ("--enable_pruning", "--prune_strategy", "--prune_param", *(f"--{name}" for name in flags.SHORTCUTS))
+SWEPT_FLAGS = ("--enable_pruning", "--prune_strategy", "--prune_param", *(f"--{name}" for name in run_config.SHORTCUTS))
 
 
 def check_eval_args(eval_args: list[str], *, seeds: bool = False) -> None:

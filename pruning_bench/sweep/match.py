@@ -207,7 +207,7 @@ def build_model(eval_args: list[str], driver: str = outputs.CLIP_BENCHMARK):
     args = outputs.parse_eval_args(eval_args, driver)
     print(f"pruning-bench sweep: building the evaluated model to match MACs on", file=sys.stderr, flush=True)
     if driver == outputs.PRUNING_BENCH:
-        from ..clip_benchmark_ext.flags import parse_prune_params
+        from ..run_config import parse_prune_params
         from ..evaluate.models import load_model
 
         name, pretrained = args.model, args.pretrained

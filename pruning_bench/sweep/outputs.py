@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..clip_benchmark_ext import flags
+from .. import run_config
 
 CLIP_BENCHMARK = "clip_benchmark"
 PRUNING_BENCH = "pruning-bench"
@@ -107,7 +107,7 @@ def expected_outputs(strategy: str | None, resolved: dict, args: argparse.Namesp
     """The result files one command writes (`strategy` None: the baseline), named as the driver names them."""
     from ..evaluate.results import output_path
 
-    config = flags.PruningConfig(enabled=strategy is not None, strategy=strategy, resolved=resolved)
+    config = run_config.PruningConfig(enabled=strategy is not None, strategy=strategy, resolved=resolved)
     if driver == PRUNING_BENCH:
         from ..evaluate.models import REFERENCE
         from ..evaluate.runner import resolve_task
