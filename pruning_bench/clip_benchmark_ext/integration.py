@@ -280,7 +280,7 @@ class PruningSession:
         return batch, "random images"
 
     def _after_evaluation(self) -> None:
-        from ..record import attention, efficiency
+        from ..measure import attention, efficiency
 
         images, source = self._evaluation_images()
         device, amp = self.args.device, self.args.amp

@@ -2,15 +2,17 @@
 `efficiency` blocks as a `clip_benchmark eval --enable_pruning` run, so `pruning-bench report`
 reads both alike.
 
-Nothing here re-implements those blocks: file names, the `efficiency` block, the `pruning` block and
-the flat keys all come from `pruning_bench.record`, which the clip_benchmark integration uses too.
+Nothing here re-implements those blocks: file names, the `efficiency` block (measured by
+`measure.efficiency`), the `pruning` block and the flat keys all come from `pruning_bench.record`,
+which the clip_benchmark integration uses too.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from ..record import efficiency, naming
+from ..measure import efficiency
+from ..record import naming
 from ..run_config import PruningConfig
 from ..record import result as record
 

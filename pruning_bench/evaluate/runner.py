@@ -235,10 +235,11 @@ def _efficiency(model, test, loaded, args, handle):
 def _attention(args, model, test, loaded, handle, config) -> dict:
     if not config.extract_attention:
         return {}
+    from ..measure.attention import record_attention
     from ..record import attention
 
     images = first_images(test, loaded.transform, min(args.attention_images, len(test)))
-    record = attention.record_attention(model, images, handle)
+    record = record_attention(model, images, handle)
     path = config.attention_output or os.path.splitext(args.resolved_output)[0] + ".attention.pt"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     attention.save(path, record, {"model": args.model, "pretrained": loaded.pretrained, "dataset": args.dataset,
