@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests") not in sys.path:  # tiny_clip: the tiny CLIP and webdataset the tests use too
+    sys.path.insert(0, str(ROOT / "tests"))
 
 
 @dataclass
@@ -539,7 +541,7 @@ def _prune_compare_truncated(tmp):
 
 
 def _clip_benchmark(tmp: Path, *extra: str, n_train: int = 0, output: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     data = tiny.write_webdataset(tmp / "wds", n_test=4, n_train=n_train)
     model_dir = tmp / "tinyclip"

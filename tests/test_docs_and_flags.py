@@ -13,7 +13,7 @@ import torch
 
 from pruning_bench.sweep import match as sweep_match
 from pruning_bench.cli import available_commands, build_parser, main
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.sweep.outputs import parse_eval_args
 
 ROOT = Path(__file__).resolve().parents[1]

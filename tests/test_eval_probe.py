@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pruning_bench.cli import main
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 
 TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img_size", "32",
         "--model_arg", "patch_size=8", "--model_arg", "depth=3", "--model_arg", "embed_dim=48",

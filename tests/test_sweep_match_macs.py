@@ -17,7 +17,7 @@ import pruning_bench as pb
 from pruning_bench import registry, sweep
 from pruning_bench.sweep import match as sweep_match
 from pruning_bench.cli import main
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.run_config import PruningConfig
 from pruning_bench.record import result as record
 from pruning_bench.strategies.base import TokenStrategy

@@ -10,7 +10,7 @@ from PIL import Image
 import pruning_bench as pb
 from conftest import tiny_open_clip, tiny_timm
 from pruning_bench.cli import build_parser
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.measure import attention as measure_attention
 from pruning_bench.record import attention
 from pruning_bench.commands import visualize as visualize_command
