@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..record import atomic
-from .load import format_params, result_files
+from .fields import format_params
+from .load import result_files
 
 COLUMNS = ["dataset", "task", "strategy", "params", "acc1", "agreement", "agreement_kind", "cosine",
            "cosine_centred", "self_retrieval_at1", "gmacs", "images_per_second", "images"]
