@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning_bench.sweep import match as sweep_match
+from pruning_bench.sweep import matched_grids as sweep_match
 from pruning_bench.cli import available_commands, build_parser, main
 import tiny_clip as tiny
 from pruning_bench.sweep.outputs import parse_eval_args

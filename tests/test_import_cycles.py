@@ -1,4 +1,4 @@
-"""The package's module-level imports form no cycle, and a family adapter never imports the patches.
+"""The package's module-level imports form no cycle; families never import the patches, record and measure no driver.
 
 A cycle works only while every module in it happens to be imported in a lucky order; the layering is
 strategies and families below patches, drivers and reporters on top. Read from the source (ast), so
@@ -121,6 +121,14 @@ def test_families_never_import_the_patches():
     wrong = sorted((name, target) for name, targets in graph(module_level=False).items()
                    if name.startswith("pruning_bench.families") for target in targets
                    if target.startswith("pruning_bench.patches"))
+    assert not wrong, wrong
+
+
+def test_record_and_measure_never_import_a_driver():
+    drivers = ("evaluate", "clip_benchmark_ext", "sweep", "commands", "cli")
+    wrong = sorted((name, target) for name, targets in graph(module_level=False).items()
+                   if name.split(".")[1:2] in (["record"], ["measure"]) for target in targets
+                   if target.split(".")[1:2] and target.split(".")[1] in drivers)
     assert not wrong, wrong
 
 

@@ -10,7 +10,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench import sweep
-from pruning_bench.sweep import match as sweep_match
+from pruning_bench.sweep import matched_grids as sweep_match
 from pruning_bench.cli import main
 from pruning_bench.match import MatchGapWarning
 from pruning_bench.record import naming

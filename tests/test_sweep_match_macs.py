@@ -15,7 +15,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench import registry, sweep
-from pruning_bench.sweep import match as sweep_match
+from pruning_bench.sweep import matched_grids as sweep_match
 from pruning_bench.cli import main
 import tiny_clip as tiny
 from pruning_bench.run_config import PruningConfig

@@ -11,7 +11,7 @@ import pruning_bench as pb
 from conftest import tiny_open_clip, tiny_timm
 from pruning_bench.cli import build_parser
 import tiny_clip as tiny
-from pruning_bench.measure import attention as measure_attention
+from pruning_bench.measure import extract_attention as measure_attention
 from pruning_bench.record import attention
 from pruning_bench.commands import visualize as visualize_command
 from pruning_bench.visualize import (display_images, figure_pixels, live_token_maps, load_record,

@@ -280,13 +280,13 @@ class PruningSession:
         return batch, "random images"
 
     def _after_evaluation(self) -> None:
-        from ..measure import attention, efficiency
+        from ..measure import extract_attention, run_efficiency
 
         images, source = self._evaluation_images()
         device, amp = self.args.device, self.args.amp
         if self.config.measure_efficiency:
             try:
-                self.efficiency = efficiency.measure(
+                self.efficiency = run_efficiency.measure(
                     self.model, images[: self.args.batch_size], device=device, amp=amp,
                     repeats=self.config.throughput_repeats, handle=self.handle, source=source,
                     progress=False if getattr(self.args, "quiet", False) else None)
@@ -294,7 +294,7 @@ class PruningSession:
                 self.efficiency = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"pruning-bench: efficiency not measured ({type(exc).__name__}: {exc})", file=sys.stderr)
         if self.config.extract_attention:
-            self.attention = attention.record_attention(
+            self.attention = extract_attention.record_attention(
                 self.model, images[: self.config.attention_images].to(device), self.handle)
         if self.config.save_model:
             self._save_model()

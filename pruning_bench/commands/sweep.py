@@ -188,7 +188,7 @@ def _matcher(args, eval_args: list[str], driver: str, seeds, strategy_seeds):
     if args.match_macs is None:
         return None
     from .. import sweep
-    from ..sweep import match as sweep_match
+    from ..sweep import matched_grids as sweep_match
 
     matcher = sweep_match.Matcher(sweep_match.parse_ratios(args.match_macs), progress=not args.quiet,
                                   cache_path=os.path.join(args.log_dir, sweep_match.CACHE_NAME))

@@ -3,7 +3,7 @@
 reads both alike.
 
 Nothing here re-implements those blocks: file names, the `efficiency` block (measured by
-`measure.efficiency`), the `pruning` block and the flat keys all come from `pruning_bench.record`,
+`measure.run_efficiency`), the `pruning` block and the flat keys all come from `pruning_bench.record`,
 which the clip_benchmark integration uses too.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..measure import efficiency
+from ..measure import run_efficiency
 from ..record import naming
 from ..run_config import PruningConfig
 from ..record import result as record
@@ -45,8 +45,8 @@ def pruning_block(args, config: PruningConfig, handle, notes: list[str], model) 
 def efficiency_block(model, images, *, handle, repeats: int, source: str, progress: bool | None = None) -> dict[str, Any]:
     """GMACs, images/s and tokens per block of the encoder as evaluated (pruning still patched in)."""
     try:
-        return efficiency.measure(model, images, device=str(images.device), amp=False, repeats=repeats,
-                                  handle=handle, source=source, progress=progress)
+        return run_efficiency.measure(model, images, device=str(images.device), amp=False, repeats=repeats,
+                                      handle=handle, source=source, progress=progress)
     except Exception as exc:  # keep the metrics; say why efficiency is missing
         return {"error": f"{type(exc).__name__}: {exc}"}
 

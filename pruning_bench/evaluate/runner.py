@@ -235,7 +235,7 @@ def _efficiency(model, test, loaded, args, handle):
 def _attention(args, model, test, loaded, handle, config) -> dict:
     if not config.extract_attention:
         return {}
-    from ..measure.attention import record_attention
+    from ..measure.extract_attention import record_attention
     from ..record import attention
 
     images = first_images(test, loaded.transform, min(args.attention_images, len(test)))

@@ -1,5 +1,5 @@
 """`--extract_attention`'s file: each block's class-token attention and kept token indices for the first
-images, as `measure.attention` recorded them.
+images, as `measure.extract_attention` recorded them.
 
 The file (torch.save of a dict) holds:
 - `cls_attention`: list over blocks of float32 tensors (N_images, tokens_in): the class token's
@@ -50,7 +50,7 @@ def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
 
 def attention_file(model, images: torch.Tensor, records: list[dict], tokens: list[int]) -> dict[str, Any]:
     """The per-block lists of the saved file, from the per-block `records` of one recorded forward of `images`
-    (`measure.attention.record_attention`) and the tokens entering each block."""
+    (`measure.extract_attention.record_attention`) and the tokens entering each block."""
     records = sorted(records, key=lambda r: r["layer"])
     return {
         "format": FORMAT,

@@ -1,4 +1,4 @@
-"""The `efficiency` block of a result JSON, formatted from what `measure.efficiency` measured: compute and
+"""The `efficiency` block of a result JSON, formatted from what `measure.run_efficiency` measured: compute and
 speed of the image encoder as evaluated, every timing repeat kept."""
 from __future__ import annotations
 

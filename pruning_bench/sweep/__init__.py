@@ -177,7 +177,7 @@ def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int
     """All points of all grids, baseline first, duplicates (same strategy and parameters) once;
     with `seeds`, every point once per training seed (seed-major, so each seed's baseline comes first).
 
-    `matcher` (`sweep.match.Matcher`, for --match_macs) expands each grid instead of `expand_grid`; a
+    `matcher` (`sweep.matched_grids.Matcher`, for --match_macs) expands each grid instead of `expand_grid`; a
     matched point that duplicates an earlier one is said in `notes`."""
     grids = list(grids)
     if strategy_seeds is not None:
