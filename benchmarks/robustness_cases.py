@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests") not in sys.path:  # tiny_clip: the tiny CLIP and webdataset the tests use too
+    sys.path.insert(0, str(ROOT / "tests"))
 
 
 @dataclass
@@ -405,7 +407,7 @@ sys.exit(run_planned(runs, log_dir=out / "logs", progress=False))
 def _sweep_killed(signum: int):
     """A sweep stopped mid-point by `signum`, then resumed: every result once, valid, no process left."""
     from pruning_bench.record import check as result_check
-    from pruning_bench.sweep_control import pid_alive
+    from pruning_bench.sweep.control import pid_alive
 
     def run(tmp):
         return api_handles(lambda: checked(tmp))
@@ -539,7 +541,7 @@ def _prune_compare_truncated(tmp):
 
 
 def _clip_benchmark(tmp: Path, *extra: str, n_train: int = 0, output: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     data = tiny.write_webdataset(tmp / "wds", n_test=4, n_train=n_train)
     model_dir = tmp / "tinyclip"

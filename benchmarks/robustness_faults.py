@@ -238,7 +238,7 @@ def _cb_saved_widths(tmp):
     import open_clip
 
     import pruning_bench as pb
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     name = tiny.register_tiny_clip(tmp)
     model = open_clip.create_model(name).eval()
@@ -295,7 +295,7 @@ def _stale_locks(tmp):
 
 
 def _sweep_read_only(tmp):
-    from pruning_bench import sweep_control
+    from pruning_bench.sweep import control as sweep_control
 
     results = tmp / "res"
     results.mkdir()
@@ -365,7 +365,7 @@ def _head_prune_twice(saved: bool):
             import torch
 
             import pruning_bench as pb
-            from pruning_bench.clip_benchmark_ext import tiny
+            import tiny_clip as tiny
 
             name = tiny.register_tiny_clip(tmp)
             model = open_clip.create_model(name).eval()
@@ -393,7 +393,7 @@ def _sweep_match_saved(tmp):
     import open_clip
 
     import pruning_bench as pb
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     name = tiny.register_tiny_clip(tmp)
     model = open_clip.create_model(name).eval()
@@ -415,7 +415,7 @@ def _sweep_match_saved(tmp):
 
 def _cb_command(tmp, *extra) -> list[str]:
     """clip_benchmark eval on the tiny CLIP and a 4-image one-shard webdataset (written once), default workers."""
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     data = tiny.write_webdataset(tmp / "wds", n_test=4, n_train=0)
     model_dir = tmp / "tinyclip"

@@ -44,5 +44,5 @@ COMMON=(--model reference "${DATASET[@]}" --feature_cache "$RESULTS/features" --
 "$PB" eval "${COMMON[@]}" --enable_pruning --prune_strategy random_drop --prune_param keep=60
 
 "$PB" report "$RESULTS"/*.json -o "reports/main/$NAME" --title "Reference ViT-S/14: $NAME"
-"$VENV/bin/python" -m pruning_bench.evaluate.summary "$RESULTS"/*.json -o "reports/main/${NAME}_fidelity.md"
+"$VENV/bin/python" -m pruning_bench.report.fidelity_table "$RESULTS"/*.json -o "reports/main/${NAME}_fidelity.md"
 cat "reports/main/$NAME.md" "reports/main/${NAME}_fidelity.md"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pruning_bench.clip_benchmark_ext import hook, tiny
+import tiny_clip as tiny
+from pruning_bench.clip_benchmark_ext import hook
 
 CLIP_BENCHMARK = str(Path(sys.executable).parent / "clip_benchmark")
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pruning_bench.clip_benchmark_ext import flags
+from pruning_bench import run_config as flags
 from pruning_bench.record import naming
 
 

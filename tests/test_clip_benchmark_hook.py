@@ -109,7 +109,8 @@ def test_clip_benchmark_help_lists_every_flag():
 def test_compat_mode_names_a_pruning_template_baseline_instead_of_crashing(tmp_path):
     code = f"""
 import sys
-from pruning_bench.clip_benchmark_ext import tiny
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import tiny_clip as tiny
 tiny.write_webdataset({str(tmp_path / 'wds')!r})
 model = tiny.register_tiny_clip({str(tmp_path)!r})
 from clip_benchmark import cli

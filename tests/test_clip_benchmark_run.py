@@ -9,7 +9,7 @@ import torch
 from clip_benchmark import cli
 
 import pruning_bench as pb
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")
 

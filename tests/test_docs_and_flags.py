@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning_bench import sweep_match
+from pruning_bench.sweep import matched_grids as sweep_match
 from pruning_bench.cli import available_commands, build_parser, main
-from pruning_bench.clip_benchmark_ext import tiny
-from pruning_bench.sweep_outputs import parse_eval_args
+import tiny_clip as tiny
+from pruning_bench.sweep.outputs import parse_eval_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

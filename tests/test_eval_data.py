@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pruning_bench.evaluate import data
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import json
 
 from pruning_bench.cli import main
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 
 
 def finetune(tmp_path, root, name, *extra):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pruning_bench.cli import main
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 
 TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img_size", "32",
         "--model_arg", "patch_size=8", "--model_arg", "depth=3", "--model_arg", "embed_dim=48",
@@ -74,7 +74,7 @@ def test_unpruned_features_are_reused_from_the_disk_cache(tmp_path, colours):
     assert first["feature_cache"]["reused"] == []
     assert second["feature_cache"]["reused"] == ["disk", "disk"]
     assert second["metrics"]["acc1_unpruned"] == first["metrics"]["acc1"]
-    from pruning_bench.evaluate.summary import rows
+    from pruning_bench.report.fidelity_table import rows
 
     table = rows([tmp_path / "out"])
     assert table["strategy"].tolist() == ["baseline", "tome"] and table["cosine_centred"].iloc[0] == 1.0

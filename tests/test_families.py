@@ -98,7 +98,7 @@ def test_clip_benchmark_eval_prunes_open_clip_eva02(monkeypatch, tmp_path):
 
     from clip_benchmark import cli
 
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     tiny.write_webdataset(tmp_path / "wds", n_test=2, n_train=2, image_size=224)
     monkeypatch.setattr(sys, "argv", [

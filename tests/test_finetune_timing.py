@@ -8,12 +8,12 @@ from conftest import tiny_timm
 from pruning_bench.evaluate import finetune
 from pruning_bench.evaluate.data import ImageSet
 from pruning_bench.evaluate.runner import attach
-from pruning_bench.clip_benchmark_ext.flags import PruningConfig
+from pruning_bench.run_config import PruningConfig
 
 
 def small_sets(tmp_path):
     from pruning_bench.evaluate import data
-    from pruning_bench.evaluate.synthetic import write_colour_webdataset
+    from colour_webdataset import write_colour_webdataset
 
     root = write_colour_webdataset(tmp_path / "wds", n_train=10, n_test=4, classes=2)
     return data.load("wds/colours", str(root), "train"), data.load("wds/colours", str(root), "test")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench import sweep, sweep_match
+from pruning_bench import sweep
+from pruning_bench.sweep import matched_grids as sweep_match
 from pruning_bench.cli import main
 from pruning_bench.match import MatchGapWarning
 from pruning_bench.record import naming
@@ -100,7 +101,7 @@ MODEL_ARGS = ["--model", "vit_tiny_patch16_224", "--img_size", "16", "--model_ar
 
 
 def test_matched_values_are_cached_in_the_sweep_folder_and_read_back_without_a_model(tmp_path, monkeypatch, capsys):
-    from pruning_bench.clip_benchmark_ext import tiny
+    import tiny_clip as tiny
 
     root = tmp_path / "wds"
     tiny.write_webdataset(root, n_test=2, n_train=0)

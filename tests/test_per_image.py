@@ -122,7 +122,7 @@ def test_count_flops_counts_each_images_own_tokens_and_reports_the_padding():
 
 
 def test_efficiency_block_has_the_spread_and_the_padding_overhead():
-    from pruning_bench.record.efficiency import measure
+    from pruning_bench.measure.run_efficiency import measure
 
     model = _peaky(tiny_timm()).float()
     x = _images().float()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "prune_compare.sh"

@@ -13,7 +13,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench.cli import main
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 from pruning_bench.patches.unit_state import state_of
 from pruning_bench.saved import compact_copy
 from pruning_bench.strategies.unit_choice import keep_units, penalty_strengths, unit_scores

@@ -7,7 +7,7 @@ import warnings
 import pytest
 from clip_benchmark import cli
 
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")
 

@@ -8,7 +8,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench.cli import main
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from tests.conftest import tiny_open_clip, tiny_timm
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")

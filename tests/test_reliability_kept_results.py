@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pruning_bench.cli import main
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.record.atomic_file import AtomicFile, ResultWriteError
 
 BIN = Path(sys.executable).parent

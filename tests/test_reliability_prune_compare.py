@@ -6,7 +6,7 @@ import shlex
 import pytest
 
 from pruning_bench.api import make_strategy
-from pruning_bench.clip_benchmark_ext.flags import parse_prune_params
+from pruning_bench.run_config import parse_prune_params
 from tests.test_prune_compare import SCRIPT, calls, compare, stand_in  # noqa: F401  (fixture)
 
 

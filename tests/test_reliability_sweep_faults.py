@@ -46,7 +46,7 @@ def test_a_lock_of_a_live_process_is_kept(tmp_path):
 
 
 def test_sweep_into_a_read_only_folder_is_one_line_before_any_point(tmp_path, capsys, monkeypatch):
-    from pruning_bench import sweep_control
+    from pruning_bench.sweep import control as sweep_control
 
     results = tmp_path / "res"
     results.mkdir()

@@ -6,7 +6,7 @@ import pytest
 
 from pruning_bench import sweep
 from pruning_bench.cli import main
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 
 TINY = ["--model", "vit_tiny_patch16_224", "--pretrained", "none", "--img_size", "32", "--model_arg", "patch_size=8",
         "--model_arg", "depth=2", "--model_arg", "embed_dim=48", "--model_arg", "num_heads=3"]

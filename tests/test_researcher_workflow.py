@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.cli import main
 from pruning_bench.report import compare, load_results
 from test_run_identity import assert_same_tables

@@ -5,7 +5,7 @@ import pytest
 
 from pruning_bench.cli import main
 from pruning_bench.report.rounds import rounds_sections
-from pruning_bench.evaluate.synthetic import write_colour_webdataset
+from colour_webdataset import write_colour_webdataset
 
 
 def run(tmp_path, *extra):

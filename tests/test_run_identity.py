@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from clip_benchmark import cli
 
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.record import atomic
 from pruning_bench.report import compare, load_results
 from pruning_bench.report.uncertainty import unpack_correct
@@ -210,7 +210,7 @@ def _umask():
 
 def test_pruning_bench_eval_writes_per_image_correctness_and_identity(tmp_path):
     from pruning_bench.cli import main
-    from pruning_bench.evaluate.synthetic import write_colour_webdataset
+    from colour_webdataset import write_colour_webdataset
 
     root = write_colour_webdataset(tmp_path / "wds", n_train=9, n_test=6, classes=3)
     common = ["--model", "vit_tiny_patch16_224", "--img_size", "32", "--model_arg", "patch_size=8", "--model_arg",

@@ -101,7 +101,7 @@ def test_unsupported_model_is_refused_before_writing(tmp_path):
 
 def test_eval_saves_and_loads_a_pruned_model(tmp_path):
     from pruning_bench.cli import main
-    from pruning_bench.evaluate.synthetic import write_colour_webdataset
+    from colour_webdataset import write_colour_webdataset
 
     root = write_colour_webdataset(tmp_path / "wds", n_train=8, n_test=4, classes=2)
     common = ["--dataset", "wds/colours", "--dataset_root", str(root), "--task", "finetune", "--epochs", "1",

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import pruning_bench as pb
 from conftest import tiny_open_clip
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")
 
@@ -185,7 +185,7 @@ def test_tampered_or_foreign_files_are_one_line_value_errors(tmp_path, name):
 def test_pruning_bench_eval_saves_and_loads_an_open_clip_model(tmp_path, name):
     from pruning_bench.cli import main
     from pruning_bench.evaluate.models import load_model
-    from pruning_bench.evaluate.synthetic import write_colour_webdataset
+    from colour_webdataset import write_colour_webdataset
 
     root = write_colour_webdataset(tmp_path / "wds", n_train=9, n_test=6, classes=3)
     common = ["--dataset", "wds/colours", "--dataset_root", str(root), "--task", "probe", "--train_samples", "9",

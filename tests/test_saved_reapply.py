@@ -15,7 +15,7 @@ from clip_benchmark import cli as clip_benchmark_cli
 from conftest import tiny_timm
 
 import pruning_bench as pb
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 from pruning_bench.report import load_results
 
 warnings.filterwarnings("ignore", message=".*shardshuffle.*")
@@ -85,7 +85,7 @@ def test_clip_benchmark_reapplies_a_saved_token_strategy_and_records_it(monkeypa
 
 def test_pruning_bench_eval_reapplies_a_saved_token_strategy(tmp_path, capsys):
     from pruning_bench.cli import main
-    from pruning_bench.evaluate.synthetic import write_colour_webdataset
+    from colour_webdataset import write_colour_webdataset
 
     root = write_colour_webdataset(tmp_path / "wds", n_train=9, n_test=6, classes=3)
     path = saved_with_tome(tmp_path / "tome.safetensors", tiny_timm(num_classes=0))

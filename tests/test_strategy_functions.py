@@ -4,7 +4,8 @@ import torch
 from pruning_bench.strategies.anchor_diversity import anchor_diversity_scores, select_anchor_diversity
 from pruning_bench.strategies.base import AttentionProbe
 from pruning_bench.strategies.cls_topk import cls_attention
-from pruning_bench.strategies.tome import bipartite_soft_matching, max_merges
+from pruning_bench.strategies.tome import bipartite_soft_matching
+from pruning_bench.strategies.tome_cap import max_merges
 from pruning_bench.strategies.random_drop import random_positions
 
 

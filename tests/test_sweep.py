@@ -9,7 +9,7 @@ import pytest
 
 from pruning_bench import sweep
 from pruning_bench.cli import main
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
 
 
 

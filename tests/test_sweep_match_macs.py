@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench import registry, sweep, sweep_match
+from pruning_bench import registry, sweep
+from pruning_bench.sweep import matched_grids as sweep_match
 from pruning_bench.cli import main
-from pruning_bench.clip_benchmark_ext import tiny
-from pruning_bench.clip_benchmark_ext.flags import PruningConfig
+import tiny_clip as tiny
+from pruning_bench.run_config import PruningConfig
 from pruning_bench.record import result as record
 from pruning_bench.strategies.base import TokenStrategy
 
@@ -91,7 +92,7 @@ def test_planned_commands_carry_the_target_and_read_back_as_the_same_point(tmp_p
         carried = json.loads(words[1].split("=", 1)[1])
         assert carried == run.point.match and carried["target_ratio"] == 0.7 and carried["knob"] == "r"
         config = sweep.parse_eval_args(words[4:], "pruning-bench")
-        from pruning_bench.clip_benchmark_ext import flags
+        from pruning_bench import run_config as flags
 
         resolved = flags.resolve(config)
         assert resolved.strategy == "tome" and resolved.resolved == run.point.resolved

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pruning_bench.record import check as result_check
-from pruning_bench.sweep_control import PointLock, pid_alive
+from pruning_bench.sweep.control import PointLock, pid_alive
 
 FAKE = Path(__file__).with_name("sweep_fake_child.py")
 LABELS = ["p0", "p1", "p2"]

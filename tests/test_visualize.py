@@ -10,7 +10,8 @@ from PIL import Image
 import pruning_bench as pb
 from conftest import tiny_open_clip, tiny_timm
 from pruning_bench.cli import build_parser
-from pruning_bench.clip_benchmark_ext import tiny
+import tiny_clip as tiny
+from pruning_bench.measure import extract_attention as measure_attention
 from pruning_bench.record import attention
 from pruning_bench.commands import visualize as visualize_command
 from pruning_bench.visualize import (display_images, figure_pixels, live_token_maps, load_record,
@@ -121,7 +122,7 @@ def test_live_maps_equal_the_recorded_indices(images):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pb.prune(model, "anchor_diversity", k_anchors=3, top_m=9) as handle:
-            record = attention.record_attention(model, images, handle)
+            record = measure_attention.record_attention(model, images, handle)
     record.update(strategy="anchor_diversity", params={"k_anchors": 3, "top_m": 9})
     from_file = maps_from_record(record, blocks=[0, 1, 3])
     live = live_token_maps(model, images, "anchor_diversity", {"k_anchors": 3, "top_m": 9}, blocks=[0, 1, 3])
@@ -252,7 +253,7 @@ def test_live_command_on_a_folder_of_images(tmp_path):
 def test_attention_file_carrying_its_images_needs_no_data_set(tmp_path, images):
     model = tiny_timm()
     with pb.prune(model, "cls_topk", keep=10) as handle:
-        record = attention.record_attention(model, images, handle)
+        record = measure_attention.record_attention(model, images, handle)
     shown = torch.randint(0, 256, (len(images), 64, 64, 3), dtype=torch.uint8)
     attention.save(str(tmp_path / "a.pt"), record, {"strategy": "cls_topk", "params": {"keep": 10}, "images": shown})
     parser = build_parser({"visualize": visualize_command})

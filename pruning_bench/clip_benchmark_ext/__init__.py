@@ -1,4 +1,5 @@
-"""CLIP_benchmark integration: pruning flags, result fields and upstream fixes for `clip_benchmark eval`.
+"""CLIP_benchmark integration: the import hook, the pruning flags (`run_config`) wired into
+`clip_benchmark eval`, result fields and upstream fixes.
 
 Nothing here edits clip_benchmark's files. A `.pth` file installed next to the package runs
 `hook.install()` at interpreter start-up; the hook waits until clip_benchmark's own modules are

@@ -28,7 +28,8 @@ import sys
 import types
 from typing import Any
 
-from . import build, flags, outcomes, random_init, saved_models, webdataset_checks
+from . import build, outcomes, random_init, saved_models, webdataset_checks
+from .. import run_config
 from ..record import atomic, naming, notes as noting, result as record
 from ..record.atomic_file import AtomicFile, ResultWriteError, opener_for
 from ..record.check import file_problem
@@ -55,7 +56,7 @@ def _parser_class(base: type) -> type:
         def parse_known_args(self, args=None, namespace=None):
             eval_parser = _eval_subparser(self)
             if eval_parser is not None and not getattr(eval_parser, "_pruning_bench_flags", False):
-                flags.add_arguments(eval_parser)
+                run_config.add_arguments(eval_parser)
                 eval_parser._pruning_bench_flags = True
             return super().parse_known_args(args, namespace)
 
@@ -89,7 +90,7 @@ def wrap_get_parser_args(cli, original):
             cli.argparse = real
         if getattr(args, "which", None) == "eval":
             try:
-                args.pruning_config = flags.resolve(args)
+                args.pruning_config = run_config.resolve(args)
             except ValueError as exc:
                 fail(str(exc))
             _check_tasks(args)
@@ -100,9 +101,9 @@ def wrap_get_parser_args(cli, original):
 
 def _check_tasks(args) -> None:
     config = args.pruning_config
-    if config.records and args.task not in (*flags.PRUNABLE_TASKS, "auto"):
+    if config.records and args.task not in (*run_config.PRUNABLE_TASKS, "auto"):
         fail(f"--enable_pruning/--measure_efficiency/--extract_attention/--max_samples support the tasks "
-             f"{', '.join(flags.PRUNABLE_TASKS)}, not {args.task}")
+             f"{', '.join(run_config.PRUNABLE_TASKS)}, not {args.task}")
 
 
 # ---------------------------------------------------------------- the run
@@ -111,7 +112,7 @@ def _check_tasks(args) -> None:
 class PruningSession:
     """One clip_benchmark `run` with pruning: owns the handle, the captured images and the extra fields."""
 
-    def __init__(self, args, config: flags.PruningConfig, slug: str):
+    def __init__(self, args, config: run_config.PruningConfig, slug: str):
         self.args, self.config, self.slug = args, config, slug
         self.model = None
         self.handle = None
@@ -279,13 +280,13 @@ class PruningSession:
         return batch, "random images"
 
     def _after_evaluation(self) -> None:
-        from ..record import attention, efficiency
+        from ..measure import extract_attention, run_efficiency
 
         images, source = self._evaluation_images()
         device, amp = self.args.device, self.args.amp
         if self.config.measure_efficiency:
             try:
-                self.efficiency = efficiency.measure(
+                self.efficiency = run_efficiency.measure(
                     self.model, images[: self.args.batch_size], device=device, amp=amp,
                     repeats=self.config.throughput_repeats, handle=self.handle, source=source,
                     progress=False if getattr(self.args, "quiet", False) else None)
@@ -293,7 +294,7 @@ class PruningSession:
                 self.efficiency = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"pruning-bench: efficiency not measured ({type(exc).__name__}: {exc})", file=sys.stderr)
         if self.config.extract_attention:
-            self.attention = attention.record_attention(
+            self.attention = extract_attention.record_attention(
                 self.model, images[: self.config.attention_images].to(device), self.handle)
         if self.config.save_model:
             self._save_model()
@@ -456,7 +457,7 @@ def wrap_run(cli, original):
         config = getattr(args, "pruning_config", None)
         if config is None:  # run() called directly, not through main(): resolve the flags here
             try:
-                config = flags.resolve(args)
+                config = run_config.resolve(args)
             except ValueError as exc:
                 fail(str(exc))
         if not config.records:
@@ -470,9 +471,9 @@ def wrap_run(cli, original):
             with atomic_result(cli, output_path(args, resolved_task(args))):
                 return original(args)
         task = resolved_task(args)
-        if task not in flags.PRUNABLE_TASKS:
+        if task not in run_config.PRUNABLE_TASKS:
             fail(f"--enable_pruning/--measure_efficiency/--extract_attention/--max_samples support the tasks "
-                 f"{', '.join(flags.PRUNABLE_TASKS)}, not {task} ({args.dataset})")
+                 f"{', '.join(run_config.PRUNABLE_TASKS)}, not {task} ({args.dataset})")
         slug = naming.config_slug(config)
         args = argparse.Namespace(**vars(args))
         args.output = naming.output_template(args.output, slug, config.enabled)

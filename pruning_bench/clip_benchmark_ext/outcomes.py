@@ -101,7 +101,7 @@ def run_identity(args, config, seen: dict[str, Any], root: str, output: str | No
     if output:
         fields["result_file"] = os.path.basename(output)
     if not config.measure_efficiency and model is not None:
-        from ..record.efficiency import compute_dtype
+        from ..measure.run_efficiency import compute_dtype
 
         images = seen.get("images")
         fields.update(batch_size=min(args.batch_size, images or args.batch_size), amp=bool(args.amp),

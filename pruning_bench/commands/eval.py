@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 def add_parser(subparsers):
     import argparse
 
-    from ..clip_benchmark_ext import flags
+    from .. import run_config
     from ..evaluate.results import DEFAULT_OUTPUT
     from ..evaluate.runner import TASKS
 
@@ -84,7 +84,7 @@ def add_parser(subparsers):
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--skip_existing", action="store_true", help="do nothing when the result file exists")
     run.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
-    flags.add_arguments(parser)
+    run_config.add_arguments(parser)
     return parser
 
 
@@ -120,7 +120,7 @@ def _save_model_problem(args) -> str | None:
 
 def check_model_args(items: list[str]) -> dict:
     """`--model_arg KEY=VALUE` items, each key once (values read like --prune_param values)."""
-    from ..clip_benchmark_ext.flags import parse_value
+    from ..run_config import parse_value
 
     parsed: dict = {}
     for item in items:

@@ -96,7 +96,7 @@ def _emit(text: str, target: str | None) -> None:
 
 def run(args) -> int:
     """SIGINT, SIGTERM, SIGHUP: the running point is stopped with the sweep, which ends with one line."""
-    from ..sweep_control import SweepInterrupted, interruptible
+    from ..sweep.control import SweepInterrupted, interruptible
 
     planned: list = []
     try:
@@ -121,7 +121,7 @@ def _run(args, planned: list) -> int:
     try:
         seeds = sweep.parse_seeds(args.seeds, "--seeds")
         strategy_seeds = sweep.parse_seeds(args.strategy_seeds, "--strategy_seeds")
-        driver = args.driver or sweep.sweep_outputs.driver_of(args.executable or "clip_benchmark")
+        driver = args.driver or sweep.outputs.driver_of(args.executable or "clip_benchmark")
         matcher = _matcher(args, eval_args, driver, seeds, strategy_seeds)
         points = sweep.expand_grids(args.grid, baseline=args.baseline, seeds=seeds, strategy_seeds=strategy_seeds,
                                     matcher=matcher, notes=notes)
@@ -187,7 +187,8 @@ def _matcher(args, eval_args: list[str], driver: str, seeds, strategy_seeds):
     """--match_macs: checked without a model first, then the evaluated model built to match on (None without it)."""
     if args.match_macs is None:
         return None
-    from .. import sweep, sweep_match
+    from .. import sweep
+    from ..sweep import matched_grids as sweep_match
 
     matcher = sweep_match.Matcher(sweep_match.parse_ratios(args.match_macs), progress=not args.quiet,
                                   cache_path=os.path.join(args.log_dir, sweep_match.CACHE_NAME))
@@ -201,7 +202,7 @@ def _matcher(args, eval_args: list[str], driver: str, seeds, strategy_seeds):
 def run_planned(runs: list, *, log_dir, force: bool = False, progress: bool = True, report: str | None = None) -> int:
     """Run planned points; a handled signal stops the running point too and ends with one line (128 + signal)."""
     from .. import sweep
-    from ..sweep_control import SweepInterrupted, interruptible
+    from ..sweep.control import SweepInterrupted, interruptible
 
     try:
         with interruptible():

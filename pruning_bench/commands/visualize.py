@@ -86,7 +86,7 @@ def _image_set(args):
 def _live(args):
     import torch
 
-    from ..clip_benchmark_ext.flags import parse_prune_params
+    from ..run_config import parse_prune_params
     from ..evaluate.data import DecodedImages
     from ..visualize import denormalise, live_token_maps, normalisation_of
 

@@ -2,16 +2,18 @@
 `efficiency` blocks as a `clip_benchmark eval --enable_pruning` run, so `pruning-bench report`
 reads both alike.
 
-Nothing here re-implements those blocks: file names, the `efficiency` block, the `pruning` block and
-the flat keys all come from `pruning_bench.record`, which the clip_benchmark integration uses too.
+Nothing here re-implements those blocks: file names, the `efficiency` block (measured by
+`measure.run_efficiency`), the `pruning` block and the flat keys all come from `pruning_bench.record`,
+which the clip_benchmark integration uses too.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from ..record import efficiency, naming
-from ..clip_benchmark_ext.flags import PruningConfig
+from ..measure import run_efficiency
+from ..record import naming
+from ..run_config import PruningConfig
 from ..record import result as record
 
 DEFAULT_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}_{pruning}.json"
@@ -43,8 +45,8 @@ def pruning_block(args, config: PruningConfig, handle, notes: list[str], model) 
 def efficiency_block(model, images, *, handle, repeats: int, source: str, progress: bool | None = None) -> dict[str, Any]:
     """GMACs, images/s and tokens per block of the encoder as evaluated (pruning still patched in)."""
     try:
-        return efficiency.measure(model, images, device=str(images.device), amp=False, repeats=repeats,
-                                  handle=handle, source=source, progress=progress)
+        return run_efficiency.measure(model, images, device=str(images.device), amp=False, repeats=repeats,
+                                      handle=handle, source=source, progress=progress)
     except Exception as exc:  # keep the metrics; say why efficiency is missing
         return {"error": f"{type(exc).__name__}: {exc}"}
 

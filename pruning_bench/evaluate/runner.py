@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..clip_benchmark_ext import flags
+from .. import run_config
 from ..record import identity
 from ..record.notes import noting_warnings
 from . import data, fidelity, finetune, results, rounds
@@ -43,10 +43,10 @@ class EvalError(ValueError):
 # ---------------------------------------------------------------- configuration
 
 
-def resolve_pruning(args) -> tuple[flags.PruningConfig, bool]:
+def resolve_pruning(args) -> tuple[run_config.PruningConfig, bool]:
     """The pruning flags, checked as clip_benchmark's are; the second value says whether the strategy
     needs calibration images (this command then takes them from the data)."""
-    config = flags.resolve(args)
+    config = run_config.resolve(args)
     return config, config.calibration_images > 0
 
 
@@ -66,7 +66,7 @@ class Pruned:
     notes: list[str]
 
 
-def attach(model, config: flags.PruningConfig, calibration, seed: int | None = None) -> Pruned:
+def attach(model, config: run_config.PruningConfig, calibration, seed: int | None = None) -> Pruned:
     """Patch the strategy in (with calibration batches when it needs them); its warnings become notes.
 
     A strategy with its own `seed` parameter takes `seed` (the run's `--seed`) unless one was given."""
@@ -148,7 +148,7 @@ def _run(args) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.pretrained, image_size=args.img_size,
-                        model_args=flags.parse_prune_params(args.model_arg or []))
+                        model_args=run_config.parse_prune_params(args.model_arg or []))
     config = saved_token_strategy(loaded.model, config, args.pretrained)
     preflight(loaded.model, config)  # a strategy that cannot fit the model fails now, not after the features
     output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
@@ -198,7 +198,7 @@ def _run(args) -> int:
                                                                 if len(test) >= args.test_samples else None)},
               **({"train": train.describe()} if train is not None else {})},
         checkpoint_check=loaded.checkpoint, image_size=list(loaded.image_size), seed=args.seed,
-        model_args=flags.parse_prune_params(args.model_arg or []) or None, result_file=os.path.basename(output),
+        model_args=run_config.parse_prune_params(args.model_arg or []) or None, result_file=os.path.basename(output),
         command=["pruning-bench", *sys.argv[1:]] if sys.argv and "pruning-bench" in sys.argv[0] else None,
         **extra,
     )
@@ -214,14 +214,13 @@ def _root(args) -> str | None:
     return data.dataset_root(args.dataset_root, args.dataset) if args.dataset_root else None
 
 
-def saved_token_strategy(model, config: flags.PruningConfig, pretrained) -> flags.PruningConfig:
+def saved_token_strategy(model, config: run_config.PruningConfig, pretrained) -> run_config.PruningConfig:
     """The configuration that re-applies the token strategy a saved `--pretrained` records (one line says so), or
     `config` itself; `--prune_no_reapply` keeps the file's strategy out and records that it did."""
-    from ..clip_benchmark_ext.saved_models import reapplying
 
     token = (getattr(model, "pb_saved_architecture", None) or {}).get("token_strategy")
     try:
-        return reapplying(config, token, pretrained, "pruning-bench eval")
+        return run_config.reapplying(config, token, pretrained, "pruning-bench eval")
     except ValueError as exc:
         raise EvalError(str(exc)) from None
 
@@ -236,10 +235,11 @@ def _efficiency(model, test, loaded, args, handle):
 def _attention(args, model, test, loaded, handle, config) -> dict:
     if not config.extract_attention:
         return {}
+    from ..measure.extract_attention import record_attention
     from ..record import attention
 
     images = first_images(test, loaded.transform, min(args.attention_images, len(test)))
-    record = attention.record_attention(model, images, handle)
+    record = record_attention(model, images, handle)
     path = config.attention_output or os.path.splitext(args.resolved_output)[0] + ".attention.pt"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     attention.save(path, record, {"model": args.model, "pretrained": loaded.pretrained, "dataset": args.dataset,
@@ -311,7 +311,7 @@ def save_model(args, model) -> dict:
 
     try:
         architecture = saved.save_pruned(model, path,
-                                         model_args=flags.parse_prune_params(getattr(args, "model_arg", None) or []))
+                                         model_args=run_config.parse_prune_params(getattr(args, "model_arg", None) or []))
     except Exception as exc:  # noqa: BLE001 - keep the evaluation; record and say why the model was not saved
         error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         print(f"pruning-bench eval: --save_model {path}: not saved ({error})", file=sys.stderr)
@@ -369,4 +369,4 @@ def _next_round_model(model, args):
     """The fine-tuned, sliced model as a plain compact model (the live handle is restored on the old one)."""
     from ..saved import compact_copy
 
-    return compact_copy(model, flags.parse_prune_params(getattr(args, "model_arg", None) or []))
+    return compact_copy(model, run_config.parse_prune_params(getattr(args, "model_arg", None) or []))

@@ -1,4 +1,5 @@
-"""`--extract_attention`: each block's class-token attention and kept token indices for the first images.
+"""`--extract_attention`'s file: each block's class-token attention and kept token indices for the first
+images, as `measure.extract_attention` recorded them.
 
 The file (torch.save of a dict) holds:
 - `cls_attention`: list over blocks of float32 tensors (N_images, tokens_in): the class token's
@@ -20,13 +21,11 @@ The file (torch.save of a dict) holds:
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
 from ..errors import UnsupportedModelError
-from ..families import encode_images
 
 FORMAT = "pruning-bench cls-attention v2"  # v2 adds `owner`
 
@@ -49,30 +48,10 @@ def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
     return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]:
-    """Forward `images` once with attention recording on; the per-block lists of the saved file."""
-    import pruning_bench as pb
-
-    run = handle.token_run if handle is not None else None
-    probe_handle = None
-    if run is None:  # unpruned (or structurally pruned) model: a selection that keeps every token
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            probe_handle = pb.prune(model, "cls_topk", keep=10**9, start_layer=0)
-        run = probe_handle.token_run
-    run.record_attention = True
-    run.trace_source = True
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            encode_images(model, images)
-        records = sorted(run.records, key=lambda r: r["layer"])
-        tokens = list(run.stats()["tokens_per_layer"])
-    finally:
-        run.record_attention = False
-        run.trace_source = False
-        if probe_handle is not None:
-            probe_handle.restore()
+def attention_file(model, images: torch.Tensor, records: list[dict], tokens: list[int]) -> dict[str, Any]:
+    """The per-block lists of the saved file, from the per-block `records` of one recorded forward of `images`
+    (`measure.extract_attention.record_attention`) and the tokens entering each block."""
+    records = sorted(records, key=lambda r: r["layer"])
     return {
         "format": FORMAT,
         "cls_attention": [r["cls_attention"].float().cpu() for r in records],

@@ -78,7 +78,7 @@ def pruning_slug(strategy: str | None, resolved: dict[str, Any]) -> str:
 
 
 def config_slug(config) -> str:
-    """The slug of a run's pruning configuration (a `clip_benchmark_ext.flags.PruningConfig`): the
+    """The slug of a run's pruning configuration (a `run_config.PruningConfig`): the
     strategy, its parameters and, when importances are scored on calibration images, how many, since
     that changes the result too."""
     if not config.enabled:

@@ -94,12 +94,3 @@ def build_csv_records(path: Path) -> list[CsvRecord]:
             record["metrics"] = metrics
             records.append(CsvRecord(record, path, line))
     return records
-
-
-def rows_of(path: Path) -> list[dict]:
-    """The reporter's rows for one input file: one for a result JSON, one per line of a build CSV."""
-    from .load import result_row
-
-    if is_build_csv(Path(path)):
-        return [result_row(record) for record in build_csv_records(Path(path))]
-    return [result_row(path)]

@@ -115,10 +115,15 @@ def recall_fields(metrics: dict) -> dict[str, Any]:
     }
 
 
+def format_params(params: dict[str, Any] | None) -> str:
+    """`k=v, ...` for the plain-valued parameters; unset options (None) are left out."""
+    if not params:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (bool, int, float, str, list, tuple)))
+
+
 def config_params(params: dict | None) -> str:
     """The strategy's parameters without its seed: runs differing only in seed share this."""
-    from .load import format_params
-
     return format_params({k: v for k, v in (params or {}).items() if k != "seed"})
 
 

@@ -17,7 +17,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .load import BASELINE, format_params
+from .fields import format_params
+from .load import BASELINE
 
 STRUCTURE_KEYS = ("heads_per_layer", "mlp_hidden_per_layer", "layers_kept", "head_importance", "mlp_importance",
                   "heads_total_per_layer", "mlp_hidden_total_per_layer",

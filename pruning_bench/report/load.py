@@ -15,7 +15,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from .fields import run_fields
+from .build_csv import build_csv_records, is_build_csv
+from .distinct import distinct
+from .fields import format_params, run_fields
 
 BASELINE = "baseline"
 GROUP_KEYS = ["model", "pretrained", "dataset", "task", "language"]
@@ -34,13 +36,6 @@ def primary_metric(task: str, metrics: dict[str, Any]) -> str | None:
         if fallback in metrics:
             return fallback
     return None
-
-
-def format_params(params: dict[str, Any] | None) -> str:
-    """`k=v, ...` for the plain-valued parameters; unset options (None) are left out."""
-    if not params:
-        return ""
-    return ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (bool, int, float, str, list, tuple)))
 
 
 def result_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -159,6 +154,13 @@ def result_row(path: Path) -> dict[str, Any]:
     return row
 
 
+def rows_of(path: Path) -> list[dict]:
+    """The reporter's rows for one input file: one for a result JSON, one per line of a `clip_benchmark build` CSV."""
+    if is_build_csv(Path(path)):
+        return [result_row(record) for record in build_csv_records(Path(path))]
+    return [result_row(path)]
+
+
 def _warn(message: str) -> None:
     import warnings
 
@@ -169,12 +171,8 @@ def load_results(paths: Iterable[str | os.PathLike], on_skip=None) -> pd.DataFra
     """One row per result file. A file that is not a complete result (empty, truncated, foreign, a key of the
     wrong type) is skipped with a message to `on_skip` (default: a UserWarning) when other files are fine, and
     raises `ResultFileError` naming it when none is."""
-    from .build_csv import rows_of  # a `clip_benchmark build` CSV gives one row per line
-
-    from .distinct import distinct  # copies, repeats and temporary files: one run counted once
-
     rows, skipped = [], []
-    files, repeats = distinct(result_files(paths))
+    files, repeats = distinct(result_files(paths))  # copies, repeats and temporary files: one run counted once
     for path in files:
         try:
             rows += rows_of(path)

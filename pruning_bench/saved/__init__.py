@@ -27,11 +27,9 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..record.atomic import atomic_path
 from ..families import locate
-from . import open_clip_model, timm_vit, transformers_model
 from .common import FORMAT, METADATA_KEY, first_line, is_saved_model, read_architecture, weights
+from .formats import FAMILIES, build
 from .validate import check_file
-
-FAMILIES = (timm_vit, open_clip_model, transformers_model)
 
 __all__ = ["FORMAT", "METADATA_KEY", "save_pruned", "load_pruned", "compact_copy", "is_saved_model",
            "read_architecture", "describe", "build", "from_weights"]
@@ -52,31 +50,10 @@ def family_of(model: nn.Module):
         f"fine-tuned), got {type(model).__name__}")
 
 
-def family_for(architecture: dict[str, Any]):
-    """The family module of a record (files written before families were recorded are timm)."""
-    name = architecture.get("family", timm_vit.family)
-    for family in FAMILIES:
-        if family.family == name:
-            return family
-    raise ValueError(f"saved model family {name!r} is not one of {', '.join(f.family for f in FAMILIES)}")
-
-
 def describe(model: nn.Module, model_args: dict | None = None, model_name: str | None = None) -> dict[str, Any]:
     """The architecture record stored beside the weights."""
     family, located = family_of(model)
     return {"format": FORMAT, "family": family.family, **family.describe(model, located, model_args, model_name)}
-
-
-def build(architecture: dict[str, Any]) -> nn.Module:
-    """An eval-mode model of the recorded architecture (weights uninitialised in meaning, right in shape)."""
-    if architecture.get("format") != FORMAT:
-        raise ValueError(f"not a pruning-bench saved model (format {architecture.get('format')!r}, expected {FORMAT})")
-    family = family_for(architecture)
-    try:
-        return family.build(architecture)
-    except (KeyError, TypeError, IndexError) as exc:  # a record edited by hand or cut short
-        raise ValueError(f"the saved {family.family} architecture record is incomplete or malformed "
-                         f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def from_weights(architecture: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:

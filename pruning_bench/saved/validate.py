@@ -19,6 +19,7 @@ import struct
 from typing import Any
 
 from .common import FORMAT, METADATA_KEY
+from .formats import build, family_for
 
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
@@ -120,8 +121,6 @@ def _ints(value) -> list[int]:
 
 
 def _check_known(path: str, architecture: dict[str, Any]) -> None:
-    from . import family_for
-
     family = family_for(architecture)  # ValueError naming the known families
     if family.family == "timm":
         builder = architecture.get("builder")
@@ -217,8 +216,6 @@ def _check_shapes(path: str, architecture: dict[str, Any], tensors: dict) -> Non
     import warnings
 
     import torch
-
-    from . import build
 
     try:
         with torch.device("meta"), warnings.catch_warnings():

@@ -19,40 +19,8 @@ import torch
 from ..registry import register_strategy
 from .base import Merge, TokenStrategy, bipartite_macs
 from .params import Bool, Choice, Float, Int, seed_param
-from .tome_cap import SHORT_MATCH, short_match_note
 from .constants import schedule_constant
-
-
-def _participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int, device="cpu") -> torch.Tensor | None:
-    """Bool mask (N,) of tokens allowed to match, or None when all are; drawn once per device."""
-    return schedule_constant(_draw_participants, (n_tokens, n_prefix, fraction, seed, layer), device)
-
-
-def _draw_participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> torch.Tensor | None:
-    if fraction >= 1.0:
-        return None
-    patches = n_tokens - n_prefix
-    count = max(1, round(fraction * patches))
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
-    chosen = torch.randperm(patches, generator=generator)[:count] + n_prefix
-    mask = torch.zeros(n_tokens, dtype=torch.bool)
-    mask[chosen] = True
-    return mask
-
-
-def max_merges(n_tokens: int, n_prefix: int, participants: torch.Tensor | None) -> int:
-    """The most tokens one bipartite step can remove."""
-    limit = (n_tokens - n_prefix) // 2
-    if participants is None:
-        return limit
-    in_a, in_b = int(participants[::2].sum()), int(participants[1::2].sum())
-    return min(limit, in_a) if in_b else 0
-
-
-@torch.compiler.assume_constant_result
-def _merge_limit(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> int:
-    """`max_merges` as a plain int the planner branches on: read on the CPU, a constant when compiled."""
-    return max_merges(n_tokens, n_prefix, _participants(n_tokens, n_prefix, fraction, seed, layer))
+from .tome_cap import SHORT_MATCH, _merge_limit, _participants, short_match_note
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, participants: torch.Tensor | None = None) -> Merge:

@@ -5,17 +5,53 @@ as many tokens as there are participating A tokens (and as many as half the patc
 The schedule of a whole forward follows from the tokens entering block 0, so it is worked out there,
 before anything is merged: `cap` merges what is possible and says per block what was done against what
 was asked, and how many more tokens then flow through the blocks (which is where MACs grow as p falls);
-`raise` refuses the run instead. Kept apart from `tome.py` so the algorithm there stays one screen.
+`raise` refuses the run instead. Kept apart from `tome.py` so the algorithm there stays one screen;
+the seeded share of participating tokens and the merge limit it implies live here, so `tome.py` imports
+this module and never the other way round.
 """
 from __future__ import annotations
+
+import torch
+
+from .constants import schedule_constant
 
 SHORT_MATCH = ("cap", "raise")
 
 
+def _participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int, device="cpu") -> torch.Tensor | None:
+    """Bool mask (N,) of tokens allowed to match, or None when all are; drawn once per device."""
+    return schedule_constant(_draw_participants, (n_tokens, n_prefix, fraction, seed, layer), device)
+
+
+def _draw_participants(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> torch.Tensor | None:
+    if fraction >= 1.0:
+        return None
+    patches = n_tokens - n_prefix
+    count = max(1, round(fraction * patches))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+    chosen = torch.randperm(patches, generator=generator)[:count] + n_prefix
+    mask = torch.zeros(n_tokens, dtype=torch.bool)
+    mask[chosen] = True
+    return mask
+
+
+def max_merges(n_tokens: int, n_prefix: int, participants: torch.Tensor | None) -> int:
+    """The most tokens one bipartite step can remove."""
+    limit = (n_tokens - n_prefix) // 2
+    if participants is None:
+        return limit
+    in_a, in_b = int(participants[::2].sum()), int(participants[1::2].sum())
+    return min(limit, in_a) if in_b else 0
+
+
+@torch.compiler.assume_constant_result
+def _merge_limit(n_tokens: int, n_prefix: int, fraction: float, seed: int, layer: int) -> int:
+    """`max_merges` as a plain int the planner branches on: read on the CPU, a constant when compiled."""
+    return max_merges(n_tokens, n_prefix, _participants(n_tokens, n_prefix, fraction, seed, layer))
+
+
 def merge_schedule(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> tuple[list[int], list[int]]:
     """(merges asked, merges possible) per block when `n_tokens` enter block 0; cached per shape."""
-    from . import tome
-
     cache = strategy.__dict__.setdefault("_merge_schedules", {})
     key = (n_tokens, n_prefix, n_layers)
     if key not in cache:
@@ -23,7 +59,7 @@ def merge_schedule(strategy, n_tokens: int, n_prefix: int, n_layers: int) -> tup
         asked, done, n = [], [], n_tokens
         for layer in range(n_layers):
             r = strategy.r_at(layer)
-            merges = min(r, tome._merge_limit(n, n_prefix, p["match_fraction"], p["seed"], layer)) if r else 0
+            merges = min(r, _merge_limit(n, n_prefix, p["match_fraction"], p["seed"], layer)) if r else 0
             asked.append(r)
             done.append(merges)
             n -= merges

@@ -1,9 +1,9 @@
-"""Fidelity columns of `pruning-bench eval` results, beside what `pruning-bench report` shows.
+"""Fidelity columns of `pruning-bench eval` results, a table beside the comparison report.
 
 The reporter compares accuracy and compute with each baseline; this adds what only the eval path
 measures (agreement with the unpruned model, raw and centred feature cosine) as one Markdown table.
 
-    python -m pruning_bench.evaluate.summary results/main -o reports/main/fidelity.md
+    python -m pruning_bench.report.fidelity_table results/main -o reports/main/fidelity.md
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..report.load import format_params, result_files
+from ..record import atomic
+from .fields import format_params
+from .load import result_files
 
 COLUMNS = ["dataset", "task", "strategy", "params", "acc1", "agreement", "agreement_kind", "cosine",
            "cosine_centred", "self_retrieval_at1", "gmacs", "images_per_second", "images"]
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     text = markdown(rows(args.results))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    atomic.write_text(args.output, text)
     print(args.output)
     return 0
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
-    from .sweep import PlannedRun
+    from . import PlannedRun
 
-from .record import check as result_check
-from .record import atomic
-from .record.atomic_file import remove_leftovers
+from ..record import check as result_check
+from ..record import atomic
+from ..record.atomic_file import remove_leftovers
 
 HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 GRACE_SECONDS = 10.0

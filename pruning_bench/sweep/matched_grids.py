@@ -26,8 +26,8 @@ import sys
 import warnings
 from typing import Any
 
-from . import sweep_outputs
-from .sweep import BASELINE, SweepPoint, parse_grid, split_top_level, strategy_seed_axis
+from . import outputs
+from . import BASELINE, SweepPoint, parse_grid, split_top_level, strategy_seed_axis
 
 FLAG = "--match_macs"
 CACHE_NAME = "match_macs.json"  # in the sweep's log folder
@@ -87,7 +87,7 @@ class Matcher:
     def _write_cache(self, key: str, found) -> None:
         if not self.cache_path:
             return
-        from .record import atomic
+        from ..record import atomic
 
         cached = self._read_cache()
         cached[key] = {"params": dict(found), "knob": found.knob, "ratio": found.ratio, "target": found.target,
@@ -97,9 +97,9 @@ class Matcher:
 
     def check(self, grids: list[str], strategy_seeds: list[int] | None = None) -> None:
         """Every refusal that needs no model: one ValueError naming the grid entry."""
-        from .api import make_strategy
-        from .match import compute_knob
-        from .registry import get_strategy
+        from ..api import make_strategy
+        from ..match import compute_knob
+        from ..registry import get_strategy
 
         if not any(parse_grid(g)[0] != BASELINE for g in grids):
             raise ValueError(f"{FLAG} needs at least one --grid with a strategy to match")
@@ -131,9 +131,9 @@ class Matcher:
 
     def resolve(self, strategy: str, fixed: dict[str, Any], ratio: float):
         """`pb.match_macs` on the sweep's model, once per (strategy, fixed parameters, ratio)."""
-        from .match import match_macs
+        from ..match import match_macs
 
-        from .match import MATCH_WITHIN, MatchedParams, MatchGapWarning
+        from ..match import MATCH_WITHIN, MatchedParams, MatchGapWarning
 
         key = (strategy, repr(sorted(fixed.items())), ratio)
         if key in self._found:
@@ -176,7 +176,7 @@ class Matcher:
 
     def expand(self, text: str, strategy_seeds: list[int] | None = None) -> list[SweepPoint]:
         """One point per (fixed combination, target ratio, strategy seed), the knob set to its matched value."""
-        from .api import make_strategy
+        from ..api import make_strategy
 
         strategy, axes = parse_grid(text)
         if strategy == BASELINE:
@@ -200,15 +200,15 @@ class Matcher:
         return points
 
 
-def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK):
+def build_model(eval_args: list[str], driver: str = outputs.CLIP_BENCHMARK):
     """The image model the points evaluate, built from EVAL_ARGS by the driver's own loader (no pruning)."""
     import torch
 
-    args = sweep_outputs.parse_eval_args(eval_args, driver)
+    args = outputs.parse_eval_args(eval_args, driver)
     print(f"pruning-bench sweep: building the evaluated model to match MACs on", file=sys.stderr, flush=True)
-    if driver == sweep_outputs.PRUNING_BENCH:
-        from .clip_benchmark_ext.flags import parse_prune_params
-        from .evaluate.models import load_model
+    if driver == outputs.PRUNING_BENCH:
+        from ..run_config import parse_prune_params
+        from ..evaluate.models import load_model
 
         name, pretrained = args.model, args.pretrained
         with torch.random.fork_rng():
@@ -224,7 +224,7 @@ def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK
                 raise _load_error(name, pretrained, exc) from None
     from clip_benchmark.models import load_clip
 
-    models = sorted({(model, pretrained) for model, pretrained, _, _ in sweep_outputs.clip_benchmark_runs(args)})
+    models = sorted({(model, pretrained) for model, pretrained, _, _ in outputs.clip_benchmark_runs(args)})
     if len(models) != 1:
         named = ", ".join(f"{m} ({p or 'random init'})" for m, p in models) or "none"
         raise ValueError(f"{FLAG} matches the knob on one model; the evaluation arguments name {len(models)}: {named}")
@@ -235,7 +235,7 @@ def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from .clip_benchmark_ext.random_init import weights_for_open_clip
+            from ..clip_benchmark_ext.random_init import weights_for_open_clip
 
             weights = weights_for_open_clip(pretrained) if args.model_type == "open_clip" else pretrained
             model, _, _ = load_clip(model_type=args.model_type, model_name=name, pretrained=weights,
@@ -247,13 +247,13 @@ def build_model(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK
     return model.eval()
 
 
-def model_key(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK) -> list:
+def model_key(eval_args: list[str], driver: str = outputs.CLIP_BENCHMARK) -> list:
     """What the model matched on depends on: the driver's model arguments (its weights are part of it,
     since a saved pruned model has fewer heads or blocks)."""
-    args = sweep_outputs.parse_eval_args(eval_args, driver)
-    if driver == sweep_outputs.PRUNING_BENCH:
+    args = outputs.parse_eval_args(eval_args, driver)
+    if driver == outputs.PRUNING_BENCH:
         return [driver, args.model, args.pretrained, args.img_size, sorted(args.model_arg or [])]
-    models = sorted({(model, pretrained) for model, pretrained, _, _ in sweep_outputs.clip_benchmark_runs(args)})
+    models = sorted({(model, pretrained) for model, pretrained, _, _ in outputs.clip_benchmark_runs(args)})
     return [driver, args.model_type, [list(m) for m in models]]
 
 
@@ -261,7 +261,7 @@ def _saved_or_loaded(args, name: str, pretrained):
     """A `--pretrained` file written by `pb.save_pruned` is rebuilt as each point's clip_benchmark run rebuilds it."""
     import argparse
 
-    from .clip_benchmark_ext import saved_models
+    from ..clip_benchmark_ext import saved_models
 
     one = argparse.Namespace(**{**vars(args), "model": name, "pretrained": pretrained})
     path = saved_models.saved_model_path(one)

