@@ -9,7 +9,7 @@ import torch
 
 import pruning_bench as pb
 from conftest import tiny_timm
-from pruning_bench.clip_benchmark_ext.flags import _resolved_params
+from pruning_bench.run_config import _resolved_params
 from pruning_bench.measure.analytic import analytic_macs
 
 
