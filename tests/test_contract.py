@@ -109,17 +109,22 @@ def check_example(strategy, build, run):
         with torch.no_grad():
             together = run(model, x)
             alone = torch.cat([run(model, x[i:i + 1]) for i in SINGLES])
+            shuffled = run(model, x.flip(0)).flip(0)
+            again = run(model, x)
         stats = handle.stats()
         count = pb.count_flops(model, x[:1])
         analytic = analytic_macs(model, stats if cls.kind == "token" else None)
         now = model.state_dict()
         assert all(torch.equal(v, now[k]) for k, v in text_before.items())  # the text tower is never touched
     assert torch.allclose(together[SINGLES], alone, atol=1e-4, rtol=0)  # an image's output ignores its batch-mates
+    assert torch.allclose(together, shuffled, atol=1e-4, rtol=0)  # and their order
+    assert torch.equal(together, again) and not torch.equal(together, expected)  # deterministic, and it prunes
     # the formula counts matrix work; at width 64 fvcore's 5-per-element norms are ~2% of it (0.1% at ViT-B)
     matmul_macs = count.macs - sum(v for op, v in count.by_operator.items() if "norm" in op) * 1e9
     assert matmul_macs < 0.97 * baseline_macs  # compute really removed
     formula = analytic.total_macs + _decision_macs(handle.strategies[0], model, stats)
     assert abs(matmul_macs - formula) / formula < 0.01, (matmul_macs, formula)
+    handle.restore()  # restoring twice is harmless
     _assert_restored(model, snapshot, run, x, expected)
 
 

@@ -9,7 +9,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench.strategies.dct import LowPassResample, truncation_matrix
-from strategy_contract import check_macs_follow_schedule, tiny_timm
+from macs_at_scale import check_macs_follow_schedule, tiny_timm
 
 
 def written_out_schedule(r, inflect, depth):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pruning_bench as pb
-from strategy_contract import check_macs_follow_schedule, tiny_timm
+from macs_at_scale import check_macs_follow_schedule, tiny_timm
 
 
 def paper_graph(patches, side, num_neighbours, graph_type):

@@ -3,7 +3,7 @@ score = similarity x informativeness x size criteria, bidirectional bipartite ma
 into B, then the rest of r B tokens into the A tokens left), merges weighted by received attention x
 size, proportional attention; with one-step-ahead attention inside the merging block (the block's input
 is merged and attends with the merged attention map) or without it (the block's output is merged), in
-blocks 1 onwards, at most t - 10 tokens merged; plus the contract."""
+blocks 1 onwards, at most t - 10 tokens merged; the contract (restore, no-op, per-image, MACs on every family) runs from test_contract.py."""
 import math
 import warnings
 
@@ -11,12 +11,8 @@ import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench.registry import get_strategy
-from strategy_contract import (
-    check_keep_all_is_exact_noop,
+from macs_at_scale import (
     check_macs_follow_schedule,
-    check_reduces_restores_and_is_per_image,
-    family_models,
     tiny_timm,
 )
 
@@ -135,12 +131,6 @@ def test_mctf_equals_the_papers_algorithm(params):
     assert not torch.allclose(got, model(images), atol=1e-3)
     assert torch.allclose(got, expected, atol=1e-10, rtol=0), (got - expected).abs().max()
 
-
-def test_mctf_contract_on_every_family():
-    strategy = get_strategy("mctf")
-    for _, model, run in family_models():
-        check_keep_all_is_exact_noop("mctf", strategy.keep_all_params, model, run)
-        check_reduces_restores_and_is_per_image("mctf", strategy.example_params, model, run)
 
 
 def test_mctf_macs_are_the_schedule_plus_its_own_scoring():

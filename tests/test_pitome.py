@@ -1,19 +1,15 @@
 """PiToMe against its algorithm written one image and one token at a time (Tran et al., NeurIPS 2024),
 with the authors' schedule: r = floor(T - T * ratio) patch tokens merge per block, margin
 0.75 - 0.75 * l / L, plain bipartite matching in energy order for the first half of the blocks and
-energy protection after, size-weighted merges, no proportional attention; plus the contract."""
+energy protection after, size-weighted merges, no proportional attention; the contract (restore, no-op, per-image, MACs on every family) runs from test_contract.py."""
 import math
 
 import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench.registry import get_strategy
-from strategy_contract import (
-    check_keep_all_is_exact_noop,
+from macs_at_scale import (
     check_macs_follow_schedule,
-    check_reduces_restores_and_is_per_image,
-    family_models,
     tiny_timm,
 )
 
@@ -82,12 +78,6 @@ def test_pitome_equals_the_papers_algorithm(ratio):
     assert tokens[1] < 65
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), (got - expected).abs().max()
 
-
-def test_pitome_contract_on_every_family():
-    strategy = get_strategy("pitome")
-    for _, model, run in family_models():
-        check_keep_all_is_exact_noop("pitome", strategy.keep_all_params, model, run)
-        check_reduces_restores_and_is_per_image("pitome", strategy.example_params, model, run)
 
 
 def test_pitome_macs_follow_its_schedule():

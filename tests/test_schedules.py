@@ -1,12 +1,11 @@
-"""Multi-stage schedules (prune_layers + keep_rate) and the contract of every pruning token strategy."""
+"""Multi-stage schedules (prune_layers + keep_rate) of the pruning token strategies (their contract: test_contract.py)."""
 import math
-import warnings
 
 import pytest
 import torch
 
 import pruning_bench as pb
-from conftest import FAMILIES, tiny_timm
+from conftest import tiny_timm
 from pruning_bench.measure.analytic import analytic_macs, vit_dims
 from pruning_bench.registry import get_strategy
 
@@ -76,53 +75,6 @@ def test_schedule_checked_before_the_model_is_touched(name, params, match):
 def test_half_a_schedule_is_an_error():
     with pytest.raises(ValueError, match="prune_layers and keep_rate go together; prune_layers is missing"):
         pb.prune(tiny_timm(), "cls_topk", keep_rate=0.5)
-
-
-@pytest.mark.parametrize("name", PRUNERS)
-def test_strategies_declare_contract_params(name):
-    cls = get_strategy(name)
-    assert isinstance(cls.example_params, dict) and cls.compute_knob in cls.defaults
-    assert cls.keep_all_params is None or isinstance(cls.keep_all_params, dict)
-
-
-@pytest.mark.parametrize("name", PRUNERS)
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_keep_all_is_bit_exact_noop_with_warning(name, family):
-    build, run = FAMILIES[family]
-    model, x = build(), images()
-    with torch.no_grad():
-        expected = run(model, x)
-        with pytest.warns(UserWarning, match=name):
-            with pb.prune(model, name, **get_strategy(name).keep_all_params) as h:
-                got = run(model, x)
-    assert torch.equal(got, expected)
-    assert len(set(h.stats()["tokens_per_layer"])) == 1
-
-
-@pytest.mark.parametrize("name", PRUNERS)
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_example_reduces_per_image_and_restores_exactly(name, family):
-    build, run = FAMILIES[family]
-    model, x = build(), images()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        expected = run(model, x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # the example budget must really prune
-            h = pb.prune(model, name, **get_strategy(name).example_params)
-        together = run(model, x)
-        alone = run(model, x[:1])
-        shuffled = run(model, x.flip(0)).flip(0)
-        again = run(model, x)
-        tokens = h.stats()["tokens_per_layer"]
-        h.restore()
-        h.restore()
-        assert torch.equal(run(model, x), expected)
-    assert tokens[-1] < tokens[0]
-    assert not torch.equal(together, expected) and torch.equal(together, again)
-    assert torch.allclose(together[:1], alone, atol=1e-4, rtol=0)
-    assert torch.allclose(together, shuffled, atol=1e-4, rtol=0)
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
 def vit_b_width(depth=3):

@@ -1,19 +1,15 @@
 """ToFu against its algorithm written one image and one token at a time (Kim et al., WACV 2024):
 ToMe's bipartite matching on head-averaged keys, r tokens per block; blocks before the switch drop
 the matched A tokens, later blocks merge them with MLERP (mean rescaled to the largest norm among the
-merged tokens); plus the contract."""
+merged tokens); the contract (restore, no-op, per-image, MACs on every family) runs from test_contract.py."""
 import math
 
 import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench.registry import get_strategy
-from strategy_contract import (
-    check_keep_all_is_exact_noop,
+from macs_at_scale import (
     check_macs_follow_schedule,
-    check_reduces_restores_and_is_per_image,
-    family_models,
     tiny_timm,
 )
 
@@ -80,12 +76,6 @@ def test_mlerp_keeps_the_largest_norm_where_a_mean_shrinks():
     assert torch.allclose(out[0, 0], torch.tensor([3.0, 4.0]) / 5 * 4)  # direction of the mean, norm 4
     assert torch.equal(out[0, 1], b[0, 1])  # a B token nobody merged into is untouched
 
-
-def test_tofu_contract_on_every_family():
-    strategy = get_strategy("tofu")
-    for _, model, run in family_models():
-        check_keep_all_is_exact_noop("tofu", strategy.keep_all_params, model, run)
-        check_reduces_restores_and_is_per_image("tofu", strategy.example_params, model, run)
 
 
 def test_tofu_macs_follow_its_schedule():

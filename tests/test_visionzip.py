@@ -1,17 +1,13 @@
 """VisionZip against its algorithm written one image and one token at a time (Yang et al., CVPR 2025):
 in one block, the class token plus the dominant - 1 patches it attends to most, then contextual tokens
 (uniformly strided targets among the rest, each plus the mean of the remaining tokens whose keys are
-closest to it), taken at the block's exit as the authors do; plus the contract."""
+closest to it), taken at the block's exit as the authors do; the contract (restore, no-op, per-image, MACs on every family) runs from test_contract.py."""
 import pytest
 import torch
 
 import pruning_bench as pb
-from pruning_bench.registry import get_strategy
-from strategy_contract import (
-    check_keep_all_is_exact_noop,
+from macs_at_scale import (
     check_macs_follow_schedule,
-    check_reduces_restores_and_is_per_image,
-    family_models,
     tiny_timm,
 )
 
@@ -67,12 +63,6 @@ def test_visionzip_default_layer_is_the_second_to_last():
         model(torch.randn(1, 3, 32, 32))
     assert h.stats()["tokens_per_layer"] == [65, 65, 65, 14]
 
-
-def test_visionzip_contract_on_every_family():
-    strategy = get_strategy("visionzip")
-    for _, model, run in family_models():
-        check_keep_all_is_exact_noop("visionzip", strategy.keep_all_params, model, run)
-        check_reduces_restores_and_is_per_image("visionzip", strategy.example_params, model, run)
 
 
 def test_visionzip_macs_follow_its_schedule():
