@@ -147,6 +147,7 @@ def measure_throughput(
     dtype: torch.dtype | None = None,
     threads: int | None = None,
     progress: bool | None = None,
+    family=None,
 ) -> dict:
     """Images per second of the image tower on `images` (median over `repeats` timed forwards).
 
@@ -154,11 +155,12 @@ def measure_throughput(
     `device` / `dtype`: when given, the module and images are moved there (the module in place).
     `threads`: CPU threads for the run; the previous setting comes back afterwards.
     `progress`: a progress bar on stderr (None: when stderr is a terminal).
+    `family`: the model's located family, when the caller has it (its encoder is what runs).
     """
     _check_counts(warmup, repeats)
     model, images = _place(model, images, device, dtype)
     device = torch.device(device) if device is not None else images.device
-    fn = _forward_fn(model)
+    fn = family.encoder if family is not None else _forward_fn(model)
     batch = int(images.shape[0])
     bar = _progress(warmup + repeats, "timing", progress)
     with _threads(threads), torch.inference_mode():

@@ -31,13 +31,13 @@ from ..families import encode_images
 FORMAT = "pruning-bench cls-attention v2"  # v2 adds `owner`
 
 
-def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
+def displayable(model, images: torch.Tensor, family=None) -> torch.Tensor | None:
     """Preprocessed images back to uint8 (N, H, W, 3) pixels, using the normalisation the model records
     (its family's answer: open_clip records it on the image tower)."""
     from ..families import locate
 
     try:
-        recorded = locate(model).normalisation()
+        recorded = (family or locate(model)).normalisation()
     except UnsupportedModelError:
         recorded = None
     if recorded is None or images.ndim != 4 or images.shape[1] != 3:
@@ -49,23 +49,24 @@ def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
     return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]:
-    """Forward `images` once with attention recording on; the per-block lists of the saved file."""
-    import pruning_bench as pb
+def record_attention(model, images: torch.Tensor, handle=None, family=None) -> dict[str, Any]:
+    """Forward `images` once with attention recording on; the per-block lists of the saved file.
+    `family`: the model's located family, when the caller has it."""
+    from ..api import make_strategy, prune_located
 
     run = handle.token_run if handle is not None else None
     probe_handle = None
     if run is None:  # unpruned (or structurally pruned) model: a selection that keeps every token
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            probe_handle = pb.prune(model, "cls_topk", keep=10**9, start_layer=0)
+            probe_handle = prune_located(model, [make_strategy("cls_topk", {"keep": 10**9, "start_layer": 0})], family)
         run = probe_handle.token_run
     run.record_attention = True
     run.trace_source = True
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            encode_images(model, images)
+            encode_images(model, images, family)
         records = sorted(run.records, key=lambda r: r["layer"])
         tokens = list(run.stats()["tokens_per_layer"])
     finally:
@@ -81,7 +82,7 @@ def record_attention(model, images: torch.Tensor, handle=None) -> dict[str, Any]
         "tokens_per_layer": tokens,
         "layers": [int(r["layer"]) for r in records],
         "image_index": torch.arange(len(images)),
-        "images": displayable(model, images),
+        "images": displayable(model, images, family),
     }
 
 
