@@ -27,9 +27,10 @@ import torch
 
 from ..clip_benchmark_ext import flags
 from ..families import locate
+from ..measure import fidelity
 from ..record import identity
 from ..record.notes import noting_warnings
-from . import data, fidelity, finetune, results, rounds
+from . import data, finetune, results, rounds
 from .features import FeatureCache, Features, extract
 from .models import load_model, preflight
 from .probe import fit_probe
