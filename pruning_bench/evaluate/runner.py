@@ -344,7 +344,7 @@ def _finetune(args, config, loaded, test, train, calibration):
         with active(pruned):
             outcome = finetune.train(model, train, test, loaded.transform, finetune.FinetuneConfig(
                 epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                seed=args.seed + number - 1, progress=args.progress, warmup_steps=args.warmup_steps))
+                seed=args.seed + number - 1, progress=args.progress, warmup_steps=args.warmup_steps), family)
             efficiency_record = _efficiency(model, test, loaded, args, pruned.handle, family)
             if n_rounds > 1:
                 rows.append(rounds.round_row(number, model, outcome, efficiency_record, pruned.handle.stats(), original))

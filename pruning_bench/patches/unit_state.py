@@ -54,12 +54,12 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def state_of(model: nn.Module) -> "UnitState | None":
-    """The open state of `model` (its family's transformer), or None."""
+def state_of(model: nn.Module, family=None) -> "UnitState | None":
+    """The open state of `model` (its family's transformer; `family`: the model's, when located already), or None."""
     from ..families import locate
 
     try:
-        return _ACTIVE.get(locate(model).vit)
+        return _ACTIVE.get((family or locate(model)).vit)
     except Exception:
         return None
 
