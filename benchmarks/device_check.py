@@ -27,6 +27,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench.measure.env import describe, environment
+from pruning_bench.measure.throughput import PROTOCOL
 from pruning_bench.record.atomic import write_text
 from pruning_bench.registry import get_strategy
 from speed import MODELS, build, prepare, speed_table, time_group  # same folder: one timing protocol
@@ -216,7 +217,7 @@ def run(args) -> str:
     text = (banner + f"{describe(env)}\n\ncommand: bash scripts/device_check.sh {' '.join(sys.argv[1:])}\n\n"
             f"batch {batch}; dtypes cast the model and the images (no autocast); compiled = torch.compile("
             f"backend={backend}, dynamic=False, fullgraph=True); median of {args.repeats} round-robin repeats "
-            f"after {args.warmup} warm-up ({'CUDA events' if gpu else 'time.perf_counter'}); efficiency = "
+            f"after {args.warmup} warm-up ({PROTOCOL}); efficiency = "
             f"speedup x MACs ratio; graphs = graphs compiled for the configuration (no recompilation while "
             f"timing).\n\n{lines[0]}; took {time.monotonic() - start:.0f} s.\n\n" + "".join(f"{x}\n\n" for x in lines[1:])
             + reference

@@ -2,10 +2,11 @@
 
 Every configuration of a model is timed round-robin in one process (baseline, A, B, ..., baseline,
 A, B, ...) and the median of the repeats is taken, so drift on a shared machine hits all alike; every
-repeat is kept (in the JSON written beside `--output`). Warm-up runs are excluded. On CUDA each run is
-timed with CUDA events (the host never waits inside the timed region); on the CPU with
-time.perf_counter. efficiency = speedup x (pruned MACs / baseline MACs): 1.0 means the measured
-speedup is exactly what the removed multiply-accumulates predict.
+repeat is kept (in the JSON written beside `--output`). Warm-up runs are excluded. The timing is the
+package's one throughput protocol (`pruning_bench.measure.throughput.interleaved_times`: the device
+is synchronised around every timed run, time.perf_counter). efficiency = speedup x (pruned MACs /
+baseline MACs): 1.0 means the measured speedup is exactly what the removed multiply-accumulates
+predict.
 
 --dtype casts the model and the images (`model.to(dtype)`), it does not use autocast: that is how the
 published ToMe timings run half precision (`model.half()`) and how inference is deployed, and autocast
@@ -38,6 +39,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench.measure.env import describe, environment
+from pruning_bench.measure.throughput import PROTOCOL, interleaved_times
 from pruning_bench.record.atomic import write_text
 
 TOKEN_CONFIGS = [
@@ -157,35 +159,10 @@ def reference_tome(model, r):
     return patched
 
 
-def _time_once(fn, images, device: torch.device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(images)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000.0
-    begin = time.perf_counter()
-    fn(images)
-    return time.perf_counter() - begin
-
-
 def round_robin_repeats(fns: dict, images, warmup: int, repeats: int) -> dict[str, list[float]]:
     """Seconds per batch of each callable for every timed repeat, in interleaved rounds (order
-    reversed every other round); `warmup` untimed rounds first."""
-    device = images.device
-    times = {k: [] for k in fns}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        for i in range(repeats):
-            order = list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]
-            for key, fn in order:
-                times[key].append(_time_once(fn, images, device))
-    return times
+    reversed every other round); `warmup` untimed rounds first: the package's throughput protocol."""
+    return interleaved_times(fns, images, warmup=warmup, repeats=repeats)[0]
 
 
 def round_robin(fns: dict, images, warmup: int, repeats: int) -> dict[str, float]:
@@ -293,9 +270,8 @@ def run_model(name: str, batch: int, warmup: int, repeats: int, configs, device=
 
 def header(args, env: dict) -> str:
     mode = f"torch.compile(backend={args.compile_backend}, dynamic=False, fullgraph=True)" if args.compile else "eager"
-    timer = "CUDA events" if env["device"].startswith("cuda") else "time.perf_counter"
     return (f"batch {args.batch}, {args.dtype} (model and images cast, no autocast), {mode}, median of {args.repeats} "
-            f"round-robin repeats after {args.warmup} warm-up (every repeat in the .json beside this file), {timer}; "
+            f"round-robin repeats after {args.warmup} warm-up (every repeat in the .json beside this file), {PROTOCOL}; "
             f"{describe(env)}\ncommand: python benchmarks/{' '.join(['speed.py', *sys.argv[1:]])}\n")
 
 

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .errors import UnsupportedModelError
+from .families import locate
+
 
 def _cut_normal(bound: float = 2.0) -> tuple[float, float, float]:
     """(kurtosis, largest |value| in its own stds, variance) of a standard normal cut at +-bound."""
@@ -199,10 +202,19 @@ def _named_tensors(model_or_state_dict) -> tuple[dict[str, torch.Tensor], set[st
     return tensors, norms & set(tensors)
 
 
-def _find_classifier(model_or_state_dict, tensors: dict, num_classes: int | None) -> str | None:
-    if isinstance(model_or_state_dict, nn.Module) and hasattr(model_or_state_dict, "get_classifier"):
-        head = model_or_state_dict.get_classifier()
-        if isinstance(head, nn.Linear):
+def _declared_classifier(model: nn.Module, family=None) -> nn.Linear | None:
+    """The classifier the model's family declares; None for a model of no supported family (its state_dict
+    names are searched instead)."""
+    try:
+        return (family or locate(model)).classifier()
+    except UnsupportedModelError:
+        return None
+
+
+def _find_classifier(model_or_state_dict, tensors: dict, num_classes: int | None, family=None) -> str | None:
+    if isinstance(model_or_state_dict, nn.Module):
+        head = _declared_classifier(model_or_state_dict, family)
+        if head is not None:
             for name, param in model_or_state_dict.named_parameters():
                 if param is head.weight:
                     return name
@@ -233,12 +245,12 @@ def _classifier_evidence(name: str, weight: torch.Tensor) -> tuple[float | None,
 
 
 def check_checkpoint(model_or_state_dict, *, num_classes: int | None = None,
-                     first_batch_loss: float | None = None) -> CheckpointReport:
+                     first_batch_loss: float | None = None, family=None) -> CheckpointReport:
     """Judge whether weights look randomly initialised; every number behind the verdict is in
     ``report.evidence`` and per tensor in ``report.tensors`` (``report.to_frame()``).
 
     ``num_classes`` helps find the classifier and sets the chance-level loss ln(num_classes) that a
-    given ``first_batch_loss`` is compared with.
+    given ``first_batch_loss`` is compared with. ``family``: the model's located family, when the caller has it.
 
     Verdict: random when at least half the weight tensors match a standard init, or when every
     norm layer is still exactly 1/0. Otherwise two weaker signs (all biases zero, classifier rows
@@ -288,7 +300,7 @@ def check_checkpoint(model_or_state_dict, *, num_classes: int | None = None,
             supporting += 1
 
     cosine_ratio = None
-    classifier = _find_classifier(model_or_state_dict, tensors, num_classes)
+    classifier = _find_classifier(model_or_state_dict, tensors, num_classes, family)
     if classifier is not None:
         cosine_ratio, untrained_head, line = _classifier_evidence(classifier, tensors[classifier])
         evidence.append(line)

@@ -6,7 +6,7 @@ import torch
 
 from pruning_bench.cli import main
 from pruning_bench.evaluate.features import Features
-from pruning_bench.evaluate.fidelity import cosine_metrics, fidelity_metrics, neighbour_agreement, pairwise_cosine
+from pruning_bench.measure.fidelity import cosine_metrics, fidelity_metrics, neighbour_agreement, pairwise_cosine
 
 
 def test_centred_cosine_removes_the_shared_component():

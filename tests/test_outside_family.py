@@ -5,6 +5,9 @@ The toy names its parts unlike any supported library (`to_q`/`to_k`/`to_v`/`to_o
 `ln_a`/`ln_b`, blocks in `layers`), so nothing outside its adapter can know them: if a patch, a slicer,
 a statistic or a counter probed attribute names instead of asking the adapter, these tests fail.
 """
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,3 +171,25 @@ def test_structured_statistics_come_from_the_adapter():
         assert h.stats()["heads_per_layer"] == [4, 4, 4] and h.stats()["mlp_hidden_per_layer"] == [144] * 3
     with pb.prune(model, "head_prune", head_ratio=0.5, mlp_ratio=0.5) as h:
         assert h.stats()["heads_per_layer"] == [2] * 4 and h.stats()["mlp_hidden_per_layer"] == [72] * 4
+
+
+# Attribute names of supported libraries' attention, MLP and classifier layouts. Only the adapters
+# (`families/`) may name them; the saved formats of one library (`saved/timm_vit.py` writes timm's own
+# constructor arguments) and the reference weights' timm key map (`reference.py`) are that library's.
+LAYOUT_NAME = re.compile(r"""["'.](qkv|q_proj|k_proj|v_proj|in_proj_weight|in_proj_bias|out_proj|o_proj|get_classifier|"""
+                         r"""QuickGELU|q_bias|k_bias|v_bias|q_norm|k_norm|ln_q|ln_k|logit_scale|head_scale|ln_inner|"""
+                         r"""c_fc|c_proj|fc1|fc2|fc1_g|fc1_x|gate_proj|up_proj)\b""")
+LIBRARY_FORMATS = {"saved/timm_vit.py", "reference.py"}
+
+
+def test_no_module_outside_the_adapters_names_a_layout_attribute():
+    package = Path(pb.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("families/") or relative in LIBRARY_FORMATS:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if LAYOUT_NAME.search(line):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

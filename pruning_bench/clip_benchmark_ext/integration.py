@@ -109,12 +109,24 @@ def _check_tasks(args) -> None:
 # ---------------------------------------------------------------- the run
 
 
+def _located(model):
+    """The model's family, or None for a model of no supported family (a plain or efficiency-only run)."""
+    from ..errors import UnsupportedModelError
+    from ..families import locate
+
+    try:
+        return locate(model)
+    except UnsupportedModelError:
+        return None
+
+
 class PruningSession:
     """One clip_benchmark `run` with pruning: owns the handle, the captured images and the extra fields."""
 
     def __init__(self, args, config: run_config.PruningConfig, slug: str):
         self.args, self.config, self.slug = args, config, slug
         self.model = None
+        self.family = None  # the model's located family: located once when clip_benchmark loads the model
         self.handle = None
         self.notes: list[str] = []
         self.images: list = []
@@ -132,7 +144,7 @@ class PruningSession:
         @functools.wraps(original)
         def load_clip(*a, **kw):
             model, transform, tokenizer = original(*a, **kw)
-            self.model = model
+            self.model, self.family = model, _located(model)
             if self.config.enabled:
                 calibration = self._calibration(transform) if self.config.calibration_images else None
                 self._prune(model, calibration)
@@ -179,6 +191,7 @@ class PruningSession:
 
     def _prune(self, model, calibration=None) -> None:
         import pruning_bench as pb
+        from ..api import make_strategy, prune_located
 
         params = dict(self.config.params)
         if calibration is not None:
@@ -187,7 +200,7 @@ class PruningSession:
             print(f"pruning-bench: {note}", file=sys.stderr)
         with noting.noting_warnings(self.notes):
             try:
-                self.handle = pb.prune(model, self.config.strategy, **params)
+                self.handle = prune_located(model, [make_strategy(self.config.strategy, params)], self.family)
             except (ValueError, pb.UnsupportedModelError) as exc:
                 fail(str(exc))
         print(f"pruning-bench: applied {self.slug} to the image encoder of {self.args.model} "
@@ -211,10 +224,10 @@ class PruningSession:
 
     def _start_capture(self, model) -> None:
         """Keep the first evaluation batches seen by the image encoder (for efficiency and attention)."""
-        from ..families import image_tower
+        from ..families import unlocated_tower
 
         wanted = self.config.attention_images if self.config.extract_attention else 1
-        tower = image_tower(model)
+        tower = self.family.encoder if self.family is not None else unlocated_tower(model)
 
         def keep(_module, args):
             if self.n_images < wanted or not self.images:
@@ -267,13 +280,8 @@ class PruningSession:
 
         if self.images:
             return torch.cat(self.images), "evaluation batch"
-        from ..errors import UnsupportedModelError
-        from ..families import locate
-
-        try:
-            size = tuple(locate(self.model).image_size())
-        except UnsupportedModelError:  # measured without pruning on a tower of no supported family
-            size = (224, 224)
+        # a tower of no supported family (measured without pruning): 224 px
+        size = tuple(self.family.image_size()) if self.family is not None else (224, 224)
         generator = torch.Generator().manual_seed(self.args.seed)
         batch = torch.rand(self.args.batch_size, 3, *size, generator=generator)
         self.notes.append("no image reached the encoder during evaluation; efficiency measured on random images")
@@ -289,13 +297,13 @@ class PruningSession:
                 self.efficiency = run_efficiency.measure(
                     self.model, images[: self.args.batch_size], device=device, amp=amp,
                     repeats=self.config.throughput_repeats, handle=self.handle, source=source,
-                    progress=False if getattr(self.args, "quiet", False) else None)
+                    progress=False if getattr(self.args, "quiet", False) else None, family=self.family)
             except Exception as exc:  # keep the evaluation's metrics; say why efficiency is missing
                 self.efficiency = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"pruning-bench: efficiency not measured ({type(exc).__name__}: {exc})", file=sys.stderr)
         if self.config.extract_attention:
             self.attention = extract_attention.record_attention(
-                self.model, images[: self.config.attention_images].to(device), self.handle)
+                self.model, images[: self.config.attention_images].to(device), self.handle, family=self.family)
         if self.config.save_model:
             self._save_model()
 

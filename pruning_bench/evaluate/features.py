@@ -29,15 +29,15 @@ class Features:
         return len(self.features)
 
 
-def encode(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode(model: torch.nn.Module, images: torch.Tensor, family=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(pooled features before any classifier, logits or None) of one batch, as the model's family runs it."""
     from ..families import encode as family_encode
 
-    return family_encode(model, images)
+    return family_encode(model, images, family)
 
 
 def extract(model: torch.nn.Module, batches, *, total: int | None = None, desc: str = "features",
-            progress: bool = True) -> Features:
+            progress: bool = True, family=None) -> Features:
     """Features of every batch of (images, labels), in order, under torch.inference_mode."""
     feats, logits, labels = [], [], []
     start = time.perf_counter()
@@ -45,7 +45,7 @@ def extract(model: torch.nn.Module, batches, *, total: int | None = None, desc: 
     with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not progress,
                                       dynamic_ncols=True, leave=False) as bar:
         for images, target in batches:
-            f, z = encode(model, images.to(device))
+            f, z = encode(model, images.to(device), family)
             feats.append(f.float().cpu())
             if z is not None:
                 logits.append(z.float().cpu())

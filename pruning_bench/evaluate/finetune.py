@@ -102,10 +102,11 @@ def new_head(model: torch.nn.Module, num_classes: int, seed: int, family=None) -
         raise ValueError(f"--task finetune needs a classifier whose head can be replaced: {exc}") from None
 
 
-def test_correct(model, images: ImageSet, transform, batch_size: int, progress: bool) -> np.ndarray:
-    """Per test image: is the model's top-1 prediction its label."""
+def test_correct(model, images: ImageSet, transform, batch_size: int, progress: bool, family=None) -> np.ndarray:
+    """Per test image: is the model's top-1 prediction its label (`family`: the model's, when located already)."""
     model.eval()
-    out = extract(model, loader(images, transform, batch_size), total=len(images), desc="test", progress=progress)
+    out = extract(model, loader(images, transform, batch_size), total=len(images), desc="test", progress=progress,
+                  family=family)
     return (out.logits.argmax(1) == out.labels).numpy()
 
 
@@ -141,10 +142,11 @@ def _peak(tracker, batch_size: int) -> dict:
 
 
 def train(model: torch.nn.Module, train_set: ImageSet, test_set: ImageSet, transform, config: FinetuneConfig,
-          ) -> FinetuneResult:
-    """Train `model` (already pruned, with a fresh head) for `config.epochs`; test after each epoch."""
+          family=None) -> FinetuneResult:
+    """Train `model` (already pruned, with a fresh head) for `config.epochs`; test after each epoch.
+    `family`: the model's located family, when the caller has it."""
     with deterministic():
-        return _train(model, train_set, test_set, transform, config)
+        return _train(model, train_set, test_set, transform, config, family)
 
 
 def one_cycle(optimiser, lr: float, steps: int):
@@ -161,9 +163,9 @@ def one_cycle(optimiser, lr: float, steps: int):
                                                anneal_strategy="cos")
 
 
-def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
+def _train(model, train_set, test_set, transform, config, family=None) -> FinetuneResult:
     seed_everything(config.seed)
-    state = state_of(model)  # an open refill / rsst state: masks or penalty while training, sliced at the end
+    state = state_of(model, family)  # an open refill / rsst state: masks or penalty while training, sliced at the end
     if state is not None:  # before the optimiser: the state's units are back in the model while it trains
         state.begin(steps_per_epoch=-(-len(train_set) // config.batch_size), epochs=config.epochs)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
@@ -218,7 +220,7 @@ def _train(model, train_set, test_set, transform, config) -> FinetuneResult:
             state.epoch_end(epoch + 1)
             if epoch == config.epochs - 1:
                 state.end()  # the state's units leave the model before its last test
-        result.test_correct = test_correct(model, test_set, transform, config.batch_size, config.progress)
+        result.test_correct = test_correct(model, test_set, transform, config.batch_size, config.progress, family)
         result.test_acc1.append(float(result.test_correct.mean()))
     model.eval()
     result.acc1 = result.test_acc1[-1] if result.test_acc1 else float("nan")

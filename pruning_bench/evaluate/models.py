@@ -39,6 +39,7 @@ class LoadedModel:
     pretrained: str
     image_size: tuple[int, int]
     checkpoint: dict = field(default_factory=dict)
+    family: Any = None  # the model's located family (`pruning_bench.families`), located once when loaded
 
     def fingerprint(self) -> str:
         """SHA-1 of every parameter and buffer: the key under which unpruned features may be reused."""
@@ -104,13 +105,13 @@ def _create(timm, name: str, pretrained: bool, kwargs: dict):
                          f"{type(exc).__name__}: {exc}") from None
 
 
-def preflight(model, config) -> None:
+def preflight(model, config, family=None) -> None:
     """Before any feature is computed: does the strategy fit this model? Token strategies are attached and
-    taken out again (their model checks run: depth, class token, pooling); any strategy needs a supported family."""
+    taken out again (their model checks run: depth, class token, pooling); any strategy needs a supported family.
+    `family`: the model's located family, when the caller has it."""
     if not getattr(config, "enabled", False):
         return
-    import pruning_bench as pb
-    from ..api import make_strategy
+    from ..api import make_strategy, prune_located
 
     params = {k: v for k, v in dict(config.params).items() if k != "calibration"}
     try:
@@ -120,18 +121,17 @@ def preflight(model, config) -> None:
     if strategy.kind == "token":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pb.prune(model, strategy).restore()
+            prune_located(model, [strategy], family).restore()
     else:
         from ..measure.analytic import find_blocks
 
-        find_blocks(model)
+        find_blocks(model, family)
 
 
-def _timm_transform(model):
+def _timm_transform(model, size: tuple[int, int]):
     import timm.data
 
     config = timm.data.resolve_data_config({}, model=model)
-    size = tuple(int(s) for s in _image_size(model))
     config["input_size"] = (3, *size)
     config["crop_pct"] = 1.0  # the whole image: small images (CIFAR's 32 px) would lose a tenth to a centre crop
     return timm.data.create_transform(**config)
@@ -156,17 +156,15 @@ def _open_clip_model(name: str, pretrained: str, image_size: int | None, model_a
     return remember_name(model, name), transform
 
 
-def _image_size(model) -> tuple[int, int]:
-    from ..families import locate
-
-    return tuple(int(s) for s in locate(model).image_size())
+def _image_size(family) -> tuple[int, int]:
+    return tuple(int(s) for s in family.image_size())
 
 
-def check_weights(model: torch.nn.Module, name: str, pretrained: str) -> dict:
+def check_weights(model: torch.nn.Module, name: str, pretrained: str, family=None) -> dict:
     """`check_checkpoint` verdict; warns when a model presented as pretrained looks random."""
     import pruning_bench as pb
 
-    report = pb.check_checkpoint(model)
+    report = pb.check_checkpoint(model, family=family)
     claimed = pretrained.lower() not in RANDOM_INIT
     record = {"looks_random": bool(report.looks_random), "claimed_pretrained": claimed,
               "evidence": list(report.evidence)}
@@ -182,13 +180,17 @@ def check_weights(model: torch.nn.Module, name: str, pretrained: str) -> dict:
 def load_model(name: str, pretrained: str | None = None, *, image_size: int | None = None,
                model_args: dict | None = None, check: bool = True) -> LoadedModel:
     """Build the encoder in eval mode with its preprocessing; `check` runs the random-init check."""
+    from ..families import locate
     from ..saved import load_pruned
     from ..saved.validate import claims_saved_model
+
+    located = None
 
     if pretrained and pretrained.lower() not in (*RANDOM_INIT, "timm") and claims_saved_model(pretrained):
         if model_args:
             raise ValueError("--model_arg does not apply to a saved pruned model (its architecture is in the file)")
         model = load_pruned(pretrained, reapply=False)  # the runner re-applies a token strategy and records it
+        located = locate(model)
         family = model.pb_saved_architecture.get("family")
         if family == "transformers":
             from .hf_models import IMAGENET, transform as hf_transform
@@ -198,16 +200,16 @@ def load_model(name: str, pretrained: str | None = None, *, image_size: int | No
         elif family == "open_clip":
             from ..saved.open_clip_model import transform as open_clip_transform
 
-            if image_size is not None and image_size not in _image_size(model):
+            if image_size is not None and image_size not in _image_size(located):
                 raise ValueError(f"--img_size {image_size} does not apply to a saved open_clip model (its image size "
-                                 f"is {_image_size(model)[0]})")
+                                 f"is {_image_size(located)[0]})")
             transform = open_clip_transform(model)
         elif model.pb_saved_architecture.get("base") == REFERENCE:
             from ..reference import reference_transform
 
-            transform = reference_transform(image_size or _image_size(model)[0])
+            transform = reference_transform(image_size or _image_size(located)[0])
         else:
-            transform = _timm_transform(model)
+            transform = _timm_transform(model, _image_size(located))
     elif name.startswith(HF_PREFIX):
         from .hf_models import load as load_hf
 
@@ -227,9 +229,11 @@ def load_model(name: str, pretrained: str | None = None, *, image_size: int | No
     else:
         pretrained = pretrained if pretrained is not None else "none"
         model = _timm_model(name, pretrained, image_size, model_args or {})
-        transform = _timm_transform(model)
+        located = locate(model)
+        transform = _timm_transform(model, _image_size(located))
     model.eval()
-    loaded = LoadedModel(model, transform, name, pretrained, _image_size(model))
+    located = located or locate(model)
+    loaded = LoadedModel(model, transform, name, pretrained, _image_size(located), family=located)
     if check:
-        loaded.checkpoint = check_weights(model, name, pretrained)
+        loaded.checkpoint = check_weights(model, name, pretrained, located)
     return loaded

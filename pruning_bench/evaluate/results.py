@@ -42,11 +42,12 @@ def pruning_block(args, config: PruningConfig, handle, notes: list[str], model) 
     return record.pruning_block(config, handle, notes, slug(config), model_loaded=model is not None)
 
 
-def efficiency_block(model, images, *, handle, repeats: int, source: str, progress: bool | None = None) -> dict[str, Any]:
+def efficiency_block(model, images, *, handle, repeats: int, source: str, progress: bool | None = None,
+                     family=None) -> dict[str, Any]:
     """GMACs, images/s and tokens per block of the encoder as evaluated (pruning still patched in)."""
     try:
         return run_efficiency.measure(model, images, device=str(images.device), amp=False, repeats=repeats,
-                                      handle=handle, source=source, progress=progress)
+                                      handle=handle, source=source, progress=progress, family=family)
     except Exception as exc:  # keep the metrics; say why efficiency is missing
         return {"error": f"{type(exc).__name__}: {exc}"}
 

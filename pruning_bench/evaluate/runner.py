@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from .. import run_config
+from ..families import locate
+from ..measure import fidelity
 from ..record import identity
 from ..record.notes import noting_warnings
-from . import data, fidelity, finetune, results, rounds
+from . import data, finetune, results, rounds
 from .features import FeatureCache, Features, extract
 from .models import load_model, preflight
 from .probe import fit_probe
@@ -66,13 +67,15 @@ class Pruned:
     notes: list[str]
 
 
-def attach(model, config: run_config.PruningConfig, calibration, seed: int | None = None) -> Pruned:
+def attach(model, config: run_config.PruningConfig, calibration, seed: int | None = None, family=None) -> Pruned:
     """Patch the strategy in (with calibration batches when it needs them); its warnings become notes.
 
-    A strategy with its own `seed` parameter takes `seed` (the run's `--seed`) unless one was given."""
+    A strategy with its own `seed` parameter takes `seed` (the run's `--seed`) unless one was given.
+    `family`: the model's located family, when the caller has it."""
     if not config.enabled:
         return Pruned(None, [])
     import pruning_bench as pb
+    from ..api import make_strategy, prune_located
 
     params = dict(config.params)
     if seed is not None and "seed" not in params and "seed" in pb.get_strategy(config.strategy).defaults:
@@ -81,7 +84,7 @@ def attach(model, config: run_config.PruningConfig, calibration, seed: int | Non
         params["calibration"] = calibration
     notes: list[str] = []
     with noting_warnings(notes, "pruning-bench eval"):
-        handle = pb.prune(model, config.strategy, **params)
+        handle = prune_located(model, [make_strategy(config.strategy, params)], family)
     return Pruned(handle, notes)
 
 
@@ -105,9 +108,9 @@ def first_images(images: data.ImageSet, transform, n: int) -> torch.Tensor:
     return next(iter(data.loader(images.head(n), transform, n)))[0]
 
 
-def _features(model, images: data.ImageSet, transform, args, desc: str) -> Features:
+def _features(model, images: data.ImageSet, transform, args, desc: str, family=None) -> Features:
     return extract(model, data.loader(images, transform, args.batch_size, workers=args.num_workers),
-                   total=len(images), desc=desc, progress=args.progress)
+                   total=len(images), desc=desc, progress=args.progress, family=family)
 
 
 def _load_split(args, split: str, n: int | None) -> data.ImageSet:
@@ -150,7 +153,7 @@ def _run(args) -> int:
     loaded = load_model(args.model, args.pretrained, image_size=args.img_size,
                         model_args=run_config.parse_prune_params(args.model_arg or []))
     config = saved_token_strategy(loaded.model, config, args.pretrained)
-    preflight(loaded.model, config)  # a strategy that cannot fit the model fails now, not after the features
+    preflight(loaded.model, config, loaded.family)  # a strategy that cannot fit the model fails now, not after the features
     output = results.output_path(args.output, config=config, model=args.model, pretrained=loaded.pretrained,
                                  dataset=args.dataset, task=task)
     if args.skip_existing and os.path.exists(output):
@@ -225,21 +228,21 @@ def saved_token_strategy(model, config: run_config.PruningConfig, pretrained) ->
         raise EvalError(str(exc)) from None
 
 
-def _efficiency(model, test, loaded, args, handle):
+def _efficiency(model, test, loaded, args, handle, family=None):
     images = first_images(test, loaded.transform, min(args.efficiency_batch_size, len(test)))
     return results.efficiency_block(model, images, handle=handle, repeats=args.throughput_repeats,
                                     progress=None if getattr(args, "progress", True) else False,
-                                    source=f"first {len(images)} test images")
+                                    source=f"first {len(images)} test images", family=family)
 
 
-def _attention(args, model, test, loaded, handle, config) -> dict:
+def _attention(args, model, test, loaded, handle, config, family=None) -> dict:
     if not config.extract_attention:
         return {}
     from ..measure.extract_attention import record_attention
     from ..record import attention
 
     images = first_images(test, loaded.transform, min(args.attention_images, len(test)))
-    record = record_attention(model, images, handle)
+    record = record_attention(model, images, handle, family=family)
     path = config.attention_output or os.path.splitext(args.resolved_output)[0] + ".attention.pt"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     attention.save(path, record, {"model": args.model, "pretrained": loaded.pretrained, "dataset": args.dataset,
@@ -249,7 +252,7 @@ def _attention(args, model, test, loaded, handle, config) -> dict:
 
 def _compare(args, config, loaded, test, train, calibration):
     """probe and fidelity: unpruned features (cached), then the same images through the pruned model."""
-    model = loaded.model
+    model, family = loaded.model, loaded.family
     cache = FeatureCache(args.feature_cache)
     fingerprint = loaded.fingerprint()
 
@@ -257,18 +260,19 @@ def _compare(args, config, loaded, test, train, calibration):
         key = FeatureCache.key(model=args.model, weights=fingerprint, dataset=args.dataset, source=images.source,
                                split=images.split, n=len(images), keys=[images.keys[0], images.keys[-1]],
                                image_size=list(loaded.image_size), transform=repr(loaded.transform))
-        return cache.get(key, lambda: _features(model, images, loaded.transform, args, f"unpruned {images.split}"))
+        return cache.get(key, lambda: _features(model, images, loaded.transform, args, f"unpruned {images.split}",
+                                                family))
 
     reference = cached(test)
     probe = None
     if train is not None:
         reference_train = cached(train)
         probe = fit_probe(reference_train.features, reference_train.labels, C=args.C, seed=args.seed)
-    pruned = attach(model, config, calibration, args.seed)
+    pruned = attach(model, config, calibration, args.seed, family)
     with active(pruned):
-        output = _features(model, test, loaded.transform, args, "pruned test") if config.enabled else reference
-        efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
-        extra = _attention(args, model, test, loaded, pruned.handle, config)
+        output = _features(model, test, loaded.transform, args, "pruned test", family) if config.enabled else reference
+        efficiency_record = _efficiency(model, test, loaded, args, pruned.handle, family)
+        extra = _attention(args, model, test, loaded, pruned.handle, config, family)
         extra.update(save_model(args, model))
     if probe is not None:
         metrics = probe_metrics(probe, reference, output)
@@ -323,31 +327,32 @@ def save_model(args, model) -> dict:
 
 
 def _finetune(args, config, loaded, test, train, calibration):
-    model = loaded.model
+    model, family = loaded.model, loaded.family
     num_classes = len(test.classnames) if test.classnames else int(max(train.labels.max(), test.labels.max())) + 1
     n_rounds = getattr(args, "rounds", 1) or 1
     if n_rounds > 1 and (not config.enabled or not rounds.iterable(config.strategy)):
         raise EvalError(f"--rounds={n_rounds} prunes again from each round's weights; it needs a structured "
                         f"--prune_strategy ({' or '.join(rounds.structured_names())}), "
                         f"got {config.strategy if config.enabled else 'no pruning'}")
-    finetune.new_head(model, num_classes, args.seed)
+    finetune.new_head(model, num_classes, args.seed, family)
     original = rounds.widths(model) if n_rounds > 1 else None
     rows = []
     for number in range(1, n_rounds + 1):
         finetune.seed_everything(args.seed)
-        pruned = attach(model, config, calibration, args.seed)
+        pruned = attach(model, config, calibration, args.seed, family)
         with active(pruned):
             outcome = finetune.train(model, train, test, loaded.transform, finetune.FinetuneConfig(
                 epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                seed=args.seed + number - 1, progress=args.progress, warmup_steps=args.warmup_steps))
-            efficiency_record = _efficiency(model, test, loaded, args, pruned.handle)
+                seed=args.seed + number - 1, progress=args.progress, warmup_steps=args.warmup_steps), family)
+            efficiency_record = _efficiency(model, test, loaded, args, pruned.handle, family)
             if n_rounds > 1:
                 rows.append(rounds.round_row(number, model, outcome, efficiency_record, pruned.handle.stats(), original))
                 if number < n_rounds:
                     model = _next_round_model(model, args)
+                    family = locate(model)  # a new (compact) model: located once for the next round
                     continue
             saved = save_model(args, model)
-        loaded.model = model
+        loaded.model, loaded.family = model, family
     metrics = outcome.metrics()
     if isinstance(efficiency_record, dict) and "gmacs" in efficiency_record:
         metrics["gmacs"] = efficiency_record["gmacs"]

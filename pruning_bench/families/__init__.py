@@ -41,21 +41,26 @@ def image_tower(model: nn.Module) -> nn.Module:
     try:
         return locate(model).encoder
     except UnsupportedModelError:
-        visual = getattr(model, "visual", None)
-        return visual if isinstance(visual, nn.Module) else model
+        return unlocated_tower(model)
 
 
-def encode_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def unlocated_tower(model: nn.Module) -> nn.Module:
+    """The image tower of a model of no supported family: `model.visual`, or `model` itself."""
+    visual = getattr(model, "visual", None)
+    return visual if isinstance(visual, nn.Module) else model
+
+
+def encode_images(model: nn.Module, images: torch.Tensor, family: Family | None = None) -> torch.Tensor:
     """Image features of one batch: the image embedding of CLIP-like models, pre-logits of a classifier.
 
     The one helper that runs an image encoder; unsupported modules run their own forward."""
-    return encode(model, images)[0]
+    return encode(model, images, family)[0]
 
 
-def encode(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(image features, class logits or None) of one batch."""
+def encode(model: nn.Module, images: torch.Tensor, family: Family | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(image features, class logits or None) of one batch; `family`: the model's, when the caller located it."""
     try:
-        family = locate(model)
+        family = family or locate(model)
     except UnsupportedModelError:
         run = getattr(model, "encode_image", None)
         out = run(images) if callable(run) else model(images)

@@ -46,9 +46,10 @@ class HeadWeights:
 @dataclass
 class Attended:
     """One attention forward with its queries, keys and values: q, k (B, heads, N, head_dim) after any q/k
-    normalisation, before scaling; `logit_fn(q_rows, k)` gives the logits the softmax saw; v as attended."""
+    normalisation, before scaling; `logit_fn(q_rows, k)` gives the logits the softmax saw; v as attended.
+    `out` is None for a probe (q and k only, the output left to `from_weights`)."""
 
-    out: torch.Tensor
+    out: torch.Tensor | None
     q: torch.Tensor
     k: torch.Tensor
     logit_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -86,10 +87,27 @@ class AttentionView(abc.ABC):
     @abc.abstractmethod
     def attend(self, h: torch.Tensor, bias=None, rotate=None, n_prefix: int = 0) -> Attended: ...
 
+    # The attention split at its softmax weights, for a strategy that decides from a block's attention map
+    # before the block's output is formed (MCTF's one-step-ahead attention): `probe` computes q and k
+    # only; `from_weights` then forms the output from given softmax weights and the values of (possibly
+    # merged) tokens.
+    @abc.abstractmethod
+    def probe(self, h: torch.Tensor, bias=None, rotate=None, n_prefix: int = 0) -> Attended:
+        """q, k and the logit function of the attention on normed tokens `h` (B, N, d); `out` and `v` are None."""
+
+    @abc.abstractmethod
+    def from_weights(self, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The attention output for tokens `h` (B, N, d) given softmax weights (B, heads, N, N)."""
+
     @abc.abstractmethod
     def sliced(self, heads: torch.Tensor | None) -> nn.Module:
         """A module keeping `heads` (sorted indices); None: an equivalent module whose forward calls
         `out_linear` (the module itself when its forward already does)."""
+
+    @abc.abstractmethod
+    def head_entries(self, heads: torch.Tensor) -> list:
+        """(tensor, 'rows'|'cols', indices, is_weight) of every parameter entry the `heads` own: their q/k/v
+        rows (weights and biases) and their output-projection columns."""
 
 
 def _dropout_p(module, drop) -> float:
@@ -112,6 +130,19 @@ def _rotated(t: torch.Tensor, rotate, n_prefix: int) -> torch.Tensor:
 
 
 _FORWARD_CLASSES: dict[type, type] = {}
+
+
+def _linear_rows(linear: nn.Linear, rows: torch.Tensor) -> list:
+    out = [(linear.weight, "rows", rows, True)]
+    if linear.bias is not None:
+        out.append((linear.bias, "rows", rows, False))
+    return out
+
+
+def _fused_rows(heads: torch.Tensor, head_dim: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channels of `heads` in q, k or v; their rows in a fused (3 * width) projection)."""
+    ch = slicing.head_channels(heads, head_dim)
+    return ch, torch.cat([ch, ch + width, ch + 2 * width])
 
 
 def _with_forward(cls: type, forward) -> type:
@@ -160,45 +191,98 @@ class QkvAttentionView(AttentionView):
             q, k, v = (getattr(m, n).weight for n in self.qkv_names)
         return HeadWeights(q, k, v, self.out_linear().weight, self.num_heads, q.shape[0] // self.num_heads)
 
+    def _fused_bias(self):
+        """The fused projection's bias: timm Eva keeps it apart (q, k and v biases, k's a zero buffer)."""
+        m = self.module
+        q_bias = getattr(m, "q_bias", None)
+        return torch.cat((q_bias, m.k_bias, m.v_bias)) if q_bias is not None else getattr(m, self.qkv).bias
+
     def _project(self, h, heads):
         """q, k, v as (B, heads, N, head_dim)."""
         m = self.module
         B, N, _ = h.shape
         if self.qkv:
             fused = getattr(m, self.qkv)
-            q_bias = getattr(m, "q_bias", None)
-            if q_bias is not None:  # timm Eva: bias kept apart from the fused weight, k's bias is zero
-                qkv = F.linear(h, fused.weight, torch.cat((q_bias, m.k_bias, m.v_bias)))
+            if getattr(m, "q_bias", None) is not None:
+                qkv = F.linear(h, fused.weight, self._fused_bias())
             else:
                 qkv = fused(h)
             return qkv.reshape(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         return tuple(getattr(m, n)(h).reshape(B, N, heads, -1).transpose(1, 2) for n in self.qkv_names)
 
-    def attend(self, h, bias=None, rotate=None, n_prefix=0):
-        m = self.module
+    def _projection(self, h, which: int) -> torch.Tensor:
+        """Projection `which` (0 q, 1 k, 2 v) of `h` alone, as (B, heads, N, head_dim)."""
         B, N, _ = h.shape
-        heads = self.num_heads
-        gate = m.gate(h).sigmoid() if getattr(m, "gate", None) is not None else None
-        q, k, v = self._project(h, heads)
-        head_dim = q.shape[-1]
+        if self.qkv:
+            weight, bias = getattr(self.module, self.qkv).weight, self._fused_bias()
+            rows = weight.shape[0] // 3
+            part = slice(which * rows, (which + 1) * rows)
+            out = F.linear(h, weight[part], None if bias is None else bias[part])
+        else:
+            out = getattr(self.module, self.qkv_names[which])(h)
+        return out.reshape(B, N, self.num_heads, -1).transpose(1, 2)
+
+    def _qk(self, q, k, rotate, n_prefix):
+        m = self.module
         if getattr(m, "q_norm", None) is not None:
             q, k = m.q_norm(q), m.k_norm(k)
-        q, k = _rotated(q, rotate, n_prefix), _rotated(k, rotate, n_prefix)
+        return _rotated(q, rotate, n_prefix), _rotated(k, rotate, n_prefix)
+
+    def _scale(self, head_dim: int) -> float:
+        return float(getattr(self.module, self.scale_attr, head_dim ** -0.5))
+
+    def _dropout(self) -> float:
+        return _dropout_p(self.module, getattr(self.module, self.dropout_attr, None))
+
+    def _output(self, heads_out, h):
+        """The output Linear (with timm's optional inner norm, gate and dropout) on concatenated head outputs."""
+        m = self.module
+        out = m.norm(heads_out) if getattr(m, "norm", None) is not None else heads_out
+        if getattr(m, "gate", None) is not None:
+            out = out * m.gate(h).sigmoid()
+        out = self.out_linear()(out)
+        return m.proj_drop(out) if getattr(m, "proj_drop", None) is not None else out
+
+    def attend(self, h, bias=None, rotate=None, n_prefix=0):
+        B, N, _ = h.shape
+        heads = self.num_heads
+        q, k, v = self._project(h, heads)
+        head_dim = q.shape[-1]
+        q, k = self._qk(q, k, rotate, n_prefix)
         if bias is not None:
             bias = bias.to(q.dtype)
-        scale = float(getattr(m, self.scale_attr, head_dim ** -0.5))
+        scale = self._scale(head_dim)
         # SDPA's own default scale unless the module uses another: the same rounding as the module's forward
         custom = None if scale == head_dim ** -0.5 else scale
-        dropout = _dropout_p(m, getattr(m, self.dropout_attr, None))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=custom)
-        out = out.transpose(1, 2).reshape(B, N, heads * head_dim)
-        out = m.norm(out) if getattr(m, "norm", None) is not None else out
-        if gate is not None:
-            out = out * gate
-        out = self.out_linear()(out)
-        if getattr(m, "proj_drop", None) is not None:
-            out = m.proj_drop(out)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self._dropout(), scale=custom)
+        out = self._output(out.transpose(1, 2).reshape(B, N, heads * head_dim), h)
         return Attended(out, q, k, _scaled_logits(scale, bias), v)
+
+    def probe(self, h, bias=None, rotate=None, n_prefix=0):
+        q, k = self._qk(self._projection(h, 0), self._projection(h, 1), rotate, n_prefix)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        return Attended(None, q, k, _scaled_logits(self._scale(q.shape[-1]), bias))
+
+    def from_weights(self, h, weights):
+        B, N, _ = h.shape
+        v = self._projection(h, 2)
+        out = F.dropout(weights.to(v.dtype), self._dropout()) @ v
+        return self._output(out.transpose(1, 2).reshape(B, N, -1), h)
+
+    def head_entries(self, heads):
+        m = self.module
+        ch, fused = _fused_rows(heads, self.head_dim, self.width)
+        entries = []
+        if self.qkv:
+            entries += _linear_rows(getattr(m, self.qkv), fused)
+            for name in ("q_bias", "v_bias"):  # timm Eva keeps the fused biases apart
+                if isinstance(getattr(m, name, None), nn.Parameter):
+                    entries.append((getattr(m, name), "rows", ch, False))
+        else:
+            for name in self.qkv_names:
+                entries += _linear_rows(getattr(m, name), ch)
+        return entries + [(self.out_linear().weight, "cols", ch, True)]
 
     def sliced(self, heads):
         if heads is None:
@@ -260,19 +344,27 @@ class InProjAttentionView(AttentionView):
         q, k, v = self.module.in_proj_weight.chunk(3, dim=0)
         return HeadWeights(q, k, v, self.module.out_proj.weight, self.num_heads, q.shape[0] // self.num_heads)
 
-    def attend(self, h, bias=None, rotate=None, n_prefix=0):
+    def _projection(self, h, which: int) -> torch.Tensor:
+        """Projection `which` (0 q, 1 k, 2 v) of `h` alone, as (B, heads, N, head_dim)."""
+        B, N, _ = h.shape
+        weight, bias = self.module.in_proj_weight, self.module.in_proj_bias
+        rows = weight.shape[0] // 3
+        part = slice(which * rows, (which + 1) * rows)
+        out = F.linear(h, weight[part], None if bias is None else bias[part])
+        return out.reshape(B, N, self.num_heads, -1).transpose(1, 2)
+
+    def _dropout(self) -> float:
+        attn = self.module
+        drop = getattr(attn, "attn_drop", None)
+        return _dropout_p(attn, drop if isinstance(drop, nn.Dropout) else getattr(attn, "dropout", 0.0))
+
+    def _no_rotary(self, rotate) -> None:
         if rotate is not None:
             raise UnsupportedModelError(f"rotary embeddings with attention module {type(self.module).__name__} are not supported")
+
+    def _logits(self, q, k, bias):
+        """(q, k, logit_fn): open_clip's scaled cosine attention normalises q and k, `ln_q`/`ln_k` norm them."""
         attn = self.module
-        B, N, _ = h.shape
-        heads = self.num_heads
-        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.reshape(B, N, heads, -1).transpose(1, 2) for t in (q, k, v))
-        head_dim = q.shape[-1]
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        drop = getattr(attn, "attn_drop", None)
-        dropout = _dropout_p(attn, drop if isinstance(drop, nn.Dropout) else getattr(attn, "dropout", 0.0))
         logit_scale = getattr(attn, "logit_scale", None)
         if logit_scale is not None:  # scaled cosine attention (open_clip `scale_cosine_attn`)
             scale = torch.clamp(logit_scale, max=attn.logit_scale_max).exp()
@@ -282,23 +374,58 @@ class InProjAttentionView(AttentionView):
                 logits = (qq @ kk.transpose(-2, -1)) * scale
                 return logits if bias is None else logits + bias
 
-            weights = logit_fn(q, k).softmax(dim=-1)
-            weights = F.dropout(weights, dropout)
-            out = weights @ v
-        else:
-            if hasattr(attn, "ln_q"):
-                q, k = attn.ln_q(q), attn.ln_k(k)
-            logit_fn = _scaled_logits(head_dim ** -0.5, bias)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+            return q, k, logit_fn
+        if hasattr(attn, "ln_q"):
+            q, k = attn.ln_q(q), attn.ln_k(k)
+        return q, k, _scaled_logits(q.shape[-1] ** -0.5, bias)
+
+    def _output(self, heads_out):
+        """open_clip's optional head scale and inner norm, then the output projection, on (B, heads, N, head_dim)."""
+        attn = self.module
+        B, _, N, _ = heads_out.shape
         if getattr(attn, "head_scale", None) is not None:
-            out = out * attn.head_scale
-        out = out.transpose(1, 2).reshape(B, N, heads * head_dim)
+            heads_out = heads_out * attn.head_scale
+        out = heads_out.transpose(1, 2).reshape(B, N, -1)
         if hasattr(attn, "ln_inner"):
             out = attn.ln_inner(out)
         out = attn.out_proj(out)
-        if hasattr(attn, "out_drop"):
-            out = attn.out_drop(out)
-        return Attended(out, q, k, logit_fn, v)
+        return attn.out_drop(out) if hasattr(attn, "out_drop") else out
+
+    def attend(self, h, bias=None, rotate=None, n_prefix=0):
+        self._no_rotary(rotate)
+        attn = self.module
+        B, N, _ = h.shape
+        heads = self.num_heads
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(B, N, heads, -1).transpose(1, 2) for t in (q, k, v))
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        q, k, logit_fn = self._logits(q, k, bias)
+        dropout = self._dropout()
+        if getattr(attn, "logit_scale", None) is not None:
+            out = F.dropout(logit_fn(q, k).softmax(dim=-1), dropout) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        return Attended(self._output(out), q, k, logit_fn, v)
+
+    def probe(self, h, bias=None, rotate=None, n_prefix=0):
+        self._no_rotary(rotate)
+        q, k = self._projection(h, 0), self._projection(h, 1)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        return Attended(None, *self._logits(q, k, bias))
+
+    def from_weights(self, h, weights):
+        v = self._projection(h, 2)
+        return self._output(F.dropout(weights.to(v.dtype), self._dropout()) @ v)
+
+    def head_entries(self, heads):
+        attn = self.module
+        ch, fused = _fused_rows(heads, self.head_dim, self.width)
+        entries = [(attn.in_proj_weight, "rows", fused, True)]
+        if attn.in_proj_bias is not None:
+            entries.append((attn.in_proj_bias, "rows", fused, False))
+        return entries + [(attn.out_proj.weight, "cols", ch, True)]
 
     def sliced(self, heads):
         if isinstance(self.module, slicing.InProjAttention):  # pruned again: keep the calling convention it stands in for

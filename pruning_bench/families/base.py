@@ -172,6 +172,14 @@ class Family(abc.ABC):
         """Replace the model's classifier with a fresh linear one for `num_classes` (fine-tuning)."""
         raise UnsupportedModelError(f"{self.label}: no classifier head to replace")
 
+    def classifier(self) -> nn.Linear | None:
+        """The Linear mapping pooled features to class logits, or None when the model has none."""
+        return None
+
+    def uses_quick_gelu(self) -> bool:
+        """Whether the model's MLPs use open_clip's QuickGELU (an open_clip config records it as `quick_gelu`)."""
+        return False
+
     def normalisation(self) -> tuple | None:
         """(mean, std) of the input normalisation the model itself records, or None when it records none."""
         return None

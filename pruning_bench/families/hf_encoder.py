@@ -103,6 +103,10 @@ class HfEncoderFamily(Family):
             self._encoder = ImageEncoder(self.model, run)
         return self._encoder
 
+    def classifier(self):
+        head = getattr(self.model, "classifier", None) if self.model is not self.core else None
+        return head if isinstance(head, nn.Linear) else None
+
     def reset_classifier(self, num_classes):
         heads = [n for n in ("classifier", "cls_classifier", "distillation_classifier") if hasattr(self.model, n)]
         if self.model is self.core or not heads:

@@ -57,6 +57,18 @@ class MlpView:
             return list(self._in(0).weight.chunk(2, dim=0)), self.out_linear().weight
         return [getattr(self.module, n).weight for n in self.inputs], self.out_linear().weight
 
+    def neuron_entries(self, neurons: torch.Tensor) -> list:
+        """(tensor, 'rows'|'cols', indices, is_weight) of every parameter entry the hidden `neurons` own: their
+        rows in the input Linear(s) (weights and biases; both halves of a GLU) and their output columns."""
+        rows = torch.cat([neurons, neurons + self.hidden]) if self.glu else neurons
+        entries = []
+        for name in self.inputs:
+            linear = getattr(self.module, name)
+            entries.append((linear.weight, "rows", rows, True))
+            if linear.bias is not None:
+                entries.append((linear.bias, "rows", rows, False))
+        return entries + [(self.out_linear().weight, "cols", neurons, True)]
+
     def sliced(self, neurons: torch.Tensor) -> nn.Module:
         """A new MLP keeping the hidden `neurons` (sorted indices)."""
         m = self.module

@@ -8,7 +8,7 @@ from .attention import InProjAttentionView
 from .base import BlockLayout, Family, candidate_towers, pair, register_family
 from .dims import VitDims
 from .mlp import MlpView
-from .timm_vit import is_open_clip_model, weighted_mean
+from .timm_vit import is_open_clip_model, uses_quick_gelu, weighted_mean
 
 OPEN_CLIP_BLOCK = BlockLayout("ln_1", "attn", ("ls_1",), "ln_2", "mlp", ("ls_2",))
 OPEN_CLIP_CUSTOM_BLOCK = BlockLayout("ln_1", "attn", ("ln_attn", "ls_1"), "ln_2", "mlp", ("ls_2",))
@@ -59,6 +59,9 @@ class OpenClipVitFamily(Family):
     @property
     def saved_format(self):
         return "open_clip" if is_open_clip_model(self.model) else None
+
+    def uses_quick_gelu(self):
+        return uses_quick_gelu(self.model)
 
     def normalisation(self):
         mean, std = getattr(self.core, "image_mean", None), getattr(self.core, "image_std", None)

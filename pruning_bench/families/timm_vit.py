@@ -42,6 +42,15 @@ def is_open_clip_model(model: nn.Module) -> bool:
     return isinstance(model, (CLIP, CustomTextCLIP, CoCa))
 
 
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """Whether any module of an open_clip model (text tower included) is open_clip's QuickGELU."""
+    try:
+        from open_clip.transformer import QuickGELU
+    except ImportError:
+        return False
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
 class TimmFamily(Family):
     """Shared by timm towers: the tower may be the timm model itself or an open_clip TimmModel."""
 
@@ -54,6 +63,13 @@ class TimmFamily(Family):
             return None
         mean, std = getattr(self.tower, "image_mean", None), getattr(self.tower, "image_std", None)  # open_clip's
         return None if mean is None or std is None else (tuple(mean), tuple(std))
+
+    def uses_quick_gelu(self):
+        return uses_quick_gelu(self.model)
+
+    def classifier(self):
+        head = self.core.get_classifier()
+        return head if isinstance(head, nn.Linear) else None
 
     def reset_classifier(self, num_classes):
         if self.model is not self.core:

@@ -22,8 +22,9 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..finite_images import refuse_non_finite
+from ..families import unlocated_tower
 from .analytic import find_blocks, image_tower, locate
-from .image_fit import check_channels, naming_size_mismatch
+from .image_fit import check_channels, fit_dims, naming_size_mismatch
 
 
 class UncountedMatmulError(RuntimeError):
@@ -264,13 +265,14 @@ def count_flops(model: nn.Module, images: torch.Tensor, *, strict: bool = True, 
             family = locate(model)
         except UnsupportedModelError:
             family = None
-    check_channels(model, images)
+    dims = fit_dims(family)
+    check_channels(dims, images)
     if isinstance(images, torch.Tensor):  # a NaN image would set a per-image strategy's token counts arbitrarily
         refuse_non_finite(images, "count_flops: images")
-    tower = family.encoder if family is not None else image_tower(model)
+    tower = family.encoder if family is not None else unlocated_tower(model)
     images = _match_tower(tower, images)
     batch = int((images if isinstance(images, torch.Tensor) else images[0]).shape[0])
-    with naming_size_mismatch(model, images):  # images the model cannot take: named, not a trace's traceback
+    with naming_size_mismatch(dims, images):  # images the model cannot take: named, not a trace's traceback
         if batch > 1 and isinstance(images, torch.Tensor) and _keeps_per_image_counts(family):
             return _count_per_image(model, family, images, strict)
         return _count_as_run(model, family, tower, images, batch, strict)

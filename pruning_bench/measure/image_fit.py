@@ -10,20 +10,19 @@ from contextlib import contextmanager
 
 import torch
 
-from ..errors import UnsupportedModelError
 
-
-def _dims(model):
-    from ..families import locate
-
+def fit_dims(family):
+    """The dims of a located family (None: a model of no supported family, or one whose dims cannot be read)."""
+    if family is None:
+        return None
     try:
-        return locate(model).dims()
-    except (UnsupportedModelError, AttributeError, TypeError):  # not a ViT this package knows: no shape to check
+        return family.dims()
+    except (AttributeError, TypeError):  # not a ViT this package can measure: no shape to check
         return None
 
 
-def check_channels(model, images) -> None:
-    dims = _dims(model)
+def check_channels(dims, images) -> None:
+    """`dims`: the model's `fit_dims`, or None (nothing to check)."""
     if dims is not None and isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] != dims.in_chans:
         raise ValueError(f"images have {images.shape[1]} channel(s) (shape {tuple(images.shape)}) but the model's "
                          f"patch embedding takes {dims.in_chans}; preprocess them as the model expects "
@@ -31,12 +30,11 @@ def check_channels(model, images) -> None:
 
 
 @contextmanager
-def naming_size_mismatch(model, images):
-    """An error from the traced forward becomes a ValueError when the images' size is not the model's."""
+def naming_size_mismatch(dims, images):
+    """An error from the traced forward becomes a ValueError when the images' size is not the model's (`dims`)."""
     try:
         yield
     except (RuntimeError, AssertionError) as exc:
-        dims = _dims(model)
         size = tuple(images.shape[-2:]) if isinstance(images, torch.Tensor) else None
         if dims is None or size is None or tuple(dims.image_size) == size:
             raise

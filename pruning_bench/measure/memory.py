@@ -40,9 +40,10 @@ def _tracker():
     return MemTracker()
 
 
-def measure_memory(model: nn.Module, images: torch.Tensor) -> PeakMemory:
-    """Peak memory of `model`'s image tower (pruning included when patched) on `images`, no gradients."""
-    tower = image_tower(model)
+def measure_memory(model: nn.Module, images: torch.Tensor, family=None) -> PeakMemory:
+    """Peak memory of `model`'s image tower (pruning included when patched) on `images`, no gradients.
+    `family`: the model's located family, when the caller has it."""
+    tower = family.encoder if family is not None else image_tower(model)
     tracker = _tracker()
     tracker.track_external(tower)
     with torch.inference_mode(), tracker:

@@ -40,35 +40,36 @@ def block_token_counts(model: torch.nn.Module, images: torch.Tensor, family=None
     return counts
 
 
-def _peak_memory(model, images: torch.Tensor, autocast):
+def _peak_memory(model, images: torch.Tensor, autocast, family=None):
     """`pb.measure_memory`'s peak, or the exception it raised: a failure of the tracker is recorded, never
     allowed to lose the evaluation."""
     import pruning_bench as pb
 
     try:
         with autocast:
-            return pb.measure_memory(model, images)
+            return pb.measure_memory(model, images, family)
     except Exception as exc:  # the tracker is a private torch tool: report, do not crash after the evaluation
         return exc
 
 
 def measure(model, images: torch.Tensor, *, device: str, amp: bool, repeats: int, handle=None,
-            source: str = "evaluation batch", progress: bool | None = None) -> dict[str, Any]:
+            source: str = "evaluation batch", progress: bool | None = None, family=None) -> dict[str, Any]:
     """GMACs per image, images per second (every repeat kept) and tokens per block of `model` (pruned or
     not) on `images`, as the `efficiency` block. `progress`: a bar on stderr while timing (None: only on a
-    terminal; False: silent, as `clip_benchmark eval --quiet` and `pruning-bench eval --no_progress` ask)."""
+    terminal; False: silent, as `clip_benchmark eval --quiet` and `pruning-bench eval --no_progress` ask).
+    `family`: the model's located family, when the caller has it."""
     import pruning_bench as pb
     from ..families import locate
 
     images = images.to(device)
     if progress is not False:
         print(f"pruning-bench: measuring efficiency (MACs, {repeats} timed batches, peak memory)", file=sys.stderr)
-    family = locate(model)  # once for the count and the token schedule
+    family = family or locate(model)  # once for the count, the timing, the memory and the token schedule
     flops = pb.count_flops(model, images, family=family)
     autocast = torch.autocast(torch.device(device).type) if amp else nullcontext()
     with autocast:
-        speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats, progress=progress)
-    peak = _peak_memory(model, images, autocast)
+        speed = pb.measure_throughput(model, images, warmup=1, repeats=repeats, progress=progress, family=family)
+    peak = _peak_memory(model, images, autocast, family)
     stats = handle.stats() if handle is not None else {}
     tokens = list(stats.get("tokens_per_layer") or block_token_counts(model, images[:1], family))
     return efficiency_block(flops, speed, peak, stats, tokens=tokens, images=images, source=source,

@@ -147,6 +147,7 @@ def measure_throughput(
     dtype: torch.dtype | None = None,
     threads: int | None = None,
     progress: bool | None = None,
+    family=None,
 ) -> dict:
     """Images per second of the image tower on `images` (median over `repeats` timed forwards).
 
@@ -154,24 +155,19 @@ def measure_throughput(
     `device` / `dtype`: when given, the module and images are moved there (the module in place).
     `threads`: CPU threads for the run; the previous setting comes back afterwards.
     `progress`: a progress bar on stderr (None: when stderr is a terminal).
+    `family`: the model's located family, when the caller has it (its encoder is what runs).
     """
     _check_counts(warmup, repeats)
     model, images = _place(model, images, device, dtype)
     device = torch.device(device) if device is not None else images.device
-    fn = _forward_fn(model)
+    fn = family.encoder if family is not None else _forward_fn(model)
     batch = int(images.shape[0])
     bar = _progress(warmup + repeats, "timing", progress)
     with _threads(threads), torch.inference_mode():
         before = load_average()
-        warmup_times = []
-        for _ in range(warmup):
-            warmup_times.append(_time_unfenced(fn, images))
-            bar.update()
-        _synchronize(device)
-        times = []
-        for _ in range(repeats):
-            times.append(_time_once(fn, images, device))
-            bar.update()
+        times, warmup_times = interleaved_times({"model": fn}, images, warmup=warmup, repeats=repeats, device=device,
+                                                bar=bar)
+        times, warmup_times = times["model"], warmup_times["model"]
         after = load_average()
         env = environment(device)
     bar.close()
@@ -187,6 +183,30 @@ def measure_throughput(
         **env,
         "protocol": PROTOCOL,
     }
+
+
+def interleaved_times(fns: dict[str, Callable], images: torch.Tensor, *, warmup: int, repeats: int,
+                      device: torch.device | None = None, bar=None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(seconds of every timed run by key, seconds of every warm-up run by key) of several forwards timed in
+    interleaved rounds, the order reversed every other round (A B C, C B A, ...), so drift on a shared
+    machine hits all alike. `bar`: a progress bar updated after every run."""
+    device = images.device if device is None else torch.device(device)
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    warmup_times: dict[str, list[float]] = {key: [] for key in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for key, fn in fns.items():
+                warmup_times[key].append(_time_unfenced(fn, images))
+                if bar is not None:
+                    bar.update()
+        _synchronize(device)
+        for i in range(repeats):
+            order = list(fns) if i % 2 == 0 else list(fns)[::-1]
+            for key in order:
+                times[key].append(_time_once(fns[key], images, device))
+                if bar is not None:
+                    bar.update()
+    return times, warmup_times
 
 
 def compare_throughput(
@@ -212,21 +232,10 @@ def compare_throughput(
     device = torch.device(device) if device is not None else images.device
     fns = {"baseline": _forward_fn(baseline_fn), "pruned": _forward_fn(pruned_fn)}
     batch = int(images.shape[0])
-    times: dict[str, list[float]] = {"baseline": [], "pruned": []}
-    warmup_times: dict[str, list[float]] = {"baseline": [], "pruned": []}
     bar = _progress(2 * (warmup + repeats), "timing baseline and pruned", progress)
     with _threads(threads), torch.inference_mode():
         before = load_average()
-        for _ in range(warmup):
-            for name, fn in fns.items():
-                warmup_times[name].append(_time_unfenced(fn, images))
-                bar.update()
-        _synchronize(device)
-        for i in range(repeats):
-            order = ("baseline", "pruned") if i % 2 == 0 else ("pruned", "baseline")
-            for name in order:
-                times[name].append(_time_once(fns[name], images, device))
-                bar.update()
+        times, warmup_times = interleaved_times(fns, images, warmup=warmup, repeats=repeats, device=device, bar=bar)
         after = load_average()
         env = environment(device)
     bar.close()

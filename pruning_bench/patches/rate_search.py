@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from ..families import Family
-from .attention import attention_from_weights, attention_probe
+from .attention import attention_probe
 
 EPS = 1e-6  # the authors' masked-softmax guard
 
@@ -59,7 +59,7 @@ class SearchRun:
         h = norm1(x)
         probe = attention_probe(view, h, self.size.log()[:, None, None, :, 0], None, self.n_prefix)
         attention = softmax_with_policy(probe.logit_fn(probe.q, probe.k), self.mask)
-        x = x + layout.attn_residual(block, attention_from_weights(view, h, attention))
+        x = x + layout.attn_residual(block, view.from_weights(h, attention))
         order = _order(attention[:, :, 0, self.n_prefix:].mean(dim=1), self.n_prefix)
         x = x.gather(1, order[..., None].expand_as(x))
         self.size = self.size.gather(1, order[..., None])

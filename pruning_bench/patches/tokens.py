@@ -21,7 +21,7 @@ import torch
 from ..families import Family, locate
 from ..strategies.base import Selection, TokenStrategy
 from ..strategies.per_image import PaddedSelection, key_mask_bias
-from .attention import attention_from_weights, attention_probe, attention_with_probe, reshaped_attention_with_probe
+from .attention import attention_probe, attention_with_probe, reshaped_attention_with_probe
 from .pooling import patched_vit_class
 
 _BLOCK_CLASSES: dict[type, type] = {}
@@ -133,7 +133,7 @@ class TokenRun:
         x, reduction = self._reduce(block._pb_layer, x, probe, rope, n_out, reducing)
         weights = reduction.merge_attention() if reduction is not None else probe.attention_map()
         del probe
-        x = x + layout.attn_residual(block, attention_from_weights(view, norm1(x), weights))
+        x = x + layout.attn_residual(block, view.from_weights(norm1(x), weights))
         self._entering_mlp(x)
         self.tokens_out.append(int(x.shape[1]))
         return x + layout.mlp_residual(block, mlp(norm2(x)))

@@ -31,8 +31,6 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from ..families.attention import QkvAttentionView
-from ..families.slicing import head_channels
 from ..strategies.base import StructuredPlan
 from .structured import attach_structured
 
@@ -56,12 +54,12 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def state_of(model: nn.Module) -> "UnitState | None":
-    """The open state of `model` (its family's transformer), or None."""
+def state_of(model: nn.Module, family=None) -> "UnitState | None":
+    """The open state of `model` (its family's transformer; `family`: the model's, when located already), or None."""
     from ..families import locate
 
     try:
-        return _ACTIVE.get(locate(model).vit)
+        return _ACTIVE.get((family or locate(model)).vit)
     except Exception:
         return None
 
@@ -69,41 +67,14 @@ def state_of(model: nn.Module) -> "UnitState | None":
 # ---------------------------------------------------------------- which tensor entries a unit owns
 
 
-def _rows(linear: nn.Linear, rows: torch.Tensor, with_bias: bool = True) -> list:
-    out = [(linear.weight, "rows", rows, True)]
-    if with_bias and linear.bias is not None:
-        out.append((linear.bias, "rows", rows, False))
-    return out
-
-
 def unit_entries(family, block: nn.Module, heads: torch.Tensor, neurons: torch.Tensor) -> list:
-    """(tensor, 'rows'|'cols', indices, is_weight) of the given heads' and neurons' parameters, read from the
-    family's attention and MLP views of the block."""
+    """(tensor, 'rows'|'cols', indices, is_weight) of the given heads' and neurons' parameters, as the
+    family's attention and MLP views of the block name them."""
     entries = []
     if len(heads):
-        view = family.attention_view(block)
-        attn, hd, width = view.module, view.head_dim, view.width
-        ch = head_channels(heads, hd)
-        fused = torch.cat([ch, ch + width, ch + 2 * width])
-        if isinstance(view, QkvAttentionView) and view.qkv:
-            entries += _rows(getattr(attn, view.qkv), fused)
-            for name, part in (("q_bias", ch), ("v_bias", ch)):  # timm Eva keeps the fused biases apart
-                if isinstance(getattr(attn, name, None), nn.Parameter):
-                    entries.append((getattr(attn, name), "rows", part, False))
-        elif isinstance(view, QkvAttentionView):
-            for name in view.qkv_names:
-                entries += _rows(getattr(attn, name), ch)
-        else:
-            entries.append((attn.in_proj_weight, "rows", fused, True))
-            if attn.in_proj_bias is not None:
-                entries.append((attn.in_proj_bias, "rows", fused, False))
-        entries.append((view.out_linear().weight, "cols", ch, True))
+        entries += family.attention_view(block).head_entries(heads)
     if len(neurons):
-        mlp = family.mlp_view(block)
-        rows = torch.cat([neurons, neurons + mlp.hidden]) if mlp.glu else neurons
-        for name in mlp.inputs:
-            entries += _rows(getattr(mlp.module, name), rows)
-        entries.append((mlp.out_linear().weight, "cols", neurons, True))
+        entries += family.mlp_view(block).neuron_entries(neurons)
     return entries
 
 

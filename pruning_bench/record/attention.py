@@ -30,13 +30,13 @@ from ..errors import UnsupportedModelError
 FORMAT = "pruning-bench cls-attention v2"  # v2 adds `owner`
 
 
-def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
+def displayable(model, images: torch.Tensor, family=None) -> torch.Tensor | None:
     """Preprocessed images back to uint8 (N, H, W, 3) pixels, using the normalisation the model records
     (its family's answer: open_clip records it on the image tower)."""
     from ..families import locate
 
     try:
-        recorded = locate(model).normalisation()
+        recorded = (family or locate(model)).normalisation()
     except UnsupportedModelError:
         recorded = None
     if recorded is None or images.ndim != 4 or images.shape[1] != 3:
@@ -48,7 +48,7 @@ def displayable(model, images: torch.Tensor) -> torch.Tensor | None:
     return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def attention_file(model, images: torch.Tensor, records: list[dict], tokens: list[int]) -> dict[str, Any]:
+def attention_file(model, images: torch.Tensor, records: list[dict], tokens: list[int], family=None) -> dict[str, Any]:
     """The per-block lists of the saved file, from the per-block `records` of one recorded forward of `images`
     (`measure.extract_attention.record_attention`) and the tokens entering each block."""
     records = sorted(records, key=lambda r: r["layer"])
@@ -60,7 +60,7 @@ def attention_file(model, images: torch.Tensor, records: list[dict], tokens: lis
         "tokens_per_layer": tokens,
         "layers": [int(r["layer"]) for r in records],
         "image_index": torch.arange(len(images)),
-        "images": displayable(model, images),
+        "images": displayable(model, images, family),
     }
 
 

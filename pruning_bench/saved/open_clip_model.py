@@ -53,14 +53,9 @@ def _pair(size) -> list[int]:
     return [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
 
 
-def _quick_gelu(model: nn.Module) -> bool:
-    from open_clip.transformer import QuickGELU
-
-    return any(isinstance(m, QuickGELU) for m in model.modules())
-
-
-def model_config(model: nn.Module, name: str, model_args: dict | None) -> dict[str, Any]:
-    """open_clip's config for `name`, with `model_args` (create_model keyword overrides) and what the model shows."""
+def model_config(model: nn.Module, name: str, model_args: dict | None, located) -> dict[str, Any]:
+    """open_clip's config for `name`, with `model_args` (create_model keyword overrides) and what the model
+    (located as the family `located`) shows."""
     import open_clip
 
     cfg = open_clip.get_model_config(name)
@@ -77,8 +72,9 @@ def model_config(model: nn.Module, name: str, model_args: dict | None) -> dict[s
     context = getattr(model, "context_length", None)
     if isinstance(context, int) and context != text.get("context_length", 77):
         text["context_length"] = context
-    if "timm_model_name" not in vision and _quick_gelu(model) != bool(cfg.get("quick_gelu", False)):
-        cfg["quick_gelu"] = _quick_gelu(model)
+    quick_gelu = located.uses_quick_gelu()
+    if "timm_model_name" not in vision and quick_gelu != bool(cfg.get("quick_gelu", False)):
+        cfg["quick_gelu"] = quick_gelu
     if not jsonable(cfg):
         raise ValueError(f"model_args={model_args!r}: open_clip config values must be JSON (numbers, strings, lists)")
     return json.loads(json.dumps(cfg))
@@ -91,7 +87,7 @@ def describe(model: nn.Module, tower, model_args: dict | None = None, model_name
     preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in get_model_preprocess_cfg(model).items()}
     return {
         "base": name, "builder": "open_clip.create_model", "open_clip_model": name,
-        "model_class": type(model).__name__, "model_cfg": model_config(model, name, model_args),
+        "model_class": type(model).__name__, "model_cfg": model_config(model, name, model_args, tower),
         "preprocess_cfg": {k: v for k, v in preprocess.items() if jsonable(v)},
         **block_record(tower),
         "dtype": dtype_name(model), "token_strategy": token_strategy(tower.vit),

@@ -1,4 +1,4 @@
-"""ToMe's bipartite split, shared by the methods that build on it (tofu, mctf).
+"""ToMe's bipartite split, shared by tome and the methods that build on it (tofu, mctf, ppt).
 
 Tokens alternate into sets A (even positions) and B (odd positions); a method scores every A-B
 pair, each A token proposes its best B token, and the r strongest proposals move. This module only

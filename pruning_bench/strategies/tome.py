@@ -18,59 +18,29 @@ import torch
 
 from ..registry import register_strategy
 from .base import Merge, TokenStrategy, bipartite_macs
+from .bipartite import BipartitePlan, cosine_scores
 from .params import Bool, Choice, Float, Int, seed_param
-from .constants import schedule_constant
 from .tome_cap import SHORT_MATCH, _merge_limit, _participants, short_match_note
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int, n_prefix: int, participants: torch.Tensor | None = None) -> Merge:
-    """Plan merging r tokens of each image from `metric` (B, N, C); returns the `Merge` to apply."""
-    B, N, _ = metric.shape
+    """Plan merging r tokens of each image from `metric` (B, N, C); returns the `Merge` to apply.
+
+    The split and the plan are `bipartite.py`'s; ToMe's "move" is a size-weighted sum into the B token
+    (the caller divides by the summed sizes)."""
     with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)
-        n_a, n_b = scores.shape[1], scores.shape[2]
-        blocked_a = torch.arange(n_a, device=metric.device) * 2 < n_prefix
-        blocked_b = torch.arange(n_b, device=metric.device) * 2 + 1 < n_prefix
-        if participants is not None:
+        scores = cosine_scores(metric, n_prefix)
+        if participants is not None:  # tokens outside the matching share are never proposed nor chosen
             participants = participants.to(metric.device)
-            blocked_a = blocked_a | ~participants[::2]
-            blocked_b = blocked_b | ~participants[1::2]
-        scores = scores.masked_fill(blocked_a[None, :, None] | blocked_b[None, None, :], float("-inf"))
-        best, best_b = scores.max(dim=-1)
-        order = best.argsort(dim=-1, descending=True)[..., None]
-        kept_a = order[:, r:].sort(dim=1).values
-        merged_a = order[:, :r]
-        into_b = best_b[..., None].gather(1, merged_a)
-    front = schedule_constant(_prefix_to_front, (int(n_a) - int(r), int(n_b), int(n_prefix)), metric.device)
+            scores = scores.masked_fill(~participants[::2][None, :, None] | ~participants[1::2][None, None, :],
+                                        float("-inf"))
+        plan = BipartitePlan(scores, r, n_prefix)
 
     def apply(t: torch.Tensor, mode: str = "sum") -> torch.Tensor:
-        C = t.shape[-1]
-        a, b = t[:, ::2], t[:, 1::2]
-        unmerged = a.gather(1, kept_a.expand(-1, -1, C))
-        moving = a.gather(1, merged_a.expand(-1, -1, C))
-        b = b.scatter_reduce(1, into_b.expand(-1, -1, C), moving, reduce=mode)
-        out = torch.cat([unmerged, b], dim=1)
-        return out if front is None else out.index_select(1, front)
+        unmerged, moving, b = plan.split(t)
+        return plan.join(unmerged, b.scatter_reduce(1, plan.index(t.shape[-1]), moving, reduce=mode))
 
     return Merge(apply)
-
-
-def _prefix_to_front(n_unmerged_a: int, n_b: int, n_prefix: int) -> torch.Tensor | None:
-    """Permutation moving prefix tokens that sat in set B back to the front (None when there are none).
-
-    With one prefix token (the class token) it sits first in A and stays first, as in the paper.
-    Sizes are made plain ints: while fvcore traces, shapes arrive as 0-d tensors, and a set of tensors
-    would never contain the positions it holds (the permutation then kept extra tokens)."""
-    n_unmerged_a, n_b, n_prefix = int(n_unmerged_a), int(n_b), int(n_prefix)
-    b_prefix = n_prefix // 2
-    if b_prefix == 0:
-        return None
-    # prefix token t sits in A at output position t // 2, or in B at position n_unmerged_a + t // 2
-    head = [t // 2 if t % 2 == 0 else n_unmerged_a + t // 2 for t in range(n_prefix)]
-    taken = set(head)
-    rest = [i for i in range(n_unmerged_a + n_b) if i not in taken]
-    return torch.tensor(head + rest)
 
 
 @register_strategy("tome")

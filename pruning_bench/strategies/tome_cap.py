@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .bipartite import max_moves
 from .constants import schedule_constant
 
 SHORT_MATCH = ("cap", "raise")
@@ -37,7 +38,7 @@ def _draw_participants(n_tokens: int, n_prefix: int, fraction: float, seed: int,
 
 def max_merges(n_tokens: int, n_prefix: int, participants: torch.Tensor | None) -> int:
     """The most tokens one bipartite step can remove."""
-    limit = (n_tokens - n_prefix) // 2
+    limit = max_moves(n_tokens, n_prefix)
     if participants is None:
         return limit
     in_a, in_b = int(participants[::2].sum()), int(participants[1::2].sum())
