@@ -8,7 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import pruning_bench as pb
 from pruning_bench.families import ADAPTERS, locate
-from pruning_bench.record.efficiency import measure
+from pruning_bench.measure.run_efficiency import measure
 
 
 @pytest.fixture
