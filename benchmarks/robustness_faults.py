@@ -408,7 +408,8 @@ def _sweep_match_saved(tmp):
         line = [line.strip() for line in out.splitlines() if "achieves" in line]
         expect(bool(line), "silent wrong", "no matched point")
         return line[0]
-    return cli_handles(["sweep", "--match_macs", "0.8", "--grid", "tome", "--dry_run", "--", "--dataset", "wds/tiny",
+    return cli_handles(["sweep", "--match_macs", "0.8", "--grid", "tome", "--dry_run", "--log_dir", str(tmp / "logs"),
+                        "--", "--dataset", "wds/tiny",
                         "--dataset_root", str(root), "--model", name, "--pretrained", str(tmp / "m.safetensors"),
                         "--task", "zeroshot_classification", "--output", str(tmp / "res" / "{pruning}.json")], check)
 

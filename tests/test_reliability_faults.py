@@ -219,7 +219,8 @@ def test_sweep_match_macs_over_a_saved_open_clip_model(tmp_path, capsys):
     with pb.prune(model, "head_prune", head_ratio=0.5, importance="magnitude"):
         pb.save_pruned(model, tmp_path / "m.safetensors", model_name=name)
     root = tiny.write_webdataset(tmp_path / "wds", n_test=2, n_train=0)
-    status = main(["sweep", "--match_macs", "0.8", "--grid", "tome", "--dry_run", "--", "--dataset", "wds/tiny",
+    status = main(["sweep", "--match_macs", "0.8", "--grid", "tome", "--dry_run", "--log_dir", str(tmp_path / "logs"),
+                   "--", "--dataset", "wds/tiny",
                    "--dataset_root", str(root), "--model", name, "--pretrained", str(tmp_path / "m.safetensors"),
                    "--task", "zeroshot_classification", "--output", str(tmp_path / "res" / "{pruning}.json")])
     captured = capsys.readouterr()
