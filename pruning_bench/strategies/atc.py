@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..registry import register_strategy
 from .base import Merge, TokenStrategy
 from .clustering import ClusterMerge
-from .params import Blocks, Bool, Choice, Float
+from .params import Blocks, Bool, check_layers_fit, Choice, Float, keep_rate_range
 
 LINKAGES = ("single", "complete", "average")
 
@@ -105,15 +105,13 @@ class ATC(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        if knob == "keep_rate":  # below 1 / patches every stage keeps one cluster
-            return 0.5 / patches, 1.0
+        if knob == "keep_rate":
+            return keep_rate_range(patches)
         return super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["prune_layers"]
-        if layers[-1] >= n_layers:
-            raise ValueError(f"{self.name}: prune_layers={layers} has block {layers[-1]}, out of range "
-                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
+        check_layers_fit("prune_layers", layers, n_layers, self.name)
         if self.params["keep_rate"] >= 1.0:
             warnings.warn(f"{self.name}: keep_rate=1.0 keeps every token; the model runs unchanged",
                           UserWarning, stacklevel=4)

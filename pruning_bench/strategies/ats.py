@@ -30,7 +30,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import AttentionProbe
-from .params import Blocks, Float
+from .params import Blocks, check_layers_fit, Float, keep_rate_range
 from .per_image import PaddedSelection, PerImageStrategy, packed
 
 EPS = 1e-6  # the reference's normaliser guard
@@ -88,15 +88,13 @@ class ATS(PerImageStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        if knob == "keep_rate":  # below 1 / patches every stage keeps one token
-            return 0.5 / patches, 1.0
+        if knob == "keep_rate":
+            return keep_rate_range(patches)
         return super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["prune_layers"]
-        if layers[-1] >= n_layers:
-            raise ValueError(f"{self.name}: prune_layers={layers} has block {layers[-1]}, out of range "
-                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
+        check_layers_fit("prune_layers", layers, n_layers, self.name)
         if self.params["keep_rate"] >= 1.0:
             warnings.warn(f"{self.name}: keep_rate=1.0 samples at least every token; the model runs unchanged",
                           UserWarning, stacklevel=4)

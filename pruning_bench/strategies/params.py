@@ -95,6 +95,18 @@ def check_layers(name: str, value, owner: str) -> list[int]:
     return layers
 
 
+def check_layers_fit(name: str, layers: list[int] | None, n_layers: int, owner: str) -> None:
+    """Checked against the model: every listed block exists (a `check_layers` list; None lists none)."""
+    if layers is not None and layers[-1] >= n_layers:
+        raise ValueError(f"{owner}: {name}={layers} has block {layers[-1]}, out of range "
+                         f"[0, {n_layers - 1}] for a {n_layers}-block model")
+
+
+def keep_rate_range(patches: int) -> tuple[float, float]:
+    """Where `match_macs` searches a staged `keep_rate`: below 1 / patches every stage keeps one token."""
+    return 0.5 / patches, 1.0
+
+
 def check_block_set(name: str, value, owner: str) -> list[int]:
     """A list of distinct block indices >= 0, in any order (returned sorted); may be empty."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):

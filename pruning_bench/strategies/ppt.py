@@ -26,7 +26,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import AttentionProbe, Merge, TokenStrategy, bipartite_macs
-from .params import Blocks, Bool, Float, Int
+from .params import Blocks, Bool, check_layers_fit, Float, Int
 from .tome import bipartite_soft_matching
 
 PREFIX_SCORE = 2.0  # above any normalised score: the reference's way of keeping the class token
@@ -92,9 +92,7 @@ class PPT(TokenStrategy):
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["pp_loc_list"]
-        if layers[-1] >= n_layers:
-            raise ValueError(f"{self.name}: pp_loc_list={layers} has block {layers[-1]}, out of range "
-                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
+        check_layers_fit("pp_loc_list", layers, n_layers, self.name)
         if self.params["r"] == 0:
             warnings.warn(f"{self.name}: r=0 removes nothing; the model runs unchanged", UserWarning, stacklevel=4)
 

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from .base import Selection, TokenStrategy
-from .params import Blocks, Float, Int, check_layers  # noqa: F401  (check_layers: its old home)
+from .params import Blocks, check_layers, check_layers_fit, Float, Int, keep_rate_range  # noqa: F401  (check_layers: its old home)
 
 RATE_PARAMS = ("prune_layers", "keep_rate")
 
@@ -86,9 +86,7 @@ class PruneOnceStrategy(TokenStrategy):
         if self.placement == "exit" and layers[0] == 0:
             raise ValueError(f"{self.name}: prune_layers={layers} has block 0, out of range [1, {n_layers - 1}]: "
                              "the reduction runs between blocks, so block 1 is the first that can receive reduced tokens")
-        if layers[-1] >= n_layers:
-            raise ValueError(f"{self.name}: prune_layers={layers} has block {layers[-1]}, out of range "
-                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
+        check_layers_fit("prune_layers", layers, n_layers, self.name)
         if self.params["keep_rate"] >= 1.0:
             warnings.warn(f"{self.name}: keep_rate=1.0 keeps every token; the model runs unchanged", UserWarning, stacklevel=4)
 
@@ -103,8 +101,8 @@ class PruneOnceStrategy(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        if knob == "keep_rate":  # below 1 / patches every stage keeps one token
-            return 0.5 / patches, 1.0
+        if knob == "keep_rate":
+            return keep_rate_range(patches)
         if knob in cls.budget_params:  # the one-stage budget, prefix tokens excluded
             return 0, patches
         return super().knob_range(knob, params, patches, depth)

@@ -46,7 +46,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import AttentionProbe, DecisionDims, Selection, TokenStrategy, check_choice, check_float, check_int
-from .params import Blocks, Choice, Float, Int, check_layers
+from .params import Blocks, check_layers, check_layers_fit, Choice, Float, Int
 
 SCHEDULE = (30, 5, 1)  # WPR iterations in the first quarter, middle, last quarter of the blocks
 
@@ -177,9 +177,7 @@ class ZeroTPrune(TokenStrategy):
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["prune_layers"]
-        if layers is not None and layers[-1] >= n_layers:
-            raise ValueError(f"{self.name}: prune_layers={layers} has block {layers[-1]}, out of range "
-                             f"[0, {n_layers - 1}] for a {n_layers}-block model")
+        check_layers_fit("prune_layers", layers, n_layers, self.name)
         if self.params["r"] == 0:
             warnings.warn(f"{self.name}: r=0 removes nothing; the model runs unchanged", UserWarning, stacklevel=4)
         self.n_layers = n_layers
