@@ -33,7 +33,7 @@ import torch
 from ..registry import register_strategy
 from .base import TokenStrategy
 from .constants import schedule_constant
-from .params import Float, Int
+from .params import check_r_entries, Float, Int, r_range
 
 
 def parse_r(r: int | list[int], inflect: float, n_layers: int) -> list[int]:
@@ -110,12 +110,11 @@ class Dct(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
+        return r_range(knob, patches) or super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         r = self.params["r"]
-        if isinstance(r, list) and len(r) > n_layers:
-            raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        check_r_entries(r, n_layers, self.name)
         if not any(parse_r(r, self.params["inflect"], n_layers)):
             warnings.warn(f"{self.name}: r={r} removes no token in any block; the model runs unchanged",
                           UserWarning, stacklevel=4)

@@ -30,7 +30,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, bipartite_macs
-from .params import Blocks, Bool, Float, Int
+from .params import Blocks, Bool, check_r_entries, Float, Int, r_range
 from .bipartite import plan_moves, prefix_to_front
 
 
@@ -135,7 +135,7 @@ class MCTF(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
+        return r_range(knob, patches) or super().knob_range(knob, params, patches, depth)
 
     @property
     def placement(self):
@@ -143,8 +143,7 @@ class MCTF(TokenStrategy):
 
     def check_model(self, n_layers, n_prefix):
         r, active = self.params["r"], self.params["activate_layer"]
-        if isinstance(r, list) and len(r) > n_layers:
-            raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        check_r_entries(r, n_layers, self.name)
         if active is not None and active[-1] >= n_layers:
             raise ValueError(f"{self.name}: activate_layer={active} has block {active[-1]}, out of range "
                              f"[0, {n_layers - 1}] for a {n_layers}-block model")

@@ -102,6 +102,18 @@ def check_layers_fit(name: str, layers: list[int] | None, n_layers: int, owner: 
                          f"[0, {n_layers - 1}] for a {n_layers}-block model")
 
 
+def check_r_entries(r, n_layers: int, owner: str) -> None:
+    """Checked against the model: a per-block `r` list has no more entries than the model has blocks."""
+    if isinstance(r, list) and len(r) > n_layers:
+        raise ValueError(f"{owner}: r has {len(r)} entries but the model has {n_layers} blocks")
+
+
+def r_range(knob: str, patches: int) -> tuple[int, int] | None:
+    """Where `match_macs` searches `r` of a step that moves at most half the patch tokens (bipartite matching,
+    the DCT's kept frequencies); None for another knob."""
+    return (0, patches // 2) if knob == "r" else None
+
+
 def keep_rate_range(patches: int) -> tuple[float, float]:
     """Where `match_macs` searches a staged `keep_rate`: below 1 / patches every stage keeps one token."""
     return 0.5 / patches, 1.0

@@ -26,7 +26,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import AttentionProbe, Merge, TokenStrategy, bipartite_macs
-from .params import Blocks, Bool, check_layers_fit, Float, Int
+from .params import Blocks, Bool, check_layers_fit, Float, Int, r_range
 from .tome import bipartite_soft_matching
 
 PREFIX_SCORE = 2.0  # above any normalised score: the reference's way of keeping the class token
@@ -88,7 +88,7 @@ class PPT(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
+        return r_range(knob, patches) or super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         layers = self.params["pp_loc_list"]

@@ -19,7 +19,7 @@ import torch
 
 from ..registry import register_strategy
 from .base import TokenStrategy, bipartite_macs
-from .params import Bool, Int
+from .params import Bool, check_r_entries, Int, r_range
 from .bipartite import BipartitePlan, cosine_scores, plan_moves
 
 
@@ -70,12 +70,11 @@ class ToFu(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
+        return r_range(knob, patches) or super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         r, start = self.params["r"], self.params["merge_start_layer"]
-        if isinstance(r, list) and len(r) > n_layers:
-            raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        check_r_entries(r, n_layers, self.name)
         if start is not None and start > n_layers:
             raise ValueError(f"{self.name}: merge_start_layer={start} is out of range [0, {n_layers}] for a {n_layers}-block model")
 

@@ -19,7 +19,7 @@ import torch
 from ..registry import register_strategy
 from .base import Merge, TokenStrategy, bipartite_macs
 from .bipartite import BipartitePlan, cosine_scores
-from .params import Bool, Choice, Float, Int, seed_param
+from .params import Bool, check_r_entries, Choice, Float, Int, r_range, seed_param
 from .tome_cap import SHORT_MATCH, _merge_limit, _participants, short_match_note
 
 
@@ -59,12 +59,11 @@ class ToMe(TokenStrategy):
 
     @classmethod
     def knob_range(cls, knob, params, patches, depth):
-        return (0, patches // 2) if knob == "r" else super().knob_range(knob, params, patches, depth)
+        return r_range(knob, patches) or super().knob_range(knob, params, patches, depth)
 
     def check_model(self, n_layers, n_prefix):
         r = self.params["r"]
-        if isinstance(r, list) and len(r) > n_layers:
-            raise ValueError(f"{self.name}: r has {len(r)} entries but the model has {n_layers} blocks")
+        check_r_entries(r, n_layers, self.name)
         if isinstance(r, list) and len(r) < n_layers:
             warnings.warn(f"{self.name}: r has {len(r)} entries for a {n_layers}-block model; blocks "
                           f"{len(r)}-{n_layers - 1} merge nothing (r=0)", UserWarning, stacklevel=4)
