@@ -13,6 +13,8 @@ first per-image reduction).
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from .base import Selection, TokenStrategy
@@ -53,9 +55,10 @@ class PerImageStrategy(TokenStrategy):
 
     per_image = True
 
-    def reduces_at(self, layer: int) -> bool:  # pragma: no cover - overridden
+    @abc.abstractmethod
+    def reduces_at(self, layer: int) -> bool:
         """Whether block `layer` decides, whatever the padded width of the batch entering it."""
-        raise NotImplementedError
 
-    def reduce(self, layer, x, probe, n_prefix, n_out, mask=None):  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def reduce(self, layer, x, probe, n_prefix, n_out, mask=None):
+        """A `PaddedSelection` (or `Selection`) for the images' own counts; `mask` marks the real tokens."""
