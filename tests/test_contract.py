@@ -128,6 +128,29 @@ def check_example(strategy, build, run):
     _assert_restored(model, snapshot, run, x, expected)
 
 
+@pytest.mark.parametrize("family", ["timm", "timm_eva"], ids=["timm:timm", "eva:timm_eva"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mac_count_ignores_what_the_strategy_cached(strategy, family):
+    check_count_ignores_caches(strategy, *ALL_FAMILIES[family])
+
+
+def check_count_ignores_caches(strategy, build, run):
+    """A count taken before the strategy's schedule constants exist equals one taken after (`dct`'s first count
+    once included building its cached matrix, so `pb.match_macs` chose its r from a cost no forward paid)."""
+    from pruning_bench.strategies import constants
+
+    cls = get_strategy(strategy)
+    model, run = _build(build, run)
+    if _refused(cls, model):
+        return
+    x = _images(1)
+    with pb.prune(model, strategy, **cls.example_params):
+        constants._on_device.cache_clear()
+        cold = pb.count_flops(model, x)
+        warm = pb.count_flops(model, x)
+    assert cold.macs == warm.macs, (cold.by_operator, warm.by_operator)
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES, ids=FAMILY_IDS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_keep_all_is_a_bit_exact_noop_with_a_warning(strategy, family):
