@@ -160,7 +160,7 @@ def run(args) -> str:
         if name not in prepared:
             base = build(name)
             configs = configs_for(DEPTH[name])
-            prepared[name] = prepare(base, configs, with_reference=MODELS[name][0] == "timm", reference_r=REFERENCE_R)
+            prepared[name] = prepare(base, configs, with_reference=MODELS[name][0] == "timm", reference_r=REFERENCE_R)[:3]
         return prepared[name]
 
     n_configs = len(configs_for(12))

@@ -6,7 +6,9 @@ repeat is kept (in the JSON written beside `--output`). Warm-up runs are exclude
 package's one throughput protocol (`pruning_bench.measure.throughput.interleaved_times`: the device
 is synchronised around every timed run, time.perf_counter). efficiency = speedup x (pruned MACs /
 baseline MACs): 1.0 means the measured speedup is exactly what the removed multiply-accumulates
-predict.
+predict. A strategy that keeps a different number of tokens per image (ats) runs its batch padded to
+the longest image: its GMACs are the mean of each timed image's own count, `padding` says how much the
+padded batch adds, and `efficiency_as_run` is the speedup against what the padded batch really costs.
 
 --dtype casts the model and the images (`model.to(dtype)`), it does not use autocast: that is how the
 published ToMe timings run half precision (`model.half()`) and how inference is deployed, and autocast
@@ -183,20 +185,35 @@ def compiled(model, backend: str, fullgraph: bool = True):
     return torch.compile(model, backend=backend, dynamic=False, fullgraph=fullgraph)
 
 
-def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R):
-    """(fp32 CPU models by key, (strategy, params) by key, GMACs by key) for the baseline, each config
-    and, on timm models, the authors' ToMe when importable."""
+def timed_images(model, batch: int) -> torch.Tensor:
+    """The seeded fp32 CPU batch a model's configurations are timed on (and per-image budgets counted on)."""
+    side = input_size(model)
+    return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(1))
+
+
+def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R, batch: int | None = None):
+    """(fp32 CPU models by key, (strategy, params) by key, GMACs by key, padded GMACs by key) for the baseline,
+    each config and, on timm models, the authors' ToMe when importable.
+
+    A strategy that keeps a different number of tokens per image is counted on the `batch` images it is
+    timed on: GMACs is the mean of each image's own count, and the padded batch as it runs goes to the
+    fourth dict (without `batch`, one image and no padded figure)."""
     images = torch.randn(1, 3, input_size(base), input_size(base))
     calibration = [torch.randn(4, *images.shape[1:]) for _ in range(2)]
-    models, labels, macs = {"baseline": base}, {"baseline": ("baseline", {})}, {}
+    models, labels, macs, as_run = {"baseline": base}, {"baseline": ("baseline", {})}, {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs["baseline"] = pb.count_flops(base, images).gmacs
         for strategy, params in configs:
             key = f"{strategy} {params}"
-            model, _handle = pruned_copy(base, strategy, dict(params), calibration)
+            model, handle = pruned_copy(base, strategy, dict(params), calibration)
             models[key], labels[key] = model, (strategy, {k: v for k, v in params.items() if k != "_calibrate"})
-            macs[key] = pb.count_flops(model, images).gmacs
+            if batch and any(getattr(s, "per_image", False) for s in handle.strategies):
+                count = pb.count_flops(model, timed_images(base, batch))
+                as_run[key] = count.as_run
+            else:
+                count = pb.count_flops(model, images)
+            macs[key] = count.gmacs
     if with_reference:
         for r in reference_r:
             ref = reference_tome(base, r)
@@ -204,7 +221,7 @@ def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R):
                 key = f"reference ToMe r={r}"
                 models[key], labels[key] = ref, ("reference_tome", {"r": r})
                 macs[key] = macs.get(f"tome {{'r': {r}}}")
-    return models, labels, macs
+    return models, labels, macs, as_run
 
 
 def time_group(models: dict, batch: int, warmup: int, repeats: int, device="cpu", dtype="float32",
@@ -215,8 +232,7 @@ def time_group(models: dict, batch: int, warmup: int, repeats: int, device="cpu"
     by one (the first call compiles); with `deadline` (time.monotonic) a model whose turn comes after
     it is left out."""
     device, cast = torch.device(device), DTYPES[dtype]
-    side = input_size(models["baseline"])
-    images = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(1)).to(device, cast)
+    images = timed_images(models["baseline"], batch).to(device, cast)
     fns, graphs = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -241,7 +257,11 @@ def time_group(models: dict, batch: int, warmup: int, repeats: int, device="cpu"
     return times, graphs
 
 
-def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=False) -> pd.DataFrame:
+def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=False,
+                as_run: dict | None = None) -> pd.DataFrame:
+    """One row per timed configuration. With per-image budgets among them (`as_run`), two more columns:
+    `padding`, the share of MACs the padded batch adds over each image's own tokens, and `efficiency_as_run`,
+    the speedup against the MACs the padded batch really costs (efficiency is against the images' own)."""
     base = statistics.median(times["baseline"])
     rows = []
     for key, repeats in times.items():
@@ -252,6 +272,9 @@ def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=
         row = {"model": name, "strategy": strategy, "params": params, "gmacs": macs.get(key) or float("nan"),
                "images_per_second": batch / seconds, "speedup": speedup, "macs_ratio": ratio,
                "efficiency": speedup * ratio}
+        if as_run:
+            padded = as_run.get(key, macs.get(key) or float("nan"))
+            row.update({"padding": padded / row["gmacs"] - 1, "efficiency_as_run": speedup * padded / macs["baseline"]})
         if extra_columns:
             row.update({"ms_per_batch": 1000 * seconds, "ms_min": 1000 * min(repeats), "ms_max": 1000 * max(repeats),
                         "graphs": graphs.get(key, 0)})
@@ -262,10 +285,10 @@ def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=
 def run_model(name: str, batch: int, warmup: int, repeats: int, configs, device="cpu", dtype="float32",
               compile=False, backend="inductor") -> tuple[pd.DataFrame, dict]:
     """(table, every repeat by configuration) for one model."""
-    models, labels, macs = prepare(build(name), configs, with_reference=MODELS[name][0] == "timm")
+    models, labels, macs, as_run = prepare(build(name), configs, with_reference=MODELS[name][0] == "timm", batch=batch)
     times, graphs = time_group(models, batch, warmup, repeats, device, dtype, compile, backend)
     extra = torch.device(device).type != "cpu" or dtype != "float32" or compile
-    return speed_table(name, models, labels, macs, times, graphs, batch, extra), times
+    return speed_table(name, models, labels, macs, times, graphs, batch, extra, as_run), times
 
 
 def header(args, env: dict) -> str:
@@ -296,7 +319,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; eager to test tracing)")
     p.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--field", action=argparse.BooleanOptionalAction, default=False,
-                   help="add the published training-free methods (evit, dpc_knn, kmedoids, visionzip, pitome, tofu, mctf)")
+                   help="add the published training-free methods (FIELD_CONFIGS: evit, dpc_knn, kmedoids, visionzip, "
+                        "pitome, tofu, mctf, atc, ats, ppt, zero_tprune, dct, gtp, diffrate)")
     p.add_argument("--only", nargs="+", metavar="STRATEGY",
                    help="keep only these strategies' rows (the baseline is always timed)")
     p.add_argument("--output", help="also write the table (Markdown) to this file, and every repeat as JSON beside it")

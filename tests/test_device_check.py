@@ -110,3 +110,22 @@ def test_speed_refuses_bad_arguments_before_building(argv, message):
     else:
         with pytest.raises(ValueError, match=message):
             main(argv)
+
+
+def test_speed_counts_per_image_budgets_on_the_timed_batch_and_reports_the_padding():
+    """ats keeps a different number of tokens per image: its GMACs are the mean of the timed images' own counts,
+    and the padded batch it really runs is reported beside them (`padding`, `efficiency_as_run`)."""
+    from speed import build, prepare, speed_table, timed_images
+
+    base = build("tiny_timm")
+    configs = [("ats", {"prune_layers": [1, 2], "keep_rate": 0.9}), ("tome", {"r": 2})]
+    models, labels, macs, as_run = prepare(base, configs, with_reference=False, batch=8)
+    key = "ats {'prune_layers': [1, 2], 'keep_rate': 0.9}"
+    count = pb.count_flops(models[key], timed_images(base, 8))
+    assert list(as_run) == [key] and as_run[key] == pytest.approx(count.as_run) and macs[key] == pytest.approx(count.gmacs)
+    assert len(set(count.per_image)) > 1 and as_run[key] > macs[key]  # the images kept different counts
+    times = {k: [1.0] for k in models}
+    table = speed_table("tiny_timm", models, labels, macs, times, {}, 8, as_run=as_run).set_index("strategy")
+    assert table.loc["ats", "padding"] == pytest.approx(as_run[key] / macs[key] - 1)
+    assert table.loc["ats", "efficiency_as_run"] > table.loc["ats", "efficiency"]
+    assert table.loc["tome", "padding"] == 0 and table.loc["tome", "efficiency_as_run"] == table.loc["tome", "efficiency"]
