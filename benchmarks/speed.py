@@ -2,7 +2,8 @@
 
 Every configuration of a model is timed round-robin in one process (baseline, A, B, ..., baseline,
 A, B, ...) and the median of the repeats is taken, so drift on a shared machine hits all alike; every
-repeat is kept (in the JSON written beside `--output`). Warm-up runs are excluded. The timing is the
+repeat is kept (in the JSON written beside `--output`, with the load average just before and after each
+model's timed runs). Warm-up runs are excluded. The timing is the
 package's one throughput protocol (`pruning_bench.measure.throughput.interleaved_times`: the device
 is synchronised around every timed run, time.perf_counter). efficiency = speedup x (pruned MACs /
 baseline MACs): 1.0 means the measured speedup is exactly what the removed multiply-accumulates
@@ -41,7 +42,7 @@ import torch
 
 import pruning_bench as pb
 from pruning_bench.measure.env import describe, environment
-from pruning_bench.measure.throughput import PROTOCOL, interleaved_times
+from pruning_bench.measure.throughput import PROTOCOL, interleaved_times, load_average, load_record
 from pruning_bench.record.atomic import write_text
 
 TOKEN_CONFIGS = [
@@ -274,7 +275,8 @@ def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=
                "efficiency": speedup * ratio}
         if as_run:
             padded = as_run.get(key, macs.get(key) or float("nan"))
-            row.update({"padding": padded / row["gmacs"] - 1, "efficiency_as_run": speedup * padded / macs["baseline"]})
+            padding = round(padded / row["gmacs"] - 1, 9) + 0.0  # no -0.000 from the mean's last-digit rounding
+            row.update({"padding": padding, "efficiency_as_run": speedup * padded / macs["baseline"]})
         if extra_columns:
             row.update({"ms_per_batch": 1000 * seconds, "ms_min": 1000 * min(repeats), "ms_max": 1000 * max(repeats),
                         "graphs": graphs.get(key, 0)})
@@ -283,12 +285,14 @@ def speed_table(name, models, labels, macs, times, graphs, batch, extra_columns=
 
 
 def run_model(name: str, batch: int, warmup: int, repeats: int, configs, device="cpu", dtype="float32",
-              compile=False, backend="inductor") -> tuple[pd.DataFrame, dict]:
-    """(table, every repeat by configuration) for one model."""
+              compile=False, backend="inductor") -> tuple[pd.DataFrame, dict, dict]:
+    """(table, every repeat by configuration, the load average just before and after the timed runs) for one model."""
     models, labels, macs, as_run = prepare(build(name), configs, with_reference=MODELS[name][0] == "timm", batch=batch)
+    before = load_average()
     times, graphs = time_group(models, batch, warmup, repeats, device, dtype, compile, backend)
+    load = load_record(before, load_average())
     extra = torch.device(device).type != "cpu" or dtype != "float32" or compile
-    return speed_table(name, models, labels, macs, times, graphs, batch, extra, as_run), times
+    return speed_table(name, models, labels, macs, times, graphs, batch, extra, as_run), times, load
 
 
 def header(args, env: dict) -> str:
@@ -336,14 +340,15 @@ def main(argv=None):
     configs = TOKEN_CONFIGS + (STRUCTURED_CONFIGS if args.structured else []) + (FIELD_CONFIGS if args.field else [])
     if args.only:
         configs = [c for c in configs if c[0] in args.only]
-    tables, records = [], {}
+    tables, records, loads = [], {}, {}
     for m in args.models:
-        table, times = run_model(m, args.batch, args.warmup, args.repeats, [(s, dict(p)) for s, p in configs],
+        table, times, loads[m] = run_model(m, args.batch, args.warmup, args.repeats, [(s, dict(p)) for s, p in configs],
                                  args.device, args.dtype, args.compile, args.compile_backend)
         tables.append(table)
         records[m] = times
     env = environment(args.device)
-    emit(header(args, env), pd.concat(tables), args.output, {"environment": env, "seconds_per_repeat": records})
+    emit(header(args, env), pd.concat(tables), args.output,
+         {"environment": env, "seconds_per_repeat": records, "load_average": loads})
 
 
 if __name__ == "__main__":
