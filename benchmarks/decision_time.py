@@ -30,16 +30,14 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pruning_bench as pb  # noqa: E402
 from pruning_bench.families import locate  # noqa: E402
 from pruning_bench.measure.env import describe, environment  # noqa: E402
 from pruning_bench.measure.throughput import interleaved_times, load_average, load_record  # noqa: E402
 from pruning_bench.record.atomic import write_text  # noqa: E402
 from pruning_bench.strategies.base import DecisionDims  # noqa: E402
-from speed import FIELD_CONFIGS, MODELS, build, pruned_copy, timed_images  # noqa: E402
+from speed import FIELD_CONFIGS, MODELS, build, prepare, timed_images  # noqa: E402
 
 
 def declared_decision_macs(strategy, model, stats: dict) -> float:
@@ -80,25 +78,18 @@ class DecisionClock:
 
 def run_model(name: str, configs, batch: int, warmup: int, repeats: int) -> tuple[pd.DataFrame, dict]:
     base = build(name)
-    images = timed_images(base, batch)
-    one = images[:1]
-    calibration = [torch.randn(4, *images.shape[1:]) for _ in range(2)]
-    fns, clocks, labels, macs, decision = {"baseline": base}, {}, {"baseline": ("baseline", {})}, {}, {}
+    handles: dict = {}
+    models, labels, macs, _ = prepare(base, configs, with_reference=False, handles=handles)
+    fns, clocks, decision = {"baseline": base}, {}, {}
+    for key, handle in handles.items():
+        decision[key] = declared_decision_macs(handle.strategies[0], models[key], handle.stats()) / 1e9
+        clocks[key] = DecisionClock(handle.strategies[0])
+        fns[key] = clocks[key].forward(models[key])
+    before = load_average()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        macs["baseline"] = pb.count_flops(base, one).gmacs
-        for strategy, params in configs:
-            key = f"{strategy} {params}"
-            model, handle = pruned_copy(base, strategy, dict(params), calibration)
-            count = pb.count_flops(model, one)
-            macs[key] = count.gmacs
-            decision[key] = declared_decision_macs(handle.strategies[0], model, handle.stats()) / 1e9
-            clocks[key] = DecisionClock(handle.strategies[0])
-            fns[key] = clocks[key].forward(model)
-            labels[key] = (strategy, {k: v for k, v in params.items() if k != "_calibrate"})
-        before = load_average()
-        times, _ = interleaved_times(fns, images, warmup=warmup, repeats=repeats)
-        load = load_record(before, load_average())
+        times, _ = interleaved_times(fns, timed_images(base, batch), warmup=warmup, repeats=repeats)
+    load = load_record(before, load_average())
     base_s = statistics.median(times["baseline"])
     rows = []
     for key, seconds in times.items():

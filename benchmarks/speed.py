@@ -192,13 +192,15 @@ def timed_images(model, batch: int) -> torch.Tensor:
     return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(1))
 
 
-def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R, batch: int | None = None):
+def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R, batch: int | None = None,
+            handles: dict | None = None):
     """(fp32 CPU models by key, (strategy, params) by key, GMACs by key, padded GMACs by key) for the baseline,
     each config and, on timm models, the authors' ToMe when importable.
 
     A strategy that keeps a different number of tokens per image is counted on the `batch` images it is
     timed on: GMACs is the mean of each image's own count, and the padded batch as it runs goes to the
-    fourth dict (without `batch`, one image and no padded figure)."""
+    fourth dict (without `batch`, one image and no padded figure). `handles`, when given, receives each
+    configuration's pruning handle by key."""
     images = torch.randn(1, 3, input_size(base), input_size(base))
     calibration = [torch.randn(4, *images.shape[1:]) for _ in range(2)]
     models, labels, macs, as_run = {"baseline": base}, {"baseline": ("baseline", {})}, {}, {}
@@ -209,6 +211,8 @@ def prepare(base, configs, with_reference: bool, reference_r=REFERENCE_TOME_R, b
             key = f"{strategy} {params}"
             model, handle = pruned_copy(base, strategy, dict(params), calibration)
             models[key], labels[key] = model, (strategy, {k: v for k, v in params.items() if k != "_calibrate"})
+            if handles is not None:
+                handles[key] = handle
             if batch and any(getattr(s, "per_image", False) for s in handle.strategies):
                 count = pb.count_flops(model, timed_images(base, batch))
                 as_run[key] = count.as_run
