@@ -145,7 +145,7 @@ def accuracy_readings(records: list[dict]) -> list[str]:
     """The readings of the accuracy table, one markdown bullet each (an empty list when nothing applies)."""
     lines = [_against_unpruned(records)]
     for reading in (_tome_vs_random, _match_fraction, _attention_vs_random, _anchor_variants, _start_blocks,
-                    _structured, _field, _protocol):
+                    _structured, _field, _proportional_attention, _protocol):
         lines += reading(records)
     return [f"- {line}" for line in lines if line]
 
@@ -267,6 +267,25 @@ def _field(records) -> list[str]:
         rows = [(label(r), r) for r in pick(records, groups={"field"}, budget=b)]
         if len(rows) > 1:
             out.append(f"The field at {budget_text(b)}, best first: {ordering(rows)}.")
+    return out
+
+
+def _proportional_attention(records) -> list[str]:
+    """ToMe with its proportional attention (the default) against without it, which ToFu and PiToMe run without:
+    the effect itself and ToMe's lead over ToFu either way."""
+    out = []
+    for b in budgets(records):
+        with_it = pick(records, "tome", {"main"}, b)
+        without = pick(records, "tome", {"field"}, b, prop_attn=False)
+        if not with_it or not without:
+            continue
+        text = (f"ToMe at {budget_text(b)} with proportional attention (its default) against without: "
+                f"{gap(with_it[0], without[0]).text()}")
+        tofu = pick(records, "tofu", {"field"}, b)
+        if tofu:
+            text += (f"; its lead over ToFu (which runs without it) with it {gap(with_it[0], tofu[0]).text()}, "
+                     f"without it {gap(without[0], tofu[0]).text()}")
+        out.append(text + ".")
     return out
 
 

@@ -110,6 +110,17 @@ def test_the_field_reading_follows_the_records(bench):
     assert section.startswith("## Readings\n") and "The field at 60% MACs" in section
 
 
+def test_the_proportional_attention_reading_pairs_tome_with_and_without_it_and_tofu(bench):
+    readings = bench[0]
+    rows = [record("tome", correct(1400), group="main"),
+            record("tome", correct(1400, [(0, 100)]), prop_attn=False),  # 100 images lost without it
+            record("tofu", correct(1400, [(0, 120)]))]
+    text = "\n".join(readings.accuracy_readings(rows))
+    assert "ToMe at 60% MACs with proportional attention (its default) against without: +5.0 [" in text
+    assert "its lead over ToFu (which runs without it) with it +6.0 [" in text and "without it +1.0 [" in text
+    assert "proportional attention" not in "\n".join(readings.accuracy_readings(rows[:1] + rows[2:]))
+
+
 def test_the_fine_tuning_reading_names_a_run_short_of_its_merges(bench):
     readings = bench[0]
 
