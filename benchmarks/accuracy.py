@@ -164,7 +164,8 @@ def evaluate_config(base, config, sets, reference, probe, transform, args) -> di
         cifar = features_of(pruned_model, sets["cifar_test"], transform, args.batch, f"{config['id']} cifar")
         imagenet = features_of(pruned_model, sets["imagenet"], transform, args.batch, f"{config['id']} imagenet") \
             if sets.get("imagenet") is not None else None
-        flops = pb.count_flops(pruned_model, sets["timing_batch"][:2])
+        per_image = getattr(pb.get_strategy(config["strategy"]), "per_image", False)
+        flops = pb.count_flops(pruned_model, sets["timing_batch"] if per_image else sets["timing_batch"][:2])
         seconds = round_robin({"baseline": base, "pruned": pruned_model}, sets["timing_batch"], warmup=1,
                               repeats=args.repeats)
         stats = handle.stats()
@@ -206,7 +207,7 @@ def plan(base, image, base_gmacs, args, calibration) -> list[dict]:
             if base is None:  # the ids alone (--table_only)
                 config["params"] = None
             else:
-                knob, config["analytic_ratio"], searched = match_budget(base, strategy, budget, base_gmacs, image)
+                knob, config["analytic_ratio"], searched = match_budget(base, strategy, budget, base_gmacs, image[:1])
                 config["params"] = final_params(strategy, knob, searched, calibration, importance)
         else:  # searched only when it is about to run, with the variant's default (same token count)
             config["params"] = None
@@ -260,10 +261,17 @@ def field_config(base, image, strategy: str, budget: float, fixed: dict, calibra
     return config
 
 
+def counting_images(strategy: str, batch: torch.Tensor) -> torch.Tensor:
+    """The images a configuration's MACs are matched and counted on: one, unless the strategy keeps a different
+    number of tokens per image (ats), whose MACs are the mean over the whole timing batch."""
+    return batch if getattr(pb.get_strategy(strategy), "per_image", False) else batch[:1]
+
+
 def _resolver(config: dict, base, image, strategy: str, budget: float, fixed: dict, extra: dict | None = None):
     """Fill `config` with `pb.match_macs`'s parameters for `budget` (then `extra`, which keeps the token count)."""
     def resolve():
-        matched = pb.match_macs(base, strategy, budget, images=image, tolerance=1e-3, **fixed)
+        matched = pb.match_macs(base, strategy, budget, images=counting_images(strategy, image), tolerance=1e-3,
+                                **fixed)
         config["params"], config["analytic_ratio"] = {**matched, **(extra or {})}, matched.ratio
 
     return resolve
@@ -435,7 +443,7 @@ def main(argv=None):
     probe = fit_probe(reference["cifar_train"].features, reference["cifar_train"].labels, seed=0)
     print(f"probe C={probe.C} (held-out acc1 {probe.holdout_acc1})", flush=True)
 
-    image = sets["timing_batch"][:1]
+    image = sets["timing_batch"]  # matching counts its first image (the whole batch for per-image budgets)
     base_gmacs = analytic_macs(base).gmacs
     configs = plan(base, image, base_gmacs, args, calibration)
     done = done_ids(log)

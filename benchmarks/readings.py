@@ -261,10 +261,20 @@ def _structured(records) -> list[str]:
     return out
 
 
+def off_budget(record: dict, records: list[dict]) -> str:
+    """` at 65% MACs` when the row's counted MACs miss its budget by more than 0.01 of the unpruned MACs (a knob
+    that cannot land closer, or per-image counts that differ from the images matched on), else ``."""
+    base = next((r for r in records if r["id"] == "baseline"), None)
+    if base is None or record.get("budget") is None:
+        return ""
+    ratio = record["gmacs"] / base["gmacs"]
+    return f" at {100 * ratio:.0f}% MACs" if abs(ratio - record["budget"]) > 0.01 else ""
+
+
 def _field(records) -> list[str]:
     out = []
     for b in budgets(records):
-        rows = [(label(r), r) for r in pick(records, groups={"field"}, budget=b)]
+        rows = [(label(r) + off_budget(r, records), r) for r in pick(records, groups={"field"}, budget=b)]
         if len(rows) > 1:
             out.append(f"The field at {budget_text(b)}, best first: {ordering(rows)}.")
     return out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -89,15 +90,18 @@ def test_field_configs_resolve_their_knob_only_when_run(accuracy, monkeypatch):
         ratio = 0.61
 
     def fake_match(model, strategy, target, images=None, tolerance=None, **fixed):
-        calls.append((strategy, target, fixed))
+        calls.append((strategy, target, fixed, len(images)))
         return Matched({**fixed, "keep_rate": 0.45})
 
     monkeypatch.setattr(accuracy.pb, "match_macs", fake_match)
-    config = accuracy.field_config(object(), None, "anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})
+    batch = torch.zeros(16, 3, 8, 8)
+    config = accuracy.field_config(object(), batch, "anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})
     assert config["id"] == "anchor_diversity[prune_layers=3,6,9]@0.60/field" and config["params"] is None and not calls
     config["resolve"]()
-    assert calls == [("anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]})]
+    assert calls == [("anchor_diversity", 0.6, {"prune_layers": [3, 6, 9]}, 1)]
     assert config["params"] == {"prune_layers": [3, 6, 9], "keep_rate": 0.45} and config["analytic_ratio"] == 0.61
+    accuracy.field_config(object(), batch, "ats", 0.6, {})["resolve"]()  # per-image counts: matched on their mean
+    assert calls[-1] == ("ats", 0.6, {}, 16)
 
 
 def test_ids_written_with_other_digits_name_one_configuration(accuracy):

@@ -101,13 +101,23 @@ def test_gaps_fall_back_to_the_agreement_bound_and_to_no_interval(bench):
 def test_the_field_reading_follows_the_records(bench):
     readings = bench[0]
     base = record("baseline", correct(1500), group="baseline", budget=None)
-    base["id"] = "baseline"
+    base["id"], base["gmacs"] = "baseline", 5.0  # every row at 60% of its MACs, the budget
     close = [base, record("evit", correct(1400)), record("cls_topk", correct(1400, [(0, 60), (1400, 1450)]))]
     apart = [base, record("evit", correct(1400)), record("cls_topk", correct(1400, [(0, 200)]))]
     assert "evit (-5.0) ~ cls_topk (-5.5)" in "\n".join(readings.accuracy_readings(close))
     assert "evit (-5.0) > cls_topk (-15.0)" in "\n".join(readings.accuracy_readings(apart))
     section = readings.accuracy_section(apart)
     assert section.startswith("## Readings\n") and "The field at 60% MACs" in section
+
+
+def test_a_field_row_off_its_budget_says_at_what_macs(bench):
+    readings = bench[0]
+    base = record("baseline", correct(1500), group="baseline", budget=None)
+    base["id"], base["gmacs"] = "baseline", 5.0
+    on, off = record("evit", correct(1400)), record("ats", correct(1300))
+    on["gmacs"], off["gmacs"] = 3.04, 3.25  # 60.8% and 65% of the unpruned MACs, at a 60% budget
+    text = "\n".join(readings.accuracy_readings([base, on, off]))
+    assert "evit (-5.0) > ats at 65% MACs (-10.0)" in text
 
 
 def test_the_proportional_attention_reading_pairs_tome_with_and_without_it_and_tofu(bench):
